@@ -1,0 +1,55 @@
+"""The thin ``main()`` every stage shares: parse args, load and validate params, run, track."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from pipelines.config import DEFAULT_PARAMS, ConfigError, as_dict, load
+from pipelines.tracking import Tracker
+
+log = logging.getLogger("decrappify")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs as ``dvc exp run -S`` takes them; values parse as YAML."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: an override is key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]],
+               argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}",
+                                     description=f"Run the {name} stage.")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param for this run only, e.g. -S crappify.workers=1")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = load(config_cls, name, args.params, parse_overrides(args.set))
+    except ConfigError as exc:
+        print(f"error: {args.params}: {exc}", file=sys.stderr)
+        return 2
+    with Tracker(name, cfg.base.tracking_uri, cfg.base.experiment,
+                 enabled=not args.no_tracking) as tracker:
+        tracker.log_params(as_dict(cfg))
+        metrics = run(cfg, tracker)
+        tracker.log_metrics(metrics)
+    log.info("%s done: %s", name, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    return 0
