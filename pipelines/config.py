@@ -29,6 +29,11 @@ def bounded(default: Any, *, lo: float | None = None, hi: float | None = None,
     return field(**{kind: default}, metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
 
 
+def section(name: str) -> Any:
+    """A field filled from another params section (a stage that needs the crappify settings)."""
+    return field(default=None, metadata={"section": name})
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -197,7 +202,15 @@ def load(cls: type, section: str, params: Path | str | Mapping = DEFAULT_PARAMS,
     if section not in data:
         raise ConfigError(f"{section}: missing section in params")
     base = build(BaseConfig, data.get("base"), "base")
-    return build(cls, data[section], section, given={"base": base})
+    given: dict[str, Any] = {"base": base}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        other = f.metadata.get("section")
+        if other:
+            if other not in data:
+                raise ConfigError(f"{other}: missing section in params (needed by {section})")
+            given[f.name] = build(hints[f.name], data[other], other, given={"base": base})
+    return build(cls, data[section], section, given=given)
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -60,6 +60,17 @@ def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_csv(path: Path | str, rows: list[dict]) -> None:
+    """Rows of equal keys as CSV (floats to 6 significant digits), for DVC plots."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    lines = [",".join(keys)]
+    for row in rows:
+        lines.append(",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+    write_text(path, "\n".join(lines) + "\n")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; on success it replaces ``path``.

@@ -1,0 +1,33 @@
+# Quick start: `make pipeline` (set up, then run every stage on the sample data) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU/CUDA wheels this project is tested with; override for another CUDA build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup pipeline test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+pipeline: setup
+	dvc repro
+	dvc metrics show
+
+test: setup
+	pytest -q
+
+test-fast: setup
+	pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV)

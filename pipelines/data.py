@@ -1,0 +1,219 @@
+"""Paired LR/HR datasets, augmentation, and the step-indexed sampler that makes resume exact.
+
+Every random choice for a training sample (which image, where to crop, which augmentation,
+which degradation) is drawn from ``hash_seed(seed, stream, index)``, where ``index`` is the
+sample's position in the whole run. So the data depends neither on worker count nor on where
+a run was interrupted: resuming at step ``s`` reads exactly the batches an uninterrupted run
+would have read, and under torchrun each rank takes its own slice of the same global batch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipelines.images import list_images, read_rgb
+from pipelines.runtime import hash_seed
+
+# degrade(hr_crop, rng) -> lr: the LR image the generator learns to restore
+Degrader = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
+
+
+def to_image(t: torch.Tensor) -> np.ndarray:
+    """3xHxW float in [0, 1] -> HxWx3 uint8 RGB (rounded, clipped)."""
+    return (t.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
+def lr_path_for(hr_file: Path, hr_root: Path, lr_root: Path) -> Path:
+    """The crappify stage mirrors data/hr into data/lr with JPEG files."""
+    return (lr_root / hr_file.relative_to(hr_root)).with_suffix(".jpg")
+
+
+def split_files(root: Path | str, split: str) -> list[Path]:
+    files = list_images(Path(root) / split)
+    if not files:
+        raise FileNotFoundError(f"{Path(root) / split}: no images (run the earlier stages first)")
+    return files
+
+
+def aligned_lr(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop HR to the region the LR image covers (top-left LRw*scale x LRh*scale); if the LR
+    is not an exact 1/scale (a short-side crappify), resize it to HR // scale."""
+    h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    if lr.shape[:2] != (h, w):
+        lr = cv2.resize(lr, (w, h), interpolation=cv2.INTER_AREA)
+    return lr, hr[: h * scale, : w * scale]
+
+
+def augmentation(lighting: float) -> A.Compose:
+    """Geometric ops from the dihedral group commute with downscaling, so the same op applied
+    to an LR and its HR keeps them aligned; lighting changes are pixel-wise and identical."""
+    ops: list = [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+    if lighting > 0:
+        ops.append(A.RandomBrightnessContrast(brightness_limit=lighting, contrast_limit=lighting, p=0.75))
+    return A.Compose(ops, additional_targets={"lr": "image"}, is_check_shapes=False)
+
+
+class _ImageCache:
+    """Decoded images kept per process (picklable for DataLoader workers): the same photos
+    are cropped many times. Bounded by pixel count so a large dataset cannot exhaust RAM."""
+
+    def __init__(self, max_pixels: int = 200_000_000):
+        self.max_pixels = max_pixels
+        self.images: dict[Path, np.ndarray] = {}
+        self.pixels = 0
+
+    def read(self, path: Path) -> np.ndarray:
+        img = self.images.get(path)
+        if img is None:
+            img = read_rgb(path)
+            if self.pixels + img.shape[0] * img.shape[1] <= self.max_pixels:
+                self.images[path] = img
+                self.pixels += img.shape[0] * img.shape[1]
+        return img
+
+
+class TrainPairs(Dataset):
+    """Random aligned (LR, HR) crops. ``degrade`` given: LR made fresh from each HR crop
+    (a new degradation for every sample); else LR cropped from the crappify stage's files."""
+
+    def __init__(self, hr_files: Sequence[Path], crop: int, scale: int, seed: int,
+                 degrade: Degrader | None = None, lr_files: Sequence[Path] | None = None,
+                 augment: bool = True, lighting: float = 0.1):
+        if degrade is None and lr_files is None:
+            raise ValueError("TrainPairs needs either degrade or lr_files")
+        self.hr_files, self.lr_files = list(hr_files), (list(lr_files) if lr_files else None)
+        self.crop, self.scale, self.seed = crop, scale, seed
+        self.degrade = degrade
+        self.aug = augmentation(lighting) if augment else None
+        self.cache = _ImageCache()
+
+    def __len__(self) -> int:
+        return len(self.hr_files)
+
+    def image_index(self, index: int) -> int:
+        """A fresh seeded permutation of the images per pass: every image once per pass."""
+        n = len(self.hr_files)
+        epoch, pos = divmod(index, n)
+        perm = np.random.default_rng(hash_seed(self.seed, "perm", epoch)).permutation(n)
+        return int(perm[pos])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(hash_seed(self.seed, "sample", index))
+        k = self.image_index(index)
+        hr = self.cache.read(self.hr_files[k])
+        lr = None
+        if self.lr_files is not None and self.degrade is None:
+            lr, hr = aligned_lr(self.cache.read(self.lr_files[k]), hr, self.scale)
+        hr_crop, lr_crop = self._crop(hr, lr, rng)
+        if self.aug is not None:
+            self.aug.set_random_seed(int(rng.integers(2**31)))
+            out = self.aug(image=hr_crop, lr=lr_crop if lr_crop is not None else hr_crop[:1, :1])
+            hr_crop = out["image"]
+            lr_crop = out["lr"] if lr_crop is not None else None
+        if lr_crop is None:
+            lr_crop = self.degrade(hr_crop, rng)
+        return to_tensor(lr_crop), to_tensor(hr_crop)
+
+    def _crop(self, hr: np.ndarray, lr: np.ndarray | None, rng: np.random.Generator):
+        s, c = self.scale, self.crop
+        h, w = hr.shape[:2]
+        if h < c or w < c:
+            raise ValueError(f"image {h}x{w} is smaller than the crop {c}")
+        y = int(rng.integers(0, (h - c) // s + 1)) * s
+        x = int(rng.integers(0, (w - c) // s + 1)) * s
+        hr_crop = np.ascontiguousarray(hr[y:y + c, x:x + c])
+        if lr is None:
+            return hr_crop, None
+        return hr_crop, np.ascontiguousarray(lr[y // s:(y + c) // s, x // s:(x + c) // s])
+
+
+class EvalPairs(Dataset):
+    """Whole (or centre-cropped) LR/HR pairs from the crappify stage's files, in file order."""
+
+    def __init__(self, hr_root: Path | str, lr_root: Path | str, split: str, scale: int,
+                 crop: int = 0):
+        self.hr_root, self.lr_root = Path(hr_root), Path(lr_root)
+        self.hr_files = split_files(self.hr_root, split)
+        self.scale, self.crop = scale, crop
+
+    def __len__(self) -> int:
+        return len(self.hr_files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hr_file = self.hr_files[i]
+        lr, hr = aligned_lr(read_rgb(lr_path_for(hr_file, self.hr_root, self.lr_root)),
+                            read_rgb(hr_file), self.scale)
+        if self.crop:
+            lr, hr = center_crop_pair(lr, hr, self.crop, self.scale)
+        return to_tensor(lr), to_tensor(hr)
+
+
+def center_crop_pair(lr: np.ndarray, hr: np.ndarray, crop: int, scale: int):
+    c = min(crop, hr.shape[0] // scale * scale, hr.shape[1] // scale * scale)
+    y = (hr.shape[0] - c) // 2 // scale * scale
+    x = (hr.shape[1] - c) // 2 // scale * scale
+    return (lr[y // scale:(y + c) // scale, x // scale:(x + c) // scale], hr[y:y + c, x:x + c])
+
+
+class CriticPairs(Dataset):
+    """Aligned random crops of a generated image and its real HR original: (fake, real)."""
+
+    def __init__(self, real_files: Sequence[Path], fake_files: Sequence[Path], crop: int, seed: int):
+        self.real_files, self.fake_files = list(real_files), list(fake_files)
+        self.crop, self.seed = crop, seed
+        self.aug = augmentation(0.0)
+        self.cache = _ImageCache()
+
+    def __len__(self) -> int:
+        return len(self.real_files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(hash_seed(self.seed, "critic", index))
+        k = int(rng.integers(len(self.real_files)))
+        fake = self.cache.read(self.fake_files[k])
+        real = self.cache.read(self.real_files[k])[: fake.shape[0], : fake.shape[1]]
+        c = min(self.crop, fake.shape[0], fake.shape[1])
+        y = int(rng.integers(0, fake.shape[0] - c + 1))
+        x = int(rng.integers(0, fake.shape[1] - c + 1))
+        self.aug.set_random_seed(int(rng.integers(2**31)))
+        out = self.aug(image=real[y:y + c, x:x + c], lr=fake[y:y + c, x:x + c])
+        return to_tensor(out["lr"]), to_tensor(out["image"])
+
+
+class StepBatches:
+    """Batches of global sample indices for steps ``[start, stop)``; rank ``r`` of ``world``
+    takes its contiguous share of each global batch."""
+
+    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world: int = 1,
+                 offset: int = 0):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+        self.start, self.stop, self.batch_size = start, stop, batch_size
+        self.rank, self.world, self.offset = rank, world, offset
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.batch_size // self.world
+        for step in range(self.start, self.stop):
+            first = self.offset + step * self.batch_size + self.rank * per_rank
+            yield list(range(first, first + per_rank))
+
+
+def step_loader(dataset: Dataset, start: int, stop: int, batch_size: int, workers: int,
+                rank: int = 0, world: int = 1, offset: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=StepBatches(start, stop, batch_size, rank, world, offset),
+                      num_workers=workers, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())

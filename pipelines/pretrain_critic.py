@@ -1,0 +1,171 @@
+"""Stage: pretrain the patch critic on the pretrained generator's outputs versus real photos.
+
+The generated images (train and valid splits) are a stage output, as in the recipe, so the
+critic's data can be inspected. Accuracy is measured on the validation split's images: an
+image counts as recognised when the mean of its patch logits has the right sign.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pipelines import checkpoint
+from pipelines.config import BaseConfig, as_dict, bounded
+from pipelines.data import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader, to_tensor
+from pipelines.files import atomic_dir, write_json
+from pipelines.images import read_rgb, write_image
+from pipelines.losses import critic_loss
+from pipelines.networks import build_critic
+from pipelines.progress import StepLogger
+from pipelines.restore import load_generator, restore
+from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
+from pipelines.schedule import one_cycle
+from pipelines.stage import stage_main
+from pipelines.training import RollingCheckpoint, Throughput, check_finite, fingerprint, set_lr
+
+log = logging.getLogger(__name__)
+STAGE = "pretrain_critic"
+SPLITS = ("train", "valid")
+
+
+@dataclass(frozen=True)
+class CriticModel:
+    nf: int = bounded(32, lo=4)
+    n_blocks: int = bounded(3, lo=1, hi=6)
+    p: float = bounded(0.15, lo=0, hi=1)
+    self_attention: bool = True
+
+
+@dataclass(frozen=True)
+class PretrainCriticConfig:
+    base: BaseConfig
+    model: CriticModel = field(default_factory=CriticModel)
+    loss: Literal["bce", "wgan-gp"] = "bce"
+    steps: int = bounded(100, lo=1)
+    batch_size: int = bounded(8, lo=1)     # pairs: each step sees batch_size real and fake crops
+    crop: int = bounded(0, lo=0)           # 0 = base.crop
+    lr: float = bounded(1e-3, lo=0, lo_open=True)
+    pct_start: float = bounded(0.25, lo=0, hi=1)
+    weight_decay: float = bounded(1e-3, lo=0)
+    workers: int = bounded(0, lo=0)
+    tile: int = bounded(256, lo=16)         # LR tile size when generating the fakes
+    checkpoint_every: int = bounded(50, lo=1)
+    log_every: int = bounded(10, lo=1)
+
+
+def model_path(base: BaseConfig) -> Path:
+    return Path(base.paths.models) / "critic.pt"
+
+
+def generate(base: BaseConfig, generator_file: Path, device: torch.device,
+             dtype: torch.dtype | None, tile: int) -> int:
+    """Restore every train/valid LR image with the generator into paths.generated (atomic)."""
+    model = load_generator(generator_file, device)
+    hr_root, lr_root = Path(base.paths.hr), Path(base.paths.lr)
+    count = 0
+    with atomic_dir(base.paths.generated) as out:
+        for split in SPLITS:
+            for hr_file in split_files(hr_root, split):
+                lr, _ = aligned_lr(read_rgb(lr_path_for(hr_file, hr_root, lr_root)), read_rgb(hr_file),
+                                   base.scale)
+                fake = restore(model, lr, tile=tile, device=device, dtype=dtype)
+                write_image((out / hr_file.relative_to(hr_root)).with_suffix(".png"), fake)
+                count += 1
+    return count
+
+
+def pairs(base: BaseConfig, split: str) -> tuple[list[Path], list[Path]]:
+    hr_root, gen_root = Path(base.paths.hr), Path(base.paths.generated)
+    real = split_files(hr_root, split)
+    return real, [(gen_root / f.relative_to(hr_root)).with_suffix(".png") for f in real]
+
+
+@torch.no_grad()
+def accuracy(critic: torch.nn.Module, base: BaseConfig, split: str, crop: int,
+             device: torch.device) -> dict[str, float]:
+    """Share of real and of generated images the critic labels correctly (centre crops)."""
+    was_training = critic.training
+    critic.eval()
+    real_ok = fake_ok = 0
+    reals, fakes = pairs(base, split)
+    for real_file, fake_file in zip(reals, fakes):
+        fake = read_rgb(fake_file)
+        real = read_rgb(real_file)[: fake.shape[0], : fake.shape[1]]
+        c = min(crop * 2, fake.shape[0], fake.shape[1])
+        y, x = (fake.shape[0] - c) // 2, (fake.shape[1] - c) // 2
+        batch = torch.stack([to_tensor(real[y:y + c, x:x + c]), to_tensor(fake[y:y + c, x:x + c])])
+        logits = critic(batch.to(device)).float().mean(dim=1)
+        real_ok += int(logits[0] > 0)
+        fake_ok += int(logits[1] <= 0)
+    critic.train(was_training)
+    n = len(reals)
+    return {"accuracy": (real_ok + fake_ok) / (2 * n), "real_accuracy": real_ok / n,
+            "fake_accuracy": fake_ok / n}
+
+
+def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
+    base = cfg.base
+    seed_everything(base.seed)
+    make_deterministic()
+    device = pick_device(base.device)
+    dtype = autocast_dtype(device, base.precision)
+    generator_file = Path(base.paths.models) / "generator.pt"
+    generated = generate(base, generator_file, device, dtype, cfg.tile)
+    log.info("generated %d images into %s", generated, base.paths.generated)
+
+    arch = as_dict(cfg.model)
+    critic = build_critic(**arch).to(device)
+    crop = cfg.crop or base.crop
+    ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
+                             fingerprint(as_dict(cfg), [generator_file, Path(base.paths.hr) / "manifest.csv"]))
+    opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                            weight_decay=cfg.weight_decay)
+    step = 0
+    state = ckpt.restore()
+    steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every)
+    if state is not None:
+        critic.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        steps_log.load_state(state.get("log"))
+        step = state["step"]
+        steps_log.bar.update(step)
+    real, fake = pairs(base, "train")
+    loader = step_loader(CriticPairs(real, fake, crop, base.seed), step, cfg.steps, cfg.batch_size,
+                         cfg.workers)
+    speed = Throughput()
+    for fake_img, real_img in loader:
+        set_lr(opt, [one_cycle(step, cfg.steps, cfg.lr, cfg.pct_start)])
+        fake_img, real_img = fake_img.to(device), real_img.to(device)
+        with autocast(device, dtype):
+            loss = critic_loss(cfg.loss, critic, real_img, fake_img)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        check_finite({"critic": loss}, step, ckpt)
+        speed.tick(2 * fake_img.shape[0])
+        steps_log.step(step, {"loss": loss.item()}, speed.rate)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            ckpt.save(step, model=critic.state_dict(), optimizer=opt.state_dict(), log=steps_log.state())
+            speed.resume()
+    steps_log.close()
+
+    checkpoint.save(model_path(base), checkpoint.model_payload("critic", arch, critic))
+    acc = accuracy(critic, base, "valid", crop, device)
+    metrics = {"steps": step, "generated_images": generated, "train_images_per_s": round(speed.rate, 2),
+               "train_loss": round(steps_log.ema or float("nan"), 6),
+               **{f"valid_{k}": round(v, 4) for k, v in acc.items()}}
+    write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, PretrainCriticConfig, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

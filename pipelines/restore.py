@@ -1,0 +1,233 @@
+"""Restore images of any size with a generator, and the resampling baselines it must beat.
+
+Large images go through the network in overlapping LR tiles. Each tile's HR output is weighted
+by a window that is zero in a margin next to every edge shared with a neighbouring tile (where
+the network saw padding instead of the true neighbourhood), then ramps linearly to one; the
+weighted sum is divided by the summed weights. With a network whose receptive radius fits in
+that margin (a quarter of the overlap, in LR px) the tiled result equals a single pass; with a
+larger one the ramps hide the seams. Memory is one tile on the device plus a float32 HR image
+and weight map on the host.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines import checkpoint
+from pipelines.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+# OpenCV methods by name; ``upscale`` also knows "matlab_bicubic" (``imresize_matlab``).
+RESAMPLERS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+    "area": cv2.INTER_AREA,
+}
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
+    """OpenCV resampling to ``size`` = (width, height)."""
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown resampling {method!r} (known: {', '.join(RESAMPLERS)})")
+    if (rgb.shape[1], rgb.shape[0]) == tuple(size):
+        return rgb.copy()
+    return cv2.resize(rgb, tuple(size), interpolation=RESAMPLERS[method])
+
+
+def upscale(lr: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
+    """Resample ``lr`` up by ``scale`` with an OpenCV method or ``matlab_bicubic``."""
+    size = (lr.shape[1] * scale, lr.shape[0] * scale)
+    if method == "matlab_bicubic":
+        return imresize_matlab(lr, size)
+    return resize(lr, size, method)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """OpenCV bicubic (Keys a = -0.75, a little sharper than MATLAB's a = -0.5): the baseline
+    every generator's gain is measured against."""
+    return upscale(lr, scale, "bicubic")
+
+
+def bilinear_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    return upscale(lr, scale, "bilinear")
+
+
+def _keys_cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with a = -0.5, the one MATLAB's ``imresize`` uses."""
+    ax = np.abs(x)
+    return np.where(ax <= 1, 1.5 * ax ** 3 - 2.5 * ax ** 2 + 1,
+                    np.where(ax <= 2, -0.5 * ax ** 3 + 2.5 * ax ** 2 - 4 * ax + 2, 0.0))
+
+
+def _matlab_weights(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output pixel, the input indices and weights of MATLAB's bicubic ``imresize`` along
+    one axis; shrinking widens the kernel by the factor (antialiasing)."""
+    scale = out_len / in_len
+    width = 4.0 / scale if scale < 1 else 4.0
+    u = np.arange(1, out_len + 1) / scale + 0.5 * (1 - 1 / scale)  # 1-based, as MATLAB
+    left = np.floor(u - width / 2)
+    idx = left[:, None] + np.arange(int(np.ceil(width)) + 2)[None, :]
+    dist = u[:, None] - idx
+    w = scale * _keys_cubic(dist * scale) if scale < 1 else _keys_cubic(dist)
+    w /= w.sum(axis=1, keepdims=True)
+    # Outside the image, MATLAB mirrors it (symmetric padding, the edge pixel repeated).
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    return mirror[np.mod(idx - 1, 2 * in_len).astype(np.int64)], w
+
+
+def imresize_matlab(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """MATLAB ``imresize(img, [h w], 'bicubic')`` of an RGB uint8 image; ``size`` = (width, height).
+
+    The SR benchmarks (Set5, Set14, ...) make their LR inputs this way; OpenCV's bicubic does
+    not antialias when shrinking, so its LR images are sharper and aliased. Rows are resized
+    first, then columns, each pass rounded to uint8, as MATLAB does for uint8 images.
+    """
+    out = rgb
+    for axis, n in ((0, size[1]), (1, size[0])):
+        if out.shape[axis] == n:
+            continue
+        idx, w = _matlab_weights(out.shape[axis], n)
+        moved = np.moveaxis(out, axis, 0).astype(np.float64)
+        res = np.einsum("op,op...->o...", w, moved[idx])
+        out = np.moveaxis(np.clip(np.rint(res), 0, 255).astype(np.uint8), 0, axis)
+    return np.ascontiguousarray(out)
+
+
+def benchmark_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The SR benchmark protocol: crop HR to a multiple of ``scale`` (bottom/right), then make
+    its LR by MATLAB-style bicubic downscaling. Returns (lr, cropped hr)."""
+    h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+    hr = hr[:h, :w]
+    return imresize_matlab(hr, (w // scale, h // scale)), hr
+
+
+def load_generator(path: Path | str, device: torch.device | str = "cpu",
+                   builder: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """The generator saved at ``path`` (checkpoint format, kind "generator"), in eval mode.
+
+    ``builder`` rebuilds the network from the saved ``arch`` keywords; by default
+    ``pipelines.networks.build_generator``.
+    """
+    data = checkpoint.load(path, kind="generator")
+    if builder is None:
+        from pipelines.networks import build_generator as builder
+    model = builder(**data["arch"])
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise checkpoint.CheckpointError(
+            f"{path}: weights do not fit the saved architecture {data['arch']}: "
+            f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the fewest ``tile`` px tiles covering ``length`` px with neighbours
+    sharing at least ``overlap`` px, evenly spread so the first and last sit flush with the ends."""
+    if length <= tile:
+        return [0]
+    n = -(-(length - overlap) // (tile - overlap))
+    return [round(k * (length - tile) / (n - 1)) for k in range(n)]
+
+
+def edge_ramp(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
+    """1-D blending weights of a tile: zero over the first quarter of ``overlap`` from a shared
+    edge, then a linear rise to one by three quarters, one elsewhere.
+
+    Between two neighbours sharing at least ``overlap`` px, any pixel in one tile's zero margin
+    is past the other's ramp, so every pixel keeps a positive total weight.
+    """
+    w = np.ones(length, dtype=np.float32)
+    if overlap <= 0:
+        return w
+    margin = overlap // 4
+    rise = max(1, overlap - 2 * margin)
+    d = np.arange(length, dtype=np.float32)
+    ramp = np.clip((d - margin + 1) / (rise + 1), 0.0, 1.0)
+    if ramp_start:
+        w = np.minimum(w, ramp)
+    if ramp_end:
+        w = np.minimum(w, ramp[::-1])
+    return w
+
+
+def _check_restore_args(lr: np.ndarray, tile: int, overlap: int) -> None:
+    if lr.ndim != 3 or lr.shape[2] != 3 or lr.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 HxWx3 image, got {lr.dtype} {lr.shape}")
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1 px, got {tile}")
+    # Up to half a tile, evenly spread tiles keep every pixel inside some tile's non-zero window.
+    if not 0 <= 2 * overlap <= tile:
+        raise ValueError(f"overlap must be in [0, tile / 2], got {overlap} with tile {tile}")
+
+
+def _run(model: nn.Module, lr_tile: np.ndarray, device: torch.device,
+         dtype: torch.dtype | None) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(lr_tile)).permute(2, 0, 1)[None]
+    x = x.to(device=device, dtype=torch.float32).div_(255.0)
+    with torch.inference_mode(), autocast(device, dtype):
+        y = model(x)[0].float().clamp_(0.0, 1.0)
+    return y.permute(1, 2, 0).cpu().numpy()
+
+
+def _scale_of(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> int:
+    scale, rem = divmod(out_shape[0], in_shape[0])
+    if rem or scale < 1 or out_shape[1] != in_shape[1] * scale:
+        raise ValueError(f"the generator maps {in_shape[1]}x{in_shape[0]} px to "
+                         f"{out_shape[1]}x{out_shape[0]} px, not an integer upscaling")
+    return scale
+
+
+def to_uint8(rgb01: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(rgb01 * 255.0), 0, 255).astype(np.uint8)
+
+
+def restore(model: nn.Module, lr: np.ndarray, tile: int = 256, overlap: int = 32,
+            device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> np.ndarray:
+    """Restore the RGB uint8 image ``lr`` with ``model``; returns its RGB uint8 HR output.
+
+    ``tile`` and ``overlap`` are in LR px; an image within one tile is a single pass. The scale
+    is read off the network's output. ``dtype`` is an autocast dtype (None = fp32).
+    """
+    _check_restore_args(lr, tile, overlap)
+    device = torch.device(device)
+    h, w = lr.shape[:2]
+    if h <= tile and w <= tile:
+        out = _run(model, lr, device, dtype)
+        _scale_of(out.shape, lr.shape)
+        return to_uint8(out)
+
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    acc = weights = None
+    scale = 0
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            out = _run(model, lr[y0:y0 + th, x0:x0 + tw], device, dtype)
+            if acc is None:
+                scale = _scale_of(out.shape, (th, tw))
+                acc = np.zeros((h * scale, w * scale, 3), dtype=np.float32)
+                weights = np.zeros((h * scale, w * scale), dtype=np.float32)
+                row_w = [edge_ramp(th * scale, overlap * scale, k > 0, k < len(ys) - 1)
+                         for k in range(len(ys))]
+                col_w = [edge_ramp(tw * scale, overlap * scale, k > 0, k < len(xs) - 1)
+                         for k in range(len(xs))]
+            elif out.shape[:2] != (th * scale, tw * scale):
+                raise ValueError(f"the generator's output size changed between tiles: {out.shape}")
+            window = row_w[i][:, None] * col_w[j][None, :]
+            sy, sx = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
+            acc[sy, sx] += out * window[..., None]
+            weights[sy, sx] += window
+    if not (weights > 0).all():
+        raise RuntimeError("tile windows left pixels without weight")
+    acc /= weights[..., None]
+    return to_uint8(acc)

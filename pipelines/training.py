@@ -1,0 +1,177 @@
+"""What every training stage shares: resumable checkpoints, divergence guard, progress.
+
+A training stage keeps one rolling checkpoint, ``<paths.checkpoints>/<stage>/last.pt`` (a
+persistent, uncached DVC output), holding the model(s), optimizer(s), the step, the torch RNG
+state and a fingerprint of the config and inputs. A rerun with the same fingerprint resumes
+where the last checkpoint left off; all data randomness is a function of the sample index,
+so a resumed run produces the same result as an uninterrupted one. A checkpoint whose
+fingerprint no longer matches (params or inputs changed) is discarded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from pipelines import checkpoint
+from pipelines.files import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path | str] = ()) -> str:
+    """A hash of the config and the contents of the input files (directories: every file)."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for item in inputs:
+        path = Path(item)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+            h.update(sha256_file(f).encode() if f.exists() else b"missing")
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RollingCheckpoint:
+    """The stage's resumable state on disk; only rank 0 writes."""
+
+    def __init__(self, folder: Path | str, fingerprint: str, writer: bool = True):
+        self.folder = Path(folder)
+        self.path = self.folder / "last.pt"
+        self.fingerprint = fingerprint
+        self.writer = writer
+
+    def restore(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            data = checkpoint.load(self.path, kind="training_state")
+        except checkpoint.CheckpointError as exc:
+            log.warning("ignoring unusable checkpoint: %s", exc)
+            return None
+        if data.get("fingerprint") != self.fingerprint:
+            log.info("discarding %s: it was made with other params or inputs", self.path)
+            if self.writer:
+                self.path.unlink(missing_ok=True)
+            return None
+        log.info("resuming from %s at step %d", self.path, data["step"])
+        return data
+
+    def save(self, step: int, **state: Any) -> None:
+        if not self.writer:
+            return
+        checkpoint.save(self.path, {"kind": "training_state", "fingerprint": self.fingerprint,
+                                    "step": step, "rng": rng_state(), **state})
+
+
+def check_finite(losses: Mapping[str, torch.Tensor | float], step: int, ckpt: RollingCheckpoint) -> None:
+    """Stop with a clear message on a NaN/inf loss; the last good checkpoint stays on disk."""
+    for name, value in losses.items():
+        v = float(value)
+        if not math.isfinite(v):
+            where = f"{ckpt.path} (step {_saved_step(ckpt)})" if ckpt.path.exists() else "no checkpoint yet"
+            raise DivergenceError(
+                f"{name} loss is {v} at step {step}: training diverged. The last good state is "
+                f"{where}; no model was written. Lower the learning rate and rerun to resume from it.")
+
+
+def _saved_step(ckpt: RollingCheckpoint) -> int | str:
+    try:
+        return checkpoint.load(ckpt.path, kind="training_state")["step"]
+    except checkpoint.CheckpointError:
+        return "?"
+
+
+class Throughput:
+    """Images per second over the whole run, excluding time spent in evaluation/checkpoints."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._t = time.perf_counter()
+
+    def tick(self, images: int) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._t
+        self.images += images
+        self._t = now
+
+    def resume(self) -> None:
+        """Restart the clock after work that should not count (evaluation, checkpoints)."""
+        self._t = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lrs: list[float], beta1: float | None = None) -> None:
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+        if beta1 is not None and "betas" in group:
+            group["betas"] = (beta1, group["betas"][1])
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, pairs, device: torch.device, dtype: torch.dtype | None,
+             border: int) -> dict[str, float]:
+    """Mean Y-PSNR / Y-SSIM of ``model`` over ``pairs`` (an EvalPairs), one image at a time."""
+    from pipelines.data import to_image
+    from pipelines.metrics import psnr_y, ssim_y
+    from pipelines.runtime import autocast
+
+    was_training = model.training
+    model.eval()
+    psnrs, ssims = [], []
+    for i in range(len(pairs)):
+        lr, hr = pairs[i]
+        with autocast(device, dtype):
+            sr = model(lr.unsqueeze(0).to(device))
+        sr_img, hr_img = to_image(sr[0]), to_image(hr)
+        psnrs.append(psnr_y(sr_img, hr_img, border))
+        ssims.append(ssim_y(sr_img, hr_img, border))
+    model.train(was_training)
+    return {"psnr_y": float(sum(psnrs) / len(psnrs)), "ssim_y": float(sum(ssims) / len(ssims))}
+
+
+@torch.no_grad()
+def sample_grid(model: torch.nn.Module, pairs, device: torch.device, count: int = 3):
+    """A labelled grid (input, output, target) for the first ``count`` validation pairs."""
+    import cv2
+
+    from pipelines.data import to_image
+    from pipelines.visualize import grid
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    for i in range(min(count, len(pairs))):
+        lr, hr = pairs[i]
+        sr = model(lr.unsqueeze(0).to(device))[0]
+        hr_img = to_image(hr)
+        lr_up = cv2.resize(to_image(lr), hr_img.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        rows.append([lr_up, to_image(sr), hr_img])
+    model.train(was_training)
+    return grid(rows, ["input", "output", "target"])

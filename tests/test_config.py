@@ -1,0 +1,105 @@
+"""Params validation: every bad value fails before any work, naming the key."""
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from pipelines.config import BaseConfig, ConfigError, bounded, build, load, section
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = bounded(4, lo=1)
+
+
+@dataclass(frozen=True)
+class Other:
+    base: BaseConfig
+    level: int = bounded(1, lo=0, hi=9)
+
+
+@dataclass(frozen=True)
+class Stage:
+    base: BaseConfig
+    other: Other = section("other")
+    quality: tuple[int, int] = bounded((10, 70), lo=1, hi=100)
+    mode: Literal["a", "b"] = "a"
+    rate: float = bounded(0.5, lo=0, hi=1)
+    inner: Inner = field(default_factory=Inner)
+    phases: tuple[Inner, ...] = (Inner(),)
+
+
+def params(**stage):
+    return {"base": {"seed": 1}, "stage": stage, "other": {}}
+
+
+def test_defaults_and_injected_sections():
+    cfg = load(Stage, "stage", params())
+    assert cfg.base.seed == 1 and cfg.quality == (10, 70) and cfg.other.level == 1
+    assert cfg.other.base is cfg.base or cfg.other.base == cfg.base
+
+
+def test_values_are_coerced_and_frozen():
+    cfg = load(Stage, "stage", params(quality=[20, 30], rate=1, phases=[{"size": 2}, {"size": 3}]))
+    assert cfg.quality == (20, 30) and isinstance(cfg.rate, float)
+    assert [p.size for p in cfg.phases] == [2, 3]
+    with pytest.raises(AttributeError):
+        cfg.rate = 0.1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"qualty": [1, 2]}, "stage.qualty: unknown key"),
+    ({"quality": [0, 70]}, "stage.quality: (0, 70) is out of range [1, 100]"),
+    ({"quality": [10, 170]}, "stage.quality"),
+    ({"quality": "high"}, "stage.quality: expected a list"),
+    ({"quality": [10]}, "stage.quality: expected 2 items"),
+    ({"quality": [10, "x"]}, "stage.quality[1]: expected an integer"),
+    ({"mode": "c"}, "stage.mode: 'c' is not one of 'a', 'b'"),
+    ({"rate": "fast"}, "stage.rate: expected a number"),
+    ({"rate": True}, "stage.rate: expected a number"),
+    ({"inner": {"size": -3}}, "stage.inner.size: -3 is out of range"),
+    ({"phases": [{"size": 2}, {"sise": 3}]}, "stage.phases[1].sise: unknown key"),
+])
+def test_bad_values_name_the_key(stage, message):
+    with pytest.raises(ConfigError) as err:
+        load(Stage, "stage", params(**stage))
+    assert message in str(err.value)
+
+
+def test_base_rules():
+    with pytest.raises(ConfigError, match=r"base.scale: 3 must be a power of two"):
+        load(Stage, "stage", {"base": {"scale": 3}, "stage": {}, "other": {}})
+    with pytest.raises(ConfigError, match=r"base.crop: 130 is not divisible by scale 4"):
+        load(Stage, "stage", {"base": {"crop": 130}, "stage": {}, "other": {}})
+    with pytest.raises(ConfigError, match=r"base.device: 'tpu' is not one of"):
+        load(Stage, "stage", {"base": {"device": "tpu"}, "stage": {}, "other": {}})
+    with pytest.raises(ConfigError, match=r"base.paths.hrr: unknown key"):
+        load(Stage, "stage", {"base": {"paths": {"hrr": "x"}}, "stage": {}, "other": {}})
+
+
+def test_missing_sections():
+    with pytest.raises(ConfigError, match="stage: missing section"):
+        load(Stage, "stage", {"base": {}, "other": {}})
+    with pytest.raises(ConfigError, match=r"other: missing section in params \(needed by stage\)"):
+        load(Stage, "stage", {"base": {}, "stage": {}})
+
+
+def test_overrides_apply_like_dvc_exp_set():
+    cfg = load(Stage, "stage", params(), overrides={"stage.rate": 0.25, "base.seed": 7})
+    assert cfg.rate == 0.25 and cfg.base.seed == 7
+
+
+def test_build_rejects_non_mapping():
+    with pytest.raises(ConfigError, match="inner: expected a mapping"):
+        build(Inner, [1, 2], "inner")
+
+
+def test_real_params_file_loads(repo_root):
+    import importlib
+    import yaml
+    data = yaml.safe_load((repo_root / "params.yaml").read_text())
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    for name in stages:
+        module = importlib.import_module(f"pipelines.{name}")
+        cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k.lower().startswith(name.replace("_", "")))
+        load(cls, name, data)

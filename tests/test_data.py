@@ -1,0 +1,120 @@
+"""Datasets: aligned pairs, seeded and index-addressed sampling, exact resume."""
+import numpy as np
+import pytest
+import torch
+
+from pipelines.data import (CriticPairs, EvalPairs, StepBatches, TrainPairs, aligned_lr,
+                            center_crop_pair, step_loader, to_image, to_tensor)
+from pipelines.degradations import Degradation, downscale, make_degrader
+from pipelines.images import write_image
+
+
+def photo(h, w, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w)], -1)
+    return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def hr_files(tmp_path):
+    files = []
+    for i, (h, w) in enumerate([(70, 90), (64, 64), (81, 77)]):
+        f = tmp_path / "hr" / "train" / f"img{i}.png"
+        write_image(f, photo(h, w, i))
+        files.append(f)
+    return files
+
+
+def test_tensor_round_trip():
+    img = photo(9, 7, 0)
+    assert np.array_equal(to_image(to_tensor(img)), img)
+
+
+def test_step_batches_cover_global_batches_per_rank():
+    one = list(StepBatches(2, 4, batch_size=4))
+    assert one == [[8, 9, 10, 11], [12, 13, 14, 15]]
+    r0 = list(StepBatches(2, 4, batch_size=4, rank=0, world=2))
+    r1 = list(StepBatches(2, 4, batch_size=4, rank=1, world=2))
+    assert [a + b for a, b in zip(r0, r1)] == one
+    with pytest.raises(ValueError, match="not divisible by 3"):
+        StepBatches(0, 1, batch_size=4, world=3)
+
+
+def test_fresh_pairs_are_aligned_and_deterministic(hr_files):
+    spec = Degradation(scale=4, watermark="none", jpeg_quality=(95, 95))
+    ds = TrainPairs(hr_files, crop=32, scale=4, seed=3, degrade=make_degrader(spec), lighting=0.0)
+    lr, hr = ds[5]
+    assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32)
+    # LR is the downscaled HR crop (high JPEG quality, no watermark): close to area downscale
+    expect = downscale(to_image(hr), 4, "area").astype(float)
+    err = np.abs(to_image(lr).astype(float) - expect).mean()
+    other = downscale(to_image(ds[6][1]), 4, "area").astype(float)
+    assert err < 6 and np.abs(to_image(lr).astype(float) - other).mean() > 3 * err
+    lr2, hr2 = TrainPairs(hr_files, 32, 4, 3, degrade=make_degrader(spec), lighting=0.0)[5]
+    assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
+    assert not torch.equal(ds[6][1], hr)
+
+
+def test_every_image_once_per_pass(hr_files):
+    ds = TrainPairs(hr_files, 32, 4, seed=1, degrade=lambda hr, rng: hr[::4, ::4])
+    for epoch in range(3):
+        assert sorted(ds.image_index(epoch * 3 + i) for i in range(3)) == [0, 1, 2]
+
+
+def test_fixed_pairs_crop_the_same_region(tmp_path):
+    hr_files, lr_files = [], []
+    for i in range(3):
+        small = photo(18 + i, 20, i)
+        hr_file, lr_file = tmp_path / "hr" / f"{i}.png", tmp_path / "lr" / f"{i}.png"
+        # HR made of constant 4x4 blocks: any flip/rotation keeps HR[::4, ::4] == LR
+        write_image(hr_file, np.repeat(np.repeat(small, 4, 0), 4, 1))
+        write_image(lr_file, small)
+        hr_files.append(hr_file)
+        lr_files.append(lr_file)
+    ds = TrainPairs(hr_files, 32, 4, seed=2, lr_files=lr_files, lighting=0.2)
+    for i in range(6):
+        lr, hr = ds[i]
+        assert torch.equal(hr[:, ::4, ::4], lr)  # same crop, same flips/rotation, same lighting
+
+
+def test_loader_resumes_exactly(hr_files):
+    ds = TrainPairs(hr_files, 16, 4, seed=0, degrade=lambda hr, rng: hr[::4, ::4].copy())
+    full = [b[1] for b in step_loader(ds, 0, 6, 2, workers=0)]
+    tail = [b[1] for b in step_loader(ds, 3, 6, 2, workers=0)]
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], tail))
+
+
+def test_aligned_lr_and_centre_crop():
+    hr = photo(70, 90, 0)
+    lr, hr_c = aligned_lr(hr[::4, ::4][:17, :22], hr, 4)
+    assert lr.shape[:2] == (17, 22) and hr_c.shape[:2] == (68, 88)
+    lr_r, _ = aligned_lr(photo(20, 30, 1), hr, 4)  # not an exact 1/scale: resized
+    assert lr_r.shape[:2] == (17, 22)
+    lr2, hr2 = center_crop_pair(lr, hr_c, 32, 4)
+    assert lr2.shape[:2] == (8, 8) and hr2.shape[:2] == (32, 32)
+
+
+def test_eval_pairs(tmp_path, hr_files):
+    for f in hr_files:
+        from pipelines.images import read_rgb
+        lr = downscale(read_rgb(f), 4, "area")
+        write_image((tmp_path / "lr" / "train" / f.name).with_suffix(".jpg"), lr, jpeg_quality=90)
+    pairs = EvalPairs(tmp_path / "hr", tmp_path / "lr", "train", 4)
+    lr, hr = pairs[0]
+    assert hr.shape[1] == lr.shape[1] * 4 and hr.shape[2] == lr.shape[2] * 4
+    with pytest.raises(FileNotFoundError, match="no images"):
+        EvalPairs(tmp_path / "hr", tmp_path / "lr", "valid", 4)
+
+
+def test_critic_pairs(tmp_path, hr_files):
+    fakes = []
+    for f in hr_files:
+        from pipelines.images import read_rgb
+        fake = tmp_path / "gen" / f.name
+        write_image(fake, read_rgb(f)[:64, :64])
+        fakes.append(fake)
+    ds = CriticPairs(hr_files, fakes, crop=32, seed=0)
+    fake, real = ds[3]
+    assert fake.shape == real.shape == (3, 32, 32)
+    assert torch.equal(fake, real)  # fakes here are exact crops of the reals: same region
