@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from pipelines.errors import StageError
 from pipelines.files import write_bytes
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StageError):
     """A checkpoint is missing, unreadable, unsafe or of another kind."""
 
 

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from pipelines.images import list_images, read_rgb
 from pipelines.runtime import hash_seed
 
-# degrade(hr_crop, rng) -> lr: the LR image the generator learns to restore
-Degrader = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# degrade(hr_crop, rng, ref_side) -> lr: the LR image the generator learns to restore;
+# ref_side is the LR shorter side of the whole image the crop came from (watermark size)
+Degrader = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -122,7 +123,7 @@ class TrainPairs(Dataset):
             hr_crop = out["image"]
             lr_crop = out["lr"] if lr_crop is not None else None
         if lr_crop is None:
-            lr_crop = self.degrade(hr_crop, rng)
+            lr_crop = self.degrade(hr_crop, rng, min(hr.shape[:2]) // self.scale)
         return to_tensor(lr_crop), to_tensor(hr_crop)
 
     def _crop(self, hr: np.ndarray, lr: np.ndarray | None, rng: np.random.Generator):

@@ -121,7 +121,8 @@ def to_grayscale(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
-def _fit_text(text: str, height_px: float, max_w: int, max_h: int) -> tuple[float, int, int, int, int, int]:
+def _fit_text(text: str, height_px: float, max_w: int, max_h: int
+              ) -> tuple[float, int, int, int, int, int]:
     """Font scale, thickness, padding and box size for ``text`` about ``height_px`` tall,
     shrunk until the padded box fits in max_w x max_h."""
     thickness = max(1, round(height_px / 12))
@@ -141,7 +142,8 @@ def _fit_text(text: str, height_px: float, max_w: int, max_h: int) -> tuple[floa
 def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
               height: tuple[float, float] = (0.08, 0.16),
               opacity: tuple[float, float] = (1.0, 1.0),
-              color: Literal["white", "random"] = "white") -> tuple[np.ndarray, dict]:
+              color: Literal["white", "random"] = "white",
+              ref_side: int | None = None) -> tuple[np.ndarray, dict]:
     """Alpha-blend ``text`` in an OpenCV Hershey font at a random place, size, colour, opacity.
 
     As in the original, the text box's top-left corner is uniform in the image's top-left
@@ -149,6 +151,8 @@ def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
     so the record says exactly which pixels may have changed: the box (x, y, width, height).
     ``height`` is the text height as a fraction of the image's shorter side (fastai's default
     bitmap font on a 96 px image is about 0.11).
+    ``ref_side`` replaces the shorter side in that fraction: a training crop passes its whole
+    image's, so crops carry text of the size seen on whole images.
     Returns (the new image, the record); an empty ``text`` draws nothing.
     """
     _check_rgb(img)
@@ -162,7 +166,7 @@ def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
               "thickness": 0, "color": [int(c) for c in rgb], "opacity": round(alpha, 4)}
     if not text:
         return img.copy(), record
-    scale, thickness, pad, th, bw, bh = _fit_text(text, frac * min(w, h), w, h)
+    scale, thickness, pad, th, bw, bh = _fit_text(text, frac * (ref_side or min(w, h)), w, h)
     # the corner is uniform over the top-left quadrant, clamped so the box stays inside
     x = min(int(fx * (w // 2 + 1)), w - bw)
     y = min(int(fy * (h // 2 + 1)), h - bh)
@@ -224,8 +228,8 @@ def rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(hash_seed(seed, key))
 
 
-def crappify(hr: np.ndarray, spec: Degradation, rng: np.random.Generator
-             ) -> tuple[np.ndarray, bytes, dict]:
+def crappify(hr: np.ndarray, spec: Degradation, rng: np.random.Generator,
+             ref_side: int | None = None) -> tuple[np.ndarray, bytes, dict]:
     """Degrade one HR image: (LR as decoded RGB uint8, its JPEG bytes, the record of draws).
 
     The LR array is the decoded JPEG, bit for bit what a reader of the written bytes gets.
@@ -251,7 +255,8 @@ def crappify(hr: np.ndarray, spec: Degradation, rng: np.random.Generator
         img = gaussian_noise(img, noise_sigma, noise_rng)
     text = {"quality": str(quality), "fixed": spec.watermark_text, "none": ""}[spec.watermark]
     img, mark = watermark(img, text, mark_rng, height=spec.watermark_height,
-                          opacity=spec.watermark_opacity, color=spec.watermark_color)
+                          opacity=spec.watermark_opacity, color=spec.watermark_color,
+                          ref_side=ref_side)
     lr, data = jpeg(img, quality)
     record = {"quality": quality, **mark,
               "blur_sigma": round(blur_sigma, 4) if blur_on else 0.0,
@@ -269,5 +274,6 @@ def make_degrader(spec: Degradation) -> Callable[[np.ndarray, np.random.Generato
     return functools.partial(_lr_only, spec)
 
 
-def _lr_only(spec: Degradation, hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return crappify(hr, spec, rng)[0]
+def _lr_only(spec: Degradation, hr: np.ndarray, rng: np.random.Generator,
+             ref_side: int | None = None) -> np.ndarray:
+    return crappify(hr, spec, rng, ref_side)[0]

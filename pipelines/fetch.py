@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from tqdm import tqdm
 
+from pipelines.errors import StageError
 from pipelines.files import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ USER_AGENT = "decrappify/0.1 (+python urllib)"
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-class FetchError(RuntimeError):
+class FetchError(StageError):
     """Fetching or unpacking data failed; the message says what and where."""
 
 
@@ -169,7 +170,7 @@ def _range_start(response) -> int | None:
 
 def archive_name(url: str) -> str:
     """The file name an archive URL points at (``images.tar.gz``), safe to use locally."""
-    name = unquote(PurePosixPath(urlsplit(url).path).name)
+    name = PurePosixPath(unquote(urlsplit(url).path)).name
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
     return name or "archive"
 
@@ -242,11 +243,12 @@ def _extract_zip(archive: Path, dest: Path) -> None:
             members = zf.infolist()
             for info in members:
                 _check_name(archive, info.filename)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
+                # Unix file type bits; zips made elsewhere leave them 0 (a plain entry).
+                kind = stat.S_IFMT(info.external_attr >> 16)
+                if kind == stat.S_IFLNK:
                     raise UnsafeArchiveError(f"{archive}: refusing member {info.filename!r}: "
                                              "symbolic link")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                     raise UnsafeArchiveError(f"{archive}: refusing member {info.filename!r}: "
                                              "device, fifo or other special file")
             for info in members:
@@ -257,5 +259,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
+    except UnsafeArchiveError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as exc:  # RuntimeError: encrypted
         raise FetchError(f"{archive}: cannot extract: {exc}") from None

@@ -34,6 +34,9 @@ MAX_PIXELS = 80_000_000
 # would never apply.
 DECODE_LIMIT = 2 * 89_478_485
 
+# Leading bytes of the formats above, to tell a damaged image from a file of another kind.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
+
 DEFAULT_JPEG_QUALITY = 95
 EXIF_ORIENTATION = 0x0112
 
@@ -78,9 +81,9 @@ def read_rgb(path: Path | str) -> np.ndarray:
 def _check_rgb(rgb: np.ndarray) -> None:
     if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3
             and rgb.shape[2] == 3):
-        shape = getattr(rgb, "shape", None)
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {getattr(rgb, 'dtype', type(rgb))} "
-                         f"{shape}")
+        kind = getattr(rgb, "dtype", type(rgb))
+        shape = getattr(rgb, "shape", "")
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {kind} {shape}")
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -130,7 +133,8 @@ def check_image(path: Path | str, min_size: int,
     ``unsupported format: ...``, ``too large: WxH pixels``, ``too small: WxH < N``,
     ``truncated``, ``corrupt: ...``, ``unsupported pixel type: ...``.
     Size limits are checked on the header, before any pixel is decoded; ``min_size`` is the
-    shortest side allowed (the training crop).
+    shortest side allowed (the training crop). Damage inside JPEG entropy-coded data that the
+    decoder can resynchronise after (garbled blocks, no missing bytes) is not detectable here.
     """
     path = Path(path)
     try:
@@ -157,6 +161,8 @@ def check_image_bytes(data: bytes, min_size: int,
     try:
         header = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            return None, "corrupt: unreadable header"
         return None, "not an image"
     except Image.DecompressionBombError:
         return None, f"too large: over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels"
@@ -173,11 +179,14 @@ def check_image_bytes(data: bytes, min_size: int,
         notes.append("CMYK")
     orientation = _exif_orientation(header)
 
-    reason = _integrity(header)
+    reason = _integrity(header, data)
     if reason:
         return None, reason
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
+        # Pillow stops reading at the last pixel row; libpng also wants the closing chunk.
+        if header.format == "PNG" and b"IEND" not in data[-64:]:
+            return None, "truncated"
         return None, "corrupt: cannot decode"
     rgb, more = _to_rgb8(pixels)
     if rgb is None:
@@ -202,13 +211,18 @@ def _exif_orientation(header: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _integrity(header: Image.Image) -> str:
-    """Decode with Pillow to find truncated or corrupt data that OpenCV would accept.
+def _integrity(header: Image.Image, data: bytes) -> str:
+    """Find truncated or corrupt data that OpenCV would accept; "" when none is found.
 
     OpenCV decodes a truncated JPEG with only a warning on stderr and grey rows at the
     bottom; Pillow raises. For JPEGs a 1/8-scale draft still reads every entropy-coded
-    byte, so the check costs a fraction of a full decode.
+    byte, so the check costs a fraction of a full decode. A JPEG cut just before its end
+    marker decodes without complaint anywhere, hence the explicit marker check.
     """
+    if header.format in ("JPEG", "MPO") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # No end-of-image marker after the last scan: entropy-coded data never holds
+        # 0xFFD9 or 0xFFDA, and an EXIF thumbnail's markers come before the main scan.
+        return "truncated"
     try:
         if header.format in ("JPEG", "MPO"):
             header.draft(None, (max(1, header.width // 8), max(1, header.height // 8)))
@@ -278,7 +292,8 @@ def contact_sheet(images: Sequence[np.ndarray], tile: int = 128, columns: int = 
         h, w = rgb.shape[:2]
         scale = tile / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        thumb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        shrink = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        thumb = cv2.resize(rgb, size, interpolation=shrink)
         top = (i // columns) * tile + (tile - size[1]) // 2
         left = (i % columns) * tile + (tile - size[0]) // 2
         sheet[top:top + size[1], left:left + size[0]] = thumb

@@ -134,9 +134,10 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> float | None:
     levels = ms_ssim_levels(h, w)
     if levels < 2:
         return None
+    weights = None  # piq's own (the paper's) weights for all five scales
     if levels < len(MS_SSIM_WEIGHTS):
         _log_reduced_levels(h, w, levels)
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=x.dtype)
+        weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=x.dtype)
     return float(piq.multi_scale_ssim(x, y, data_range=1.0, scale_weights=weights,
                                       k1=SSIM_K1, k2=SSIM_K2))
 
@@ -148,6 +149,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 # LPIPS taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) as indices into vgg16_bn().features
 VGG_TAPS = (5, 12, 22, 32, 42)
+VGG_MIN_SIZE = 16  # four max-pools before the last tap
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -211,6 +213,7 @@ def score(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> dict[str, float]:
     ``border`` pixels are cropped from every side first (the scale factor, by convention).
     Keys: psnr_y, ssim_y (higher better), ms_ssim (higher; absent under 21 px), gmsd (lower),
     haarpsi (higher; absent under 16 px), vgg_distance (lower; only with ImageNet VGG weights).
+    MS-SSIM and HaarPSI see colour (RGB, YIQ); GMSD, like PSNR and SSIM, only luma.
     """
     _check_pair(sr, hr)
     out = {"psnr_y": psnr_y(sr, hr, border), "ssim_y": ssim_y(sr, hr, border)}
@@ -224,6 +227,6 @@ def score(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> dict[str, float]:
         if min(x.shape[-2:]) >= HAARPSI_MIN_SIZE:
             out["haarpsi"] = float(piq.haarpsi(x, y, data_range=1.0))
         distance = _vgg_distance_model()
-        if distance is not None:
+        if distance is not None and min(x.shape[-2:]) >= VGG_MIN_SIZE:
             out["vgg_distance"] = float(distance(x, y))
     return out

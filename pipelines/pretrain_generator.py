@@ -40,8 +40,10 @@ class GeneratorModel:
     # imagenet | none | a path to a state dict
     pretrained: str = "imagenet"
     blur: bool = True
+    blur_final: bool = True
     self_attention: bool = True
     norm: Literal["weight", "spectral", "none"] = "weight"
+    hr_channels: int = bounded(32, lo=4)  # channels of the blocks above the input resolution
 
     def arch(self, scale: int) -> dict:
         return {**as_dict(self), "scale": scale}
@@ -176,7 +178,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         samples_before += phase.steps * phase.batch_size
     steps_log.close()
 
-    checkpoint.save(model_path(base), checkpoint.model_payload("generator", arch, model))
+    # model.arch rebuilds the network without fetching pretrained weights again
+    checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
     final = history[-1] if history else validate(model, valid, device, dtype, border)
     metrics = {"steps": step, "train_images_per_s": round(speed.rate, 2),
                "valid_psnr_y": round(final["psnr_y"], 4), "valid_ssim_y": round(final["ssim_y"], 5),

@@ -26,9 +26,14 @@ import torch
 import torchvision
 from torch import nn
 
+from pipelines.errors import StageError
+
 log = logging.getLogger(__name__)
 
 ALLOW_DOWNLOAD_ENV = "DECRAPPIFY_ALLOW_DOWNLOAD"
+# the statistics the ImageNet weights were trained with: networks normalise their inputs by them
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The weights the recipe used (IMAGENET1K_V1, as fastai v1 and the hub file names of that time).
 IMAGENET_WEIGHTS = {
@@ -43,7 +48,7 @@ IMAGENET_WEIGHTS = {
 _warned: set[str] = set()
 
 
-class PretrainedError(RuntimeError):
+class PretrainedError(StageError):
     """A pretrained weights spec names a file that is missing, unsafe or does not fit."""
 
 

@@ -10,7 +10,6 @@ and weight map on the host.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +20,6 @@ from torch import nn
 
 from pipelines import checkpoint
 from pipelines.runtime import autocast
-
-log = logging.getLogger(__name__)
 
 # OpenCV methods by name; ``upscale`` also knows "matlab_bicubic" (``imresize_matlab``).
 RESAMPLERS = {
@@ -88,16 +85,18 @@ def imresize_matlab(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """MATLAB ``imresize(img, [h w], 'bicubic')`` of an RGB uint8 image; ``size`` = (width, height).
 
     The SR benchmarks (Set5, Set14, ...) make their LR inputs this way; OpenCV's bicubic does
-    not antialias when shrinking, so its LR images are sharper and aliased. Rows are resized
-    first, then columns, each pass rounded to uint8, as MATLAB does for uint8 images.
+    not antialias when shrinking, so its LR images are sharper and aliased. As MATLAB, the axis
+    with the smaller factor goes first (rows on a tie) and each pass is rounded to uint8.
     """
+    h, w = rgb.shape[:2]
     out = rgb
-    for axis, n in ((0, size[1]), (1, size[0])):
+    for _, axis, n in sorted([(size[1] / h, 0, size[1]), (size[0] / w, 1, size[0])]):
         if out.shape[axis] == n:
             continue
-        idx, w = _matlab_weights(out.shape[axis], n)
+        idx, weights = _matlab_weights(out.shape[axis], n)
         moved = np.moveaxis(out, axis, 0).astype(np.float64)
-        res = np.einsum("op,op...->o...", w, moved[idx])
+        # one tap at a time: a gather of all taps at once would take ~18x the image in memory
+        res = sum(weights[:, p, None, None] * moved[idx[:, p]] for p in range(idx.shape[1]))
         out = np.moveaxis(np.clip(np.rint(res), 0, 255).astype(np.uint8), 0, axis)
     return np.ascontiguousarray(out)
 

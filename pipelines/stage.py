@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pipelines.config import DEFAULT_PARAMS, ConfigError, as_dict, load
+from pipelines.errors import StageError
 from pipelines.tracking import Tracker
 
 log = logging.getLogger("decrappify")
@@ -46,10 +47,14 @@ def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2
-    with Tracker(name, cfg.base.tracking_uri, cfg.base.experiment,
-                 enabled=not args.no_tracking) as tracker:
-        tracker.log_params(as_dict(cfg))
-        metrics = run(cfg, tracker)
-        tracker.log_metrics(metrics)
+    try:
+        with Tracker(name, cfg.base.tracking_uri, cfg.base.experiment,
+                     enabled=not args.no_tracking) as tracker:
+            tracker.log_params(as_dict(cfg))
+            metrics = run(cfg, tracker)
+            tracker.log_metrics(metrics)
+    except StageError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return 1
     log.info("%s done: %s", name, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0

@@ -36,16 +36,21 @@ def repo_root() -> Path:
     return here
 
 
-def resolve_tracking_uri(configured: str = "") -> str:
-    """``MLFLOW_TRACKING_URI`` wins, then params, then ``sqlite:///<repo root>/mlflow.db``."""
+def resolve_tracking_uri(configured: str = "", root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` wins, then params, then ``sqlite:///<repo root>/mlflow.db``.
+
+    Relative locations resolve against ``root`` (default: ``repo_root()``); a flow passes
+    the repository it runs, which need not be its working directory.
+    """
+    root = Path(root) if root is not None else repo_root()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
     if not uri:
-        return f"sqlite:///{repo_root() / 'mlflow.db'}"
+        return f"sqlite:///{root / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         rel = uri[len("sqlite:///"):]
-        return f"sqlite:///{(repo_root() / rel).resolve()}"
+        return f"sqlite:///{(root / rel).resolve()}"
     if "://" not in uri:
-        return (repo_root() / uri).resolve().as_uri()
+        return (root / uri).resolve().as_uri()
     return uri
 
 

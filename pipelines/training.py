@@ -20,12 +20,13 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from pipelines import checkpoint
+from pipelines.errors import StageError
 from pipelines.files import sha256_file
 
 log = logging.getLogger(__name__)
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(StageError):
     """A loss became NaN or infinite."""
 
 

@@ -72,27 +72,27 @@ def grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
 
 
 def line_plot(xs: Sequence[float], series: Mapping[str, Sequence[float]], path: Path | str,
-              title: str, xlabel: str = "step", ylabel: str = "") -> Path:
-    """A PNG line plot of one or more series over ``xs``, written atomically to ``path``."""
+              title: str, xlabel: str = "step") -> Path:
+    """A PNG of each series over ``xs``, one panel per series sharing the x axis (scores in dB
+    and in [0, 1] would flatten each other on one axis); written atomically to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if not series:
+        raise ValueError("line_plot needs at least one series")
     for name, ys in series.items():
         if len(ys) != len(xs):
             raise ValueError(f"series {name!r} has {len(ys)} values for {len(xs)} x values")
     # A bare Figure, not pyplot: no global state, no GUI backend, safe in worker threads.
-    fig = Figure(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 1.2 + 1.6 * len(series)), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, ys in series.items():
-        ax.plot(list(xs), list(ys), marker="o", markersize=3, label=name)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
+    axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, ys) in zip(axes, series.items()):
+        ax.plot(list(xs), list(ys), marker="o", markersize=3)
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title(title)
+    axes[-1].set_xlabel(xlabel)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

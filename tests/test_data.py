@@ -57,7 +57,7 @@ def test_fresh_pairs_are_aligned_and_deterministic(hr_files):
 
 
 def test_every_image_once_per_pass(hr_files):
-    ds = TrainPairs(hr_files, 32, 4, seed=1, degrade=lambda hr, rng: hr[::4, ::4])
+    ds = TrainPairs(hr_files, 32, 4, seed=1, degrade=lambda hr, rng, ref: hr[::4, ::4])
     for epoch in range(3):
         assert sorted(ds.image_index(epoch * 3 + i) for i in range(3)) == [0, 1, 2]
 
@@ -79,7 +79,7 @@ def test_fixed_pairs_crop_the_same_region(tmp_path):
 
 
 def test_loader_resumes_exactly(hr_files):
-    ds = TrainPairs(hr_files, 16, 4, seed=0, degrade=lambda hr, rng: hr[::4, ::4].copy())
+    ds = TrainPairs(hr_files, 16, 4, seed=0, degrade=lambda hr, rng, ref: hr[::4, ::4].copy())
     full = [b[1] for b in step_loader(ds, 0, 6, 2, workers=0)]
     tail = [b[1] for b in step_loader(ds, 3, 6, 2, workers=0)]
     assert all(torch.equal(a, b) for a, b in zip(full[3:], tail))

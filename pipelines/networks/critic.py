@@ -46,7 +46,7 @@ class PatchCritic(nn.Module):
         if min(h, w) < self.min_size():
             raise ValueError(f"critic input {h}x{w} is smaller than {self.min_size()} px, the "
                              f"minimum for n_blocks={self.n_blocks}")
-        # the images are centred as in the recipe, where the critic saw ImageNet-normalised data
+        # centred on 0 like the ImageNet-normalised images the recipe's critic saw
         y = self.body(x * 2 - 1)
         # A map smaller than the final kernel (inputs under ~52 px with 3 blocks) is zero-padded
         # up to it, as the other convs pad their borders, so small crops still give one patch.

@@ -27,12 +27,10 @@ from torch import nn
 
 from pipelines.checkpoint import unwrap
 from pipelines.networks.layers import NORMS, Norm, PixelShuffleICNR, ResBlock, conv_layer
-from pipelines.pretrained import load_pretrained
+from pipelines.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 SCALES = (1, 2, 4, 8)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # logit(eps) = -6.9: outputs saturate within 1e-3 of 0 and 1, below half an 8-bit level
 EPS = 1e-3
 MIN_SIZE = 16
@@ -101,6 +99,8 @@ class UNetGenerator(nn.Module):
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
         if norm not in NORMS:
             raise ValueError(f"norm: {norm!r} is not one of {', '.join(NORMS)}")
+        if hr_channels < 8:
+            raise ValueError(f"hr_channels: {hr_channels} is below 8")
         self.scale = scale
         self.arch = dict(encoder=encoder, scale=scale, pretrained="none", blur=blur,
                          blur_final=blur_final, self_attention=self_attention, norm=norm,
@@ -155,23 +155,28 @@ class UNetGenerator(nn.Module):
         r = self.to_residual(self.head(torch.cat([y, norm_base], dim=1)))
         return torch.sigmoid(torch.logit(base.clamp(EPS, 1 - EPS)) + r)
 
-    def freeze_encoder(self) -> None:
-        """Train only the decoder, plus the encoder's BatchNorm layers (fastai's train_bn):
-        they adapt the pretrained statistics to the new inputs at little cost."""
-        for m in self.encoder.modules():
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(isinstance(m, nn.BatchNorm2d))
-
-    def unfreeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(True)
-
 
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic upsampling, the generator's starting point."""
     if scale == 1:
         return x
     return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def freeze_encoder(model: nn.Module, frozen: bool = True) -> None:
+    """Freeze (or with ``frozen=False`` unfreeze) the encoder; everything else stays trainable.
+
+    The encoder's BatchNorm layers stay trainable (fastai's train_bn): they adapt the pretrained
+    statistics to the new inputs at little cost. Freezing only makes sense with pretrained weights.
+    """
+    model = unwrap(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if frozen:
+        for m in model.encoder.modules():
+            if not isinstance(m, nn.BatchNorm2d):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(False)
 
 
 def param_groups(model: nn.Module) -> list[list[nn.Parameter]]:

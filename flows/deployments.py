@@ -1,0 +1,55 @@
+"""Ways to run the training flow on a schedule or on demand, from one machine or many.
+
+* One machine: ``serve`` keeps a process running that is both deployment and worker.
+* Workers: prefect.yaml describes the deployment, ``deploy`` registers it, ``worker``
+  starts a process worker (on the GPU machine) in the repository checkout.
+Both need a Prefect server (``prefect server start``) and ``PREFECT_API_URL`` pointing at it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+WORK_POOL = "decrappify"
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def serve(root: Path, name: str = "training", cron: str | None = None,
+          stages: list[str] | None = None, overrides: dict[str, Any] | None = None,
+          experiment: str = "decrappify") -> None:
+    """Serve the training flow from this process until interrupted; ``cron`` schedules runs.
+
+    One run at a time: two trainings would compete for the GPU and the workspace.
+    """
+    from flows.training import training
+
+    parameters: dict[str, Any] = {"root": str(Path(root).resolve()), "experiment": experiment}
+    if stages:
+        parameters["stages"] = stages
+    if overrides:
+        parameters["overrides"] = overrides
+    training.serve(name=name, cron=cron, parameters=parameters, limit=1,
+                   description="Training pipeline of the repository at " + parameters["root"])
+
+
+def deploy(root: Path, prefect_args: list[str]) -> int:
+    """``prefect deploy`` of ``root``/prefect.yaml (all deployments unless told otherwise)."""
+    root = Path(root).resolve()
+    args = prefect_args or ["--all"]
+    cmd = [*PREFECT, "--no-prompt", "deploy", "--prefect-file", str(root / "prefect.yaml"), *args]
+    return subprocess.call(cmd, cwd=root)
+
+
+def start_worker(root: Path, pool: str = WORK_POOL, run_once: bool = False) -> None:
+    """Replace this process with a process worker for ``pool`` serving the checkout ``root``.
+
+    The deployment's pull step changes into ``$DECRAPPIFY_ROOT``; the worker exports it.
+    """
+    env = {**os.environ, "DECRAPPIFY_ROOT": str(Path(root).resolve())}
+    cmd = [*PREFECT, "worker", "start", "--pool", pool, "--type", "process"]
+    if run_once:
+        cmd.append("--run-once")
+    os.execve(sys.executable, cmd, env)

@@ -1,0 +1,65 @@
+"""The training flow's MLflow run, the parent of every stage run of that flow run.
+
+It uses an explicit ``MlflowClient`` rather than mlflow's process-wide active run, because
+one serving process may run several flows. Tracking is for browsing: the first failing
+call warns once and turns it off, and the flow goes on (DVC files are the record).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+
+class ParentRun:
+    """``with ParentRun(uri, experiment, name, logger) as run:``; ``run.run_id`` is None when off."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, logger):
+        self.uri, self.experiment, self.run_name, self.logger = (
+            tracking_uri, experiment, run_name, logger)
+        self.run_id: str | None = None
+        self._client = None
+        self._enabled = True
+
+    def __enter__(self) -> "ParentRun":
+        # An unreachable tracking server would otherwise retry for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+        def start():
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+            found = self._client.get_experiment_by_name(self.experiment)
+            experiment_id = (found.experiment_id if found is not None
+                             else self._client.create_experiment(self.experiment))
+            run = self._client.create_run(experiment_id, run_name=self.run_name,
+                                          tags={"decrappify.kind": "flow"})
+            self.run_id = run.info.run_id
+        self._call(start)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "FINISHED" if exc_type is None else "FAILED"
+        self._call(lambda: self._client.set_terminated(self.run_id, status=status))
+
+    def record(self, tags: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        """Tags and params in one request; None values are left out."""
+        def send():
+            from mlflow.entities import Param, RunTag
+
+            self._client.log_batch(
+                self.run_id,
+                params=[Param(k, str(v)[:6000]) for k, v in params.items() if v is not None],
+                tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+        self._call(send)
+
+    def _call(self, fn: Callable[[], Any]) -> None:
+        if not self._enabled:
+            return
+        try:
+            fn()
+        except Exception as exc:  # tracking must never stop training
+            self._enabled = False
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.logger.warning("MLflow unavailable at %s (%s: %s); the flow goes on without "
+                                "tracking", self.uri, type(exc).__name__, first)

@@ -1,0 +1,141 @@
+"""The ``decrappify`` command: one subcommand per thing a user starts.
+
+Each subcommand is an ``add_<name>(subparsers)`` function that registers its parser and the
+function that runs it, so a new subcommand is one more function and one more line in
+``build_parser``. Heavy imports (Prefect, DVC, torch) happen inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="decrappify", description="Reproducible image restoration: train and run the pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run(sub)
+    add_serve(sub)
+    add_deploy(sub)
+    add_worker(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args) or 0
+
+
+# -- training --------------------------------------------------------------------------------
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stages", nargs="+", metavar="STAGE",
+                        help="only these stages (they run in dvc.yaml order); default: all")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param for this run, as `dvc exp run -S` does; the run "
+                             "becomes a DVC experiment and params.yaml is left alone")
+    parser.add_argument("--experiment", default="decrappify", help="MLflow experiment name")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="the DVC repository (default: $DECRAPPIFY_ROOT or the current one)")
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings; the value stays text for DVC to parse, as ``-S`` does."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"decrappify: error: {item!r}: an override is KEY=VALUE")
+        overrides[key] = value
+    return overrides
+
+
+def _root(args: argparse.Namespace) -> Path:
+    from pipelines.tracking import repo_root
+
+    return args.root.resolve() if args.root else repo_root()
+
+
+def add_run(sub) -> None:
+    p = sub.add_parser("run", help="run the training flow now, in this process",
+                       description="Run the training flow: each selected DVC stage as a "
+                                   "Prefect task, tracked in MLflow.")
+    _training_options(p)
+    p.add_argument("--stage-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a stage (and everything it started) after this long")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.training import training
+
+    state = training(stages=args.stages, overrides=_overrides(args.set) or None,
+                     experiment=args.experiment, root=str(_root(args)),
+                     stage_timeout=args.stage_timeout, return_state=True)
+    if not state.is_completed():
+        print(f"training {state.name.lower()}: {state.message}", file=sys.stderr)
+        return 1
+    for stage, outcome in state.result().items():
+        print(f"{stage}: {outcome}")
+    return 0
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve the training flow from this machine, on a schedule",
+                       description="Serve the training flow (needs PREFECT_API_URL): runs "
+                                   "triggered from the UI or `prefect deployment run "
+                                   "training/NAME` execute here; --cron schedules them.")
+    _training_options(p)
+    p.add_argument("--name", default="training", help="deployment name (default: training)")
+    p.add_argument("--cron", default=None, help='schedule, e.g. "0 3 * * *" (03:00 every day)')
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.deployments import serve
+
+    serve(_root(args), name=args.name, cron=args.cron, stages=args.stages,
+          overrides=_overrides(args.set) or None, experiment=args.experiment)
+    return 0
+
+
+# -- work pools ------------------------------------------------------------------------------
+def add_deploy(sub) -> None:
+    p = sub.add_parser("deploy", help="register the deployments of prefect.yaml",
+                       description="`prefect deploy --all` from the repository root; arguments "
+                                   "after -- go to `prefect deploy` instead of --all.")
+    p.add_argument("--root", type=Path, default=None, help="repository holding prefect.yaml")
+    p.add_argument("prefect_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(handler=_deploy)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from flows.deployments import deploy
+
+    extra = args.prefect_args[1:] if args.prefect_args[:1] == ["--"] else args.prefect_args
+    return deploy(_root(args), extra)
+
+
+def add_worker(sub) -> None:
+    from flows.deployments import WORK_POOL
+
+    p = sub.add_parser("worker", help="start a process worker in this checkout",
+                       description="Start a Prefect process worker whose flow runs execute in "
+                                   "this repository (run it on the GPU machine).")
+    p.add_argument("--root", type=Path, default=None, help="the repository checkout")
+    p.add_argument("--pool", default=WORK_POOL, help=f"work pool (default: {WORK_POOL})")
+    p.add_argument("--run-once", action="store_true",
+                   help="take the runs waiting now, then exit")
+    p.set_defaults(handler=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from flows.deployments import start_worker
+
+    start_worker(_root(args), pool=args.pool, run_once=args.run_once)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""The one base class of the failures a user can act on: a stage prints its message and
+exits with status 1, without a traceback."""
+
+
+class StageError(RuntimeError):
+    """An expected failure (bad data, network, checksum, divergence, unusable checkpoint)."""

@@ -1,0 +1,169 @@
+"""The evaluate stage end to end on tiny images, with generators saved in the checkpoint format."""
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipelines import checkpoint, evaluate
+from pipelines.config import ConfigError, load
+from pipelines.evaluate import EvaluateConfig
+from pipelines.images import read_rgb, write_image
+from pipelines.metrics import psnr_y
+from pipelines.restore import benchmark_lr, upscale
+
+SET5 = "/work/shared/benchmarks/Set5"
+
+
+class Resampler(nn.Module):
+    """A 'generator' that is exactly an OpenCV resampling of its input."""
+
+    def __init__(self, method: str, scale: int):
+        super().__init__()
+        self.flag = {"bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}[method]
+        self.scale = scale
+
+    def forward(self, x):
+        out = []
+        for img in x:
+            rgb = (img.permute(1, 2, 0) * 255).round().byte().numpy()
+            big = cv2.resize(rgb, (rgb.shape[1] * self.scale, rgb.shape[0] * self.scale),
+                             interpolation=self.flag)
+            out.append(torch.from_numpy(big).permute(2, 0, 1).float() / 255)
+        return torch.stack(out)
+
+
+def photo(h, w, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 90 * np.sin(x / 5), y * 255 / h, (x + y) * 127 / (h + w)], -1)
+    return np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """data/hr/test + crappified data/lr/test (x4) and two saved resampling generators."""
+    monkeypatch.chdir(tmp_path)
+    for i, (name, (h, w)) in enumerate({"a.png": (72, 88), "sub/b.png": (83, 101)}.items()):
+        hr = photo(h, w, i)
+        write_image(tmp_path / "data/hr/test" / name, hr)
+        lr = cv2.resize(hr, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+        write_image((tmp_path / "data/lr/test" / name).with_suffix(".jpg"), lr, jpeg_quality=60)
+    for method in ("bicubic", "nearest"):
+        checkpoint.save(tmp_path / f"models/{method}_net.pt",
+                        checkpoint.model_payload("generator", {"method": method, "scale": 4},
+                                                 Resampler(method, 4)))
+    return tmp_path
+
+
+def config(**section):
+    section.setdefault("models", ["models/bicubic_net.pt", "models/nearest_net.pt"])
+    return load(EvaluateConfig, "evaluate", {"base": {"device": "cpu"}, "evaluate": section})
+
+
+def test_a_generator_that_is_bicubic_gains_exactly_nothing(workspace):
+    # tile 16 / overlap 8 on 18-25 px LR images: the restorations go through the tiled path
+    cfg = config(baselines=["bicubic", "bilinear", "nearest"], tile=16, overlap=8, grid_crop=0)
+    results = evaluate.run(cfg, builder=Resampler)
+
+    test = results["test"]
+    assert test["images"] == 2
+    assert test["gain_db"]["bicubic_net"] == pytest.approx(0.0, abs=1e-6)
+    assert test["bicubic_net"] == test["bicubic"]
+    assert test["nearest_net"] == test["nearest"]
+    assert test["gain_db"]["nearest_net"] == pytest.approx(
+        test["nearest"]["psnr_y"] - test["bicubic"]["psnr_y"], abs=2e-4)
+    assert test["gain_db"]["nearest_net"] < 0
+    assert set(test["bicubic"]) == {"psnr_y", "ssim_y", "ms_ssim", "gmsd", "haarpsi"}
+
+    assert json.loads((workspace / "metrics/evaluate.json").read_text()) == results
+    with open(workspace / "metrics/evaluate_images.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 5
+    assert {r["image"] for r in rows} == {"a.png", "sub/b.png"}
+    picture = read_rgb(workspace / "plots/evaluate_grid.png")
+    # columns: LR, bicubic, 2 models, HR, each 101*... wide at least; rows: 2 images of 83+ px
+    assert picture.shape[1] > 5 * 88 and picture.shape[0] > 2 * 83
+
+
+def test_benchmark_folder_uses_bicubic_downscaled_lr(workspace):
+    folder = workspace / "Set5"
+    folder.mkdir()
+    for name in ("bird.png", "head.png"):
+        shutil.copy(f"{SET5}/{name}", folder / name)
+    cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"],
+                 baselines=["bicubic", "matlab_bicubic"], max_images=1, grid_images=1)
+    results = evaluate.run(cfg, builder=Resampler)
+    assert list(results) == ["Set5"] and results["Set5"]["images"] == 1
+    assert results["Set5"]["gain_db"] == {"bicubic_net": 0.0}
+    lr, hr = benchmark_lr(read_rgb(folder / "bird.png"), 4)
+    expected = psnr_y(upscale(lr, 4, "matlab_bicubic"), hr, 4)
+    assert results["Set5"]["matlab_bicubic"]["psnr_y"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_short_side_lr_is_resized_to_the_hr_grid(workspace, caplog):
+    hr = read_rgb(workspace / "data/hr/test/a.png")
+    write_image(workspace / "data/lr/test/a.jpg", cv2.resize(hr, (23, 19)), jpeg_quality=90)
+    with caplog.at_level("INFO"):
+        results = evaluate.run(config(grid_images=1), builder=Resampler)
+    assert results["test"]["images"] == 2
+    assert "1 LR image(s) not at 1/4" in caplog.text
+
+
+def test_missing_inputs_are_named(workspace):
+    (workspace / "data/lr/test/a.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="a.jpg"):
+        evaluate.run(config(), builder=Resampler)
+    with pytest.raises(checkpoint.CheckpointError, match="nope.pt"):
+        evaluate.run(config(models=["models/nope.pt"]), builder=Resampler)
+
+
+def test_config_is_checked_before_any_work():
+    with pytest.raises(ConfigError, match="bicubic"):
+        config(baselines=["bilinear"])
+    with pytest.raises(ConfigError, match="'generator' names two"):
+        config(models=["generator", "other/generator.pt"])
+    with pytest.raises(ConfigError, match="overlap"):
+        config(tile=32, overlap=20)
+    with pytest.raises(ConfigError, match="evaluate.baselines"):
+        config(baselines=["bicubic", "magic"])
+    assert evaluate.model_file("gan_generator", config().base).as_posix() == "models/gan_generator.pt"
+
+
+def test_stage_command_with_a_real_untrained_unet(workspace):
+    from pipelines.networks import build_generator
+    net = build_generator(encoder="resnet18", scale=4, pretrained="none")
+    checkpoint.save(workspace / "models/generator.pt",
+                    checkpoint.model_payload("generator", net.arch, net))
+    (workspace / "params.yaml").write_text(
+        "base: {device: cpu}\nevaluate: {models: [generator], max_images: 1, grid_images: 1}\n")
+    assert evaluate.main(["--params", "params.yaml", "--no-tracking"]) == 0
+    gain = json.loads((workspace / "metrics/evaluate.json").read_text())["test"]["gain_db"]
+    # an untrained U-Net outputs its bicubic skip (torch's float bicubic vs OpenCV's)
+    assert gain["generator"] == pytest.approx(0.0, abs=0.05)
+
+
+def test_grid_brings_sizes_to_one_height_under_labels():
+    from pipelines.visualize import grid
+    small, big = photo(10, 12, 0), photo(40, 30, 1)
+    out = grid([[small, big], [big, small]], ["lr", "hr"])
+    header = out.shape[0] - 2 * 40 - 3 * 4
+    assert out.dtype == np.uint8 and header >= 16
+    assert out.shape[1] == 4 + 48 + 4 + 48 + 4  # the 10x12 image enlarged to 40x48
+    assert (out[:header] < 128).any()  # label text drawn
+    with pytest.raises(ValueError, match="one per label"):
+        grid([[small]], ["a", "b"])
+
+
+def test_line_plot_writes_a_png(tmp_path):
+    from pipelines.visualize import line_plot
+    path = line_plot([0, 100, 200], {"psnr_y": [20.0, 21.5, 21.2], "ssim_y": [0.6, 0.7, 0.69]},
+                     tmp_path / "plots/scores.png", "checkpoint scores")
+    img = read_rgb(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    with pytest.raises(ValueError, match="2 values for 3"):
+        line_plot([0, 1, 2], {"x": [1, 2]}, tmp_path / "bad.png", "bad")
