@@ -126,6 +126,9 @@ def experiment_workspace(root: Path, name: str, overrides: Mapping[str, Any],
     with workspace_lock(root, logger):
         _git(root, "worktree", "add", "--detach", str(path), base)
     try:
+        # dvc.lock records what the workspace's outputs are; git may not track it (yet).
+        if (root / "dvc.lock").exists():
+            shutil.copy2(root / "dvc.lock", path / "dvc.lock")
         _share_cache(root, path)
         apply_overrides(path, overrides)
         _dvc(path, ["checkout", "--allow-missing"], logger, check=False)

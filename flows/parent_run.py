@@ -29,17 +29,29 @@ class ParentRun:
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri)
-            found = self._client.get_experiment_by_name(self.experiment)
-            experiment_id = (found.experiment_id if found is not None
-                             else self._client.create_experiment(self.experiment))
-            run = self._client.create_run(experiment_id, run_name=self.run_name,
+            run = self._client.create_run(self._experiment_id(), run_name=self.run_name,
                                           tags={"decrappify.kind": "flow"})
             self.run_id = run.info.run_id
         self._call(start)
         return self
 
+    def _experiment_id(self) -> str:
+        found = self._client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self._client.create_experiment(self.experiment)
+        except Exception:
+            # Another flow (or a stage) created it meanwhile.
+            found = self._client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = "FINISHED" if exc_type is None else "FAILED"
+        # Interrupted (Ctrl-C, a cancelled flow run) is not the same as failed.
+        status = ("FINISHED" if exc_type is None
+                  else "FAILED" if issubclass(exc_type, Exception) else "KILLED")
         self._call(lambda: self._client.set_terminated(self.run_id, status=status))
 
     def record(self, tags: Mapping[str, Any], params: Mapping[str, Any]) -> None:

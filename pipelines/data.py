@@ -90,12 +90,14 @@ class TrainPairs(Dataset):
 
     def __init__(self, hr_files: Sequence[Path], crop: int, scale: int, seed: int,
                  degrade: Degrader | None = None, lr_files: Sequence[Path] | None = None,
-                 augment: bool = True, lighting: float = 0.1):
+                 augment: bool = True, lighting: float = 0.1, clean_prob: float = 0.0):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
         self.hr_files, self.lr_files = list(hr_files), (list(lr_files) if lr_files else None)
         self.crop, self.scale, self.seed = crop, scale, seed
         self.degrade = degrade
+        # share of fresh samples that are only downscaled: a restorer must not damage clean input
+        self.clean_prob = clean_prob
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -123,7 +125,10 @@ class TrainPairs(Dataset):
             hr_crop = out["image"]
             lr_crop = out["lr"] if lr_crop is not None else None
         if lr_crop is None:
-            lr_crop = self.degrade(hr_crop, rng, min(hr.shape[:2]) // self.scale)
+            if rng.random() < self.clean_prob:
+                lr_crop = cv2.resize(hr_crop, (self.crop // self.scale,) * 2, interpolation=cv2.INTER_AREA)
+            else:
+                lr_crop = self.degrade(hr_crop, rng, min(hr.shape[:2]) // self.scale)
         return to_tensor(lr_crop), to_tensor(hr_crop)
 
     def _crop(self, hr: np.ndarray, lr: np.ndarray | None, rng: np.random.Generator):

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 CHUNK = 1 << 20
+# mkstemp creates 0600 files; outputs get the usual mode of new files instead
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def sha256_file(path: Path | str) -> str:
@@ -39,6 +42,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -82,6 +86,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -27,7 +27,7 @@ from pipelines.progress import StepLogger
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.schedule import one_cycle, one_cycle_beta1
 from pipelines.stage import stage_main
-from pipelines.training import (RollingCheckpoint, Throughput, check_finite, fingerprint,
+from pipelines.training import (Bicubic, RollingCheckpoint, Throughput, check_finite, fingerprint,
                                 sample_grid, set_lr, validate)
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class PretrainGeneratorConfig:
     # learning-rate multipliers of [encoder stem..layer2, layer3..4, decoder] when unfrozen
     lr_ratios: tuple[float, float, float] = bounded((1.0, 1.0, 1.0), lo=0)
     lighting: float = bounded(0.1, lo=0, hi=1)
+    # share of fresh training crops that are only downscaled (no JPEG, no watermark)
+    clean_prob: float = bounded(0.0, lo=0, hi=1)
     workers: int = bounded(0, lo=0)
     valid_crop: int = bounded(256, lo=0)  # centre crop of validation images, 0 = whole image
     eval_every: int = bounded(100, lo=1)
@@ -97,13 +99,13 @@ def model_path(base: BaseConfig) -> Path:
 
 
 def train_dataset(base: BaseConfig, data_mode: str, crappify: CrappifyConfig, crop: int,
-                  lighting: float) -> TrainPairs:
+                  lighting: float, clean_prob: float) -> TrainPairs:
     """The (LR, HR) training crops shared by generator pretraining and the GAN phase."""
     hr_root = Path(base.paths.hr)
     hr_files = split_files(hr_root, "train")
     if data_mode == "fresh":
         return TrainPairs(hr_files, crop, base.scale, base.seed, degrade=make_degrader(crappify),
-                          lighting=lighting)
+                          lighting=lighting, clean_prob=clean_prob)
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)
 
@@ -119,6 +121,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     loss_fn = build_content_loss(cfg.loss).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     border = base.scale
+    baseline = validate(Bicubic(base.scale), valid, device, None, border)
 
     hr_manifest = Path(base.paths.hr) / "manifest.csv"
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
@@ -144,7 +147,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                                     betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
             if state is not None and state.get("phase") == index and "optimizer" in state:
                 opt.load_state_dict(state["optimizer"])
-            dataset = train_dataset(base, cfg.data, crappify, phase.crop or base.crop, cfg.lighting)
+            dataset = train_dataset(base, cfg.data, crappify, phase.crop or base.crop, cfg.lighting,
+                                    cfg.clean_prob)
             loader = step_loader(dataset, step - phase_start, phase.steps, phase.batch_size,
                                  cfg.workers, offset=samples_before)
             speed.resume()
@@ -164,6 +168,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 steps_log.step(step, {"loss": loss.item(), "lr": peak}, speed.rate)
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
                     scores = validate(model, valid, device, dtype, border)
+                    scores["gain_db"] = scores["psnr_y"] - baseline["psnr_y"]
                     history.append({"step": step, **scores})
                     steps_log.metrics(step, {f"valid_{k}": v for k, v in scores.items()})
                 if step % cfg.checkpoint_every == 0 or step == phase_end:
@@ -180,9 +185,11 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
 
     # model.arch rebuilds the network without fetching pretrained weights again
     checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
-    final = history[-1] if history else validate(model, valid, device, dtype, border)
+    final = history[-1]
     metrics = {"steps": step, "train_images_per_s": round(speed.rate, 2),
                "valid_psnr_y": round(final["psnr_y"], 4), "valid_ssim_y": round(final["ssim_y"], 5),
+               "valid_gain_db": round(final["gain_db"], 4),
+               "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
                "train_loss": round(steps_log.ema or float("nan"), 6)}
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)

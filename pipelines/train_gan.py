@@ -66,6 +66,7 @@ class TrainGanConfig:
     select_metric: Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y"] = "haarpsi"
     valid_crop: int = bounded(256, lo=0)
     lighting: float = bounded(0.1, lo=0, hi=1)
+    clean_prob: float = bounded(0.0, lo=0, hi=1)
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -142,7 +143,8 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         checkpoint.save(best_file, checkpoint.model_payload("generator", g_saved["arch"], gen))
     start_scores = history[0]
 
-    dataset = train_dataset(base, cfg.data, cfg.crappify, cfg.crop or base.crop, cfg.lighting)
+    dataset = train_dataset(base, cfg.data, cfg.crappify, cfg.crop or base.crop, cfg.lighting,
+                            cfg.clean_prob)
     # Enough batches for the worst case of max_critic_steps critic steps per generator step.
     max_batches = cfg.steps * (cfg.max_critic_steps + 1)
     loader = step_loader(dataset, batches, max_batches, cfg.batch_size, cfg.workers)

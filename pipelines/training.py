@@ -90,7 +90,7 @@ class RollingCheckpoint:
 def check_finite(losses: Mapping[str, torch.Tensor | float], step: int, ckpt: RollingCheckpoint) -> None:
     """Stop with a clear message on a NaN/inf loss; the last good checkpoint stays on disk."""
     for name, value in losses.items():
-        v = float(value)
+        v = float(value.detach() if isinstance(value, torch.Tensor) else value)
         if not math.isfinite(v):
             where = f"{ckpt.path} (step {_saved_step(ckpt)})" if ckpt.path.exists() else "no checkpoint yet"
             raise DivergenceError(
@@ -133,6 +133,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lrs: list[float], beta1: float | No
         group["lr"] = lr
         if beta1 is not None and "betas" in group:
             group["betas"] = (beta1, group["betas"][1])
+
+
+class Bicubic(torch.nn.Module):
+    """Plain bicubic upsampling as a model: the baseline every validation is compared with."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1:
+            return x
+        return torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="bicubic",
+                                               align_corners=False)
 
 
 @torch.no_grad()

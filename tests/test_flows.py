@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import (PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
                               temporary_settings)
 from prefect.testing.utilities import prefect_test_harness
 
@@ -21,6 +27,7 @@ from flows.dvc_workspace import (OverrideError, PipelineOrderError, apply_overri
 from flows.training import training
 from pipelines.cli import build_parser, main
 from pipelines.config import read_params
+from tasks.process import terminate_group
 from tiny_dvc_repo import DVC_YAML, SLEEPER_DVC_YAML, git, make_repo
 
 STAGES = ["download", "crappify", "train_gan"]
@@ -145,11 +152,12 @@ def test_second_run_finds_every_stage_up_to_date_and_opens_no_child_run(built):
 def test_override_reruns_only_its_stage_as_a_dvc_experiment_leaving_the_workspace(built):
     repo, _ = built
     before = {name: (repo / name).read_bytes() for name in ("params.yaml", "dvc.lock", "model.txt")}
+    status = git(repo, "status", "--porcelain")  # dvc.lock is not committed: harder case
     state, outcomes = run_flow(root=str(repo), overrides={"train_gan.steps": 5})
     assert state.is_completed(), state.message
     assert outcomes == {"download": "up to date", "crappify": "up to date", "train_gan": "ran"}
     assert {name: (repo / name).read_bytes() for name in before} == before
-    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "status", "--porcelain") == status
 
     parent, children, _ = parent_run(state)
     assert children == ["train_gan"]
@@ -188,12 +196,18 @@ def test_bad_override_or_stage_name_fails_before_any_stage_runs(built):
     assert task_runs(state) == {}
 
 
-def test_unreachable_mlflow_does_not_stop_the_flow(built, monkeypatch, tmp_path):
+def test_unreachable_mlflow_does_not_stop_the_flow(built, monkeypatch, caplog):
     repo, _ = built
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/missing/dir/mlflow.db")
-    state, outcomes = run_flow(root=str(repo))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING):
+        state, outcomes = run_flow(root=str(repo))
     assert state.is_completed(), state.message
     assert outcomes == dict.fromkeys(STAGES, "up to date")
+    warnings = [r for r in caplog.records if "MLflow unavailable" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_timeout_kills_the_stage_process_tree(prefect_api, tracking_uri, tmp_path):
@@ -206,6 +220,28 @@ def test_timeout_kills_the_stage_process_tree(prefect_api, tracking_uri, tmp_pat
     assert len(pids) == 2
     for pid in pids:
         assert not _alive(pid), f"process {pid} of the timed-out stage is still running"
+
+
+def test_terminating_the_flow_process_stops_the_stage(prefect_api, tracking_uri, tmp_path):
+    """What a cancelled deployment run or `kill` does: SIGTERM to the flow's process."""
+    repo = make_repo(tmp_path / "sleeper", dvc_yaml=SLEEPER_DVC_YAML, params="{}\n")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--root", str(repo)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not (repo / "pids.txt").exists() or len((repo / "pids.txt").read_text().split()) < 2:
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()
+                assert time.monotonic() < deadline, "the stage did not start"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) != 0
+        finally:
+            terminate_group(proc, grace=5)
+    for pid in (int(p) for p in (repo / "pids.txt").read_text().split()):
+        assert not _alive(pid), f"process {pid} of the stage outlived the flow"
 
 
 def _alive(pid: int) -> bool:

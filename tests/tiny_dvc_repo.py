@@ -87,7 +87,7 @@ INTERVAL_DVC_YAML = """\
 stages:
   train_gan:
     cmd: >-
-      python -c "import json, time; start = time.time(); time.sleep(1.5);
+      python -c "import json, time; start = time.time(); time.sleep(3);
       json.dump([start, time.time()], open('interval.json', 'w'))"
     always_changed: true
     outs:
