@@ -114,28 +114,32 @@ def experiment_workspace(root: Path, name: str, overrides: Mapping[str, Any],
     if git_commit(root) is None:
         raise OverrideError(f"{root}: runs with overrides are DVC experiments, which need a git "
                             "repository with at least one commit")
-    base = _git(root, "stash", "create") or "HEAD"
-    untracked = _git(root, "ls-files", "--others", "--exclude-standard").splitlines()
-    if untracked:
-        shown = ", ".join(untracked[:10]) + (" ..." if len(untracked) > 10 else "")
-        logger.warning("untracked files are not part of the experiment (git add them to use "
-                       "them): %s", shown)
+    # Uncommitted changes to tracked files, as a commit that touches nothing; "" if clean.
+    changes = _git(root, "stash", "create")
+    uncached = _uncached_outputs(root)
+    _warn_untracked(root, uncached, logger)
     path = root / EXPERIMENTS_DIR / name
     if path.exists():
         _remove_worktree(root, path)
     with workspace_lock(root, logger):
-        _git(root, "worktree", "add", "--detach", str(path), base)
+        _git(root, "worktree", "add", "--detach", str(path), "HEAD")
     try:
-        # dvc.lock records what the workspace's outputs are; git may not track it (yet).
-        if (root / "dvc.lock").exists():
-            shutil.copy2(root / "dvc.lock", path / "dvc.lock")
+        # On top of HEAD, so the experiment's baseline is HEAD and `dvc exp show` lists it.
+        if changes:
+            _git(path, "stash", "apply", changes)
+        # What DVC knows of the workspace and git may not track: dvc.lock, and the outputs
+        # the cache does not hold (metrics, rolling checkpoints). A missing one would make
+        # its stage look changed and run again.
+        for rel in ["dvc.lock", *uncached]:
+            _copy_missing(root / rel, path / rel)
         _share_cache(root, path)
         apply_overrides(path, overrides)
         _dvc(path, ["checkout", "--allow-missing"], logger, check=False)
         yield path
         save = ["exp", "save", "--name", name]
-        for output in _uncached_outputs(path):
-            save += ["--include-untracked", output]
+        for rel, persist in uncached.items():
+            if not persist and (path / rel).exists():  # checkpoints stay out of git
+                save += ["--include-untracked", rel]
         # Experiment refs live in the repository's git directory, shared with the workspace.
         with workspace_lock(root, logger):
             _dvc(path, save, logger)
@@ -153,24 +157,38 @@ def _share_cache(root: Path, worktree: Path) -> None:
         conf["cache"]["type"] = WORKTREE_CACHE_TYPES
 
 
-def _uncached_outputs(workspace: Path) -> list[str]:
-    """Metrics and plots files (``cache: false``) that exist but that git does not track yet.
-
-    ``dvc exp save`` leaves untracked files out; without these the experiment would show
-    no metrics. Persistent outputs (rolling checkpoints) are deliberately not included.
-    """
+def _uncached_outputs(workspace: Path) -> dict[str, bool]:
+    """Outputs with ``cache: false`` (path relative to ``workspace`` -> ``persist``)."""
     from dvc.repo import Repo
 
-    tracked = set(_git(workspace, "ls-files").splitlines())
-    found = []
+    found = {}
     with Repo(str(workspace)) as repo:
         for stage in repo.index.stages:
             for out in stage.outs:
-                rel = Path(out.fs_path).relative_to(workspace).as_posix()
-                if (not out.use_cache and not out.persist and Path(out.fs_path).is_file()
-                        and rel not in tracked):
-                    found.append(rel)
+                if not out.use_cache:
+                    found[Path(out.fs_path).relative_to(workspace).as_posix()] = out.persist
     return found
+
+
+def _warn_untracked(root: Path, uncached: Mapping[str, bool], logger) -> None:
+    known = ["dvc.lock", *uncached]
+    untracked = [f for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines()
+                 if not any(f == k or f.startswith(k + "/") for k in known)]
+    if untracked:
+        shown = ", ".join(untracked[:10]) + (" ..." if len(untracked) > 10 else "")
+        logger.warning("untracked files are not part of the experiment (git add them to use "
+                       "them): %s", shown)
+
+
+def _copy_missing(source: Path, target: Path) -> None:
+    # Copies, not links: a stage may rewrite a metrics or checkpoint file in place.
+    if not source.exists() or target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target)
 
 
 def _remove_worktree(root: Path, path: Path) -> None:

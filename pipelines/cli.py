@@ -7,6 +7,7 @@ function that runs it, so a new subcommand is one more function and one more lin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ def add_run(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Without PREFECT_API_URL the run starts a temporary Prefect server, which on a busy
+    # machine takes longer than Prefect's default limit of 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.training import training
 
     state = training(stages=args.stages, overrides=_overrides(args.set) or None,

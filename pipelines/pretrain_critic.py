@@ -25,7 +25,7 @@ from pipelines.restore import load_generator, restore
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.schedule import one_cycle
 from pipelines.stage import stage_main
-from pipelines.training import RollingCheckpoint, Throughput, check_finite, fingerprint, set_lr
+from pipelines.training import adamw, RollingCheckpoint, Throughput, check_finite, fingerprint, set_lr
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain_critic"
@@ -122,7 +122,7 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     crop = cfg.crop or base.crop
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
                              fingerprint(as_dict(cfg), [generator_file, Path(base.paths.hr) / "manifest.csv"]))
-    opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+    opt = adamw(critic.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.weight_decay)
     step = 0
     state = ckpt.restore()

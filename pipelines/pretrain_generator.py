@@ -27,7 +27,7 @@ from pipelines.progress import StepLogger
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.schedule import one_cycle, one_cycle_beta1
 from pipelines.stage import stage_main
-from pipelines.training import (Bicubic, RollingCheckpoint, Throughput, check_finite, fingerprint,
+from pipelines.training import (adamw, Bicubic, RollingCheckpoint, Throughput, check_finite, fingerprint,
                                 sample_grid, set_lr, validate)
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,15 @@ STAGE = "pretrain_generator"
 
 @dataclass(frozen=True)
 class GeneratorModel:
-    encoder: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
     # imagenet | none | a path to a state dict
     pretrained: str = "imagenet"
     blur: bool = True
     blur_final: bool = True
     self_attention: bool = True
     norm: Literal["weight", "spectral", "none"] = "weight"
-    hr_channels: int = bounded(32, lo=4)  # channels of the blocks above the input resolution
+    hr_channels: int = bounded(32, lo=8)  # channels of the blocks above the input resolution
+    lr_cross: bool = True                 # input merged into the features at input resolution
 
     def arch(self, scale: int) -> dict:
         return {**as_dict(self), "scale": scale}
@@ -143,7 +144,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
             freeze_encoder(model, phase.frozen)
             groups = param_groups(model)
             ratios = (0.0, 0.0, 1.0) if phase.frozen else cfg.lr_ratios
-            opt = torch.optim.AdamW([{"params": g, "lr": phase.lr} for g in groups],
+            opt = adamw([{"params": g, "lr": phase.lr} for g in groups],
                                     betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
             if state is not None and state.get("phase") == index and "optimizer" in state:
                 opt.load_state_dict(state["optimizer"])

@@ -36,7 +36,7 @@ from pipelines.pretrain_generator import train_dataset
 from pipelines.progress import StepLogger
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.stage import stage_main
-from pipelines.training import RollingCheckpoint, Throughput, check_finite, fingerprint, sample_grid
+from pipelines.training import adamw, RollingCheckpoint, Throughput, check_finite, fingerprint, sample_grid
 from pipelines.visualize import line_plot
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     critic.load_state_dict(d_saved["model"])
     content_fn = build_content_loss(cfg.content).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
-    opt_g = torch.optim.AdamW(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(critic.parameters(), lr=cfg.lr * cfg.critic_lr_mult, betas=cfg.betas,
+    opt_g = adamw(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt_d = adamw(critic.parameters(), lr=cfg.lr * cfg.critic_lr_mult, betas=cfg.betas,
                               weight_decay=cfg.weight_decay)
 
     ckpt_dir = Path(base.paths.checkpoints) / STAGE

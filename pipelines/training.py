@@ -128,6 +128,15 @@ class Throughput:
         return self.images / self.seconds if self.seconds else 0.0
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused where torch supports it: the per-tensor loop costs ~90 ms a step on 31M
+    parameters on this CPU, fused ~16 ms."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lrs: list[float], beta1: float | None = None) -> None:
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr

@@ -63,6 +63,7 @@ def run_streaming(cmd: Sequence[str], *, cwd: Path | str, env: Mapping[str, str]
         terminate_group(proc, grace)
         return proc.returncode
     except BaseException:
+        terminate_group(proc, grace)
         raise
     finally:
         reader.join(timeout=1.0)

@@ -151,7 +151,8 @@ def test_second_run_finds_every_stage_up_to_date_and_opens_no_child_run(built):
 
 def test_override_reruns_only_its_stage_as_a_dvc_experiment_leaving_the_workspace(built):
     repo, _ = built
-    before = {name: (repo / name).read_bytes() for name in ("params.yaml", "dvc.lock", "model.txt")}
+    kept = ("params.yaml", "dvc.lock", "model.txt", "checkpoints/train_gan/last.json")
+    before = {name: (repo / name).read_bytes() for name in kept}
     status = git(repo, "status", "--porcelain")  # dvc.lock is not committed: harder case
     state, outcomes = run_flow(root=str(repo), overrides={"train_gan.steps": 5})
     assert state.is_completed(), state.message
@@ -162,10 +163,15 @@ def test_override_reruns_only_its_stage_as_a_dvc_experiment_leaving_the_workspac
     parent, children, _ = parent_run(state)
     assert children == ["train_gan"]
     name = parent.data.tags["dvc.experiment"]
-    ref = next(line.split()[-1] for line in git(repo, "for-each-ref", "refs/exps").splitlines()
-               if line.endswith("/" + name))
+    head = git(repo, "rev-parse", "HEAD")
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"  # based on HEAD: `dvc exp show` lists it
+    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert name in listed
     assert yaml.safe_load(git(repo, "show", f"{ref}:params.yaml"))["train_gan"]["steps"] == 5
     assert yaml.safe_load(git(repo, "show", f"{ref}:metrics/train_gan.json")) == {"steps": 5}
+    files = git(repo, "ls-tree", "-r", "--name-only", ref).split()
+    assert "dvc.lock" in files and not any(f.startswith("checkpoints/") for f in files)
     assert len(git(repo, "worktree", "list").splitlines()) == 1
 
 

@@ -25,12 +25,16 @@ with Tracker(stage) as tracker:
     tracker.log_params(params)
     if stage == "download":
         Path("hr.txt").write_text("x" * params["n"])
+        Path("metrics").mkdir(exist_ok=True)
+        Path("metrics/download.json").write_text(json.dumps({"bytes": params["n"]}))
     elif stage == "crappify":
         if params["fail"]:
             print("crappify: refusing on purpose", file=sys.stderr)
             sys.exit(3)
         Path("lr.txt").write_text(Path("hr.txt").read_text()[:: params["factor"]])
     elif stage == "train_gan":
+        Path("checkpoints/train_gan").mkdir(parents=True, exist_ok=True)
+        Path("checkpoints/train_gan/last.json").write_text(json.dumps(params))
         Path("model.txt").write_text(Path("lr.txt").read_text() * params["steps"])
         Path("metrics").mkdir(exist_ok=True)
         Path("metrics/train_gan.json").write_text(json.dumps({"steps": params["steps"]}))
@@ -55,6 +59,9 @@ stages:
     deps: [steps.py]
     params: [download]
     outs: [hr.txt]
+    metrics:
+      - metrics/download.json:
+          cache: false
   crappify:
     cmd: python steps.py crappify
     deps: [steps.py, hr.txt]
@@ -64,7 +71,12 @@ stages:
     cmd: python steps.py train_gan
     deps: [steps.py, lr.txt]
     params: [train_gan]
-    outs: [model.txt]
+    outs:
+      - model.txt
+      # rolling resume state, as in the real pipeline: kept across runs, not cached
+      - checkpoints/train_gan:
+          persist: true
+          cache: false
     metrics:
       - metrics/train_gan.json:
           cache: false
@@ -110,7 +122,7 @@ def make_repo(path: Path, dvc_yaml: str = DVC_YAML, params: str = PARAMS,
                    cwd=path, check=True)
     for name, text in files.items():
         (path / name).write_text(textwrap.dedent(text))
-    (path / ".gitignore").write_text("mlflow.db\npids.txt\n")
+    (path / ".gitignore").write_text("mlflow.db\npids.txt\n/checkpoints/\n")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "tiny pipeline")
     return path

@@ -93,7 +93,7 @@ class UNetGenerator(nn.Module):
 
     def __init__(self, encoder: str = "resnet34", scale: int = 4, pretrained: str = "none",
                  blur: bool = True, blur_final: bool = True, self_attention: bool = True,
-                 norm: Norm = "weight", hr_channels: int = 32):
+                 norm: Norm = "weight", hr_channels: int = 32, lr_cross: bool = True):
         super().__init__()
         if scale not in SCALES:
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
@@ -104,7 +104,7 @@ class UNetGenerator(nn.Module):
         self.scale = scale
         self.arch = dict(encoder=encoder, scale=scale, pretrained="none", blur=blur,
                          blur_final=blur_final, self_attention=self_attention, norm=norm,
-                         hr_channels=hr_channels)
+                         hr_channels=hr_channels, lr_cross=lr_cross)
         self.encoder = ResNetEncoder(encoder, pretrained)
         skips = self.encoder.channels()
         ni = skips[-1]
@@ -129,6 +129,12 @@ class UNetGenerator(nn.Module):
             self.up.append(PixelShuffleICNR(ni, nf - 3 if last else nf,
                                             blur=blur and (blur_final or not last), norm=norm))
             ni = nf
+            if i == 0:
+                # fastai's U-Net had its last skip at half the input size and saw the input again
+                # only at the end; at x2..x8 that end is the output size, so the input resolution
+                # got no features of its own. lr_cross merges the input there (cheap at S).
+                self.lr_cross = (conv_layer(nf + 3, nf, norm=norm)
+                                 if lr_cross and scale > 1 else None)
         # the input cross-connection at the output size, as fastai's last_cross
         self.head = ResBlock(ni, norm=norm)
         self.to_residual = nn.Conv2d(ni, 3, 1)
@@ -148,6 +154,8 @@ class UNetGenerator(nn.Module):
             y = block(y, skip)
         y = self.up[0](y)
         y = y[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+        if self.lr_cross is not None:
+            y = self.lr_cross(torch.cat([y, (x - self.encoder.mean) / self.encoder.std], dim=1))
         for up in self.up[1:]:
             y = up(y)
         base = upsample(x, self.scale)
@@ -191,7 +199,8 @@ def param_groups(model: nn.Module) -> list[list[nn.Parameter]]:
 
 def build_generator(encoder: str = "resnet34", scale: int = 4, pretrained: str = "none",
                     blur: bool = True, blur_final: bool = True, self_attention: bool = True,
-                    norm: Norm = "weight", hr_channels: int = 32) -> UNetGenerator:
+                    norm: Norm = "weight", hr_channels: int = 32,
+                    lr_cross: bool = True) -> UNetGenerator:
     """The U-Net generator.
 
     encoder: torchvision ResNet name (resnet18/34/50/101/152).
@@ -201,9 +210,10 @@ def build_generator(encoder: str = "resnet34", scale: int = 4, pretrained: str =
     self_attention: SAGAN attention in the third-from-last U-Net block (S/8).
     norm: "weight" | "spectral" | "none" on the decoder's convs (weight norm: the recipe's choice).
     hr_channels: fewest channels of the blocks above the input resolution, where compute goes.
+    lr_cross: merge the input image into the features at the input resolution (scale > 1).
 
     ``model.arch`` holds these arguments (with pretrained="none": the weights come from the
     checkpoint) for ``build_generator(**arch)``.
     """
     return UNetGenerator(encoder, scale, pretrained, blur, blur_final, self_attention, norm,
-                         hr_channels)
+                         hr_channels, lr_cross)

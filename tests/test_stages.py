@@ -1,0 +1,205 @@
+"""Every stage end to end on a handful of real photos with tiny settings, and exact resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipelines import checkpoint
+from pipelines.config import load
+from pipelines.training import DivergenceError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "base": {"seed": 7, "device": "cpu", "scale": 2, "crop": 32},
+    "download": {"source": "sample", "max_images": 7, "valid_fraction": 0.2, "test_fraction": 0.2},
+    "crappify": {"workers": 1},
+    "pretrain_generator": {
+        "model": {"encoder": "resnet18", "pretrained": "none", "hr_channels": 8},
+        "phases": [{"steps": 3, "batch_size": 2, "lr": 0.001, "frozen": True},
+                   {"steps": 3, "batch_size": 2, "lr": 0.001, "crop": 48}],
+        "valid_crop": 48, "eval_every": 2, "checkpoint_every": 2, "sample_every": 0},
+    "pretrain_critic": {"model": {"nf": 8, "n_blocks": 2}, "steps": 4, "batch_size": 2,
+                        "checkpoint_every": 2},
+    "train_gan": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "valid_crop": 48,
+                  "max_critic_steps": 2},
+    "evaluate": {"max_images": 2, "grid_images": 2, "grid_crop": 64},
+}
+
+STAGES = ["download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan", "evaluate"]
+
+
+def stage_run(name: str, params: dict):
+    import importlib
+    module = importlib.import_module(f"pipelines.{name}")
+    cls = next(v for k, v in vars(module).items()
+               if k.endswith("Config") and k.lower() == name.replace("_", "") + "config")
+    return module.run(load(cls, name, params))
+
+
+def write_params(folder: Path, params: dict) -> None:
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "dvc.yaml").write_text("stages: {}\n")  # marks the repository root for tracking
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    """The whole pipeline run once, in stage order, in a scratch folder."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        write_params(folder, TINY)
+        metrics = {name: stage_run(name, TINY) for name in STAGES}
+    finally:
+        os.chdir(old)
+    return folder, metrics
+
+
+def test_pipeline_outputs(pipeline_dir):
+    folder, metrics = pipeline_dir
+    assert metrics["download"]["images"] == 7
+    assert len(list((folder / "data/lr").rglob("*.jpg"))) == 7
+    g = checkpoint.load(folder / "models/generator.pt", kind="generator")
+    assert g["arch"]["scale"] == 2 and g["arch"]["pretrained"] == "none"
+    assert metrics["pretrain_generator"]["steps"] == 6
+    assert set(metrics["pretrain_critic"]) >= {"valid_accuracy", "generated_images"}
+    assert 0 <= metrics["pretrain_critic"]["valid_accuracy"] <= 1
+    assert (folder / "data/generated/train").is_dir()
+    gan = metrics["train_gan"]
+    assert gan["generator_steps"] == 4 and gan["chosen_step"] in (0, 2, 4)
+    assert (folder / "plots/gan_scores.png").stat().st_size > 0
+    rows = (folder / "plots/gan_scores.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 1 + 3  # step 0, 2, 4
+    ev = (folder / "metrics/evaluate.json")
+    assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
+
+
+def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):
+    import csv
+    folder, metrics = pipeline_dir
+    rows = list(csv.DictReader((folder / "plots/gan_scores.csv").open()))
+    start = float(rows[0]["psnr_y"])
+    eligible = [r for r in rows if float(r["psnr_y"]) >= start - 0.5]
+    best = max(eligible, key=lambda r: (float(r["haarpsi"]), -int(r["step"])))
+    assert metrics["train_gan"]["chosen_step"] == int(best["step"])
+
+
+def run_module(stage: str, cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}", "--no-tracking", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def copy_inputs(src: Path, dst: Path) -> None:
+    import shutil
+    for part in ("data/hr", "data/lr", "models/generator.pt", "models/critic.pt", "params.yaml",
+                 "dvc.yaml"):
+        if (src / part).is_dir():
+            shutil.copytree(src / part, dst / part)
+        else:
+            (dst / part).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / part, dst / part)
+
+
+def kill_after_checkpoint(stage: str, cwd: Path, min_step: int) -> None:
+    """Start ``stage`` and SIGKILL it once its rolling checkpoint has reached ``min_step``."""
+    proc = run_module(stage, cwd)
+    last = cwd / "checkpoints" / stage / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                if checkpoint.load(last)["step"] >= min_step:
+                    break
+            except checkpoint.CheckpointError:
+                pass  # being replaced right now
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, output, min_step", [
+    ("pretrain_generator", "models/generator.pt", 2),
+    ("train_gan", "models/gan_generator.pt", 2),
+])
+def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, output, min_step):
+    folder, _ = pipeline_dir
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    # more steps, so there is time to kill the process mid-run
+    if stage == "pretrain_generator":
+        params[stage]["phases"][1]["steps"] = 12
+    else:
+        params[stage]["steps"] = 12
+    runs = {}
+    for name in ("straight", "resumed"):
+        work = tmp_path / name
+        copy_inputs(folder, work)
+        write_params(work, params)
+        if name == "resumed":
+            kill_after_checkpoint(stage, work, min_step)
+            assert not (work / output).exists()
+        proc = run_module(stage, work)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        if name == "resumed":
+            assert "resuming from" in out
+        runs[name] = checkpoint.load(work / output)["model"]
+    assert runs["straight"].keys() == runs["resumed"].keys()
+    for key in runs["straight"]:
+        assert torch.equal(runs["straight"][key], runs["resumed"][key]), key
+
+
+def test_checkpoint_of_other_params_is_discarded(pipeline_dir, tmp_path, monkeypatch, caplog):
+    folder, _ = pipeline_dir
+    copy_inputs(folder, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["pretrain_generator"]["phases"] = [{"steps": 2, "batch_size": 2, "lr": 0.001}]
+    stage_run("pretrain_generator", params)
+    params["pretrain_generator"]["lighting"] = 0.0
+    with caplog.at_level("INFO"):
+        metrics = stage_run("pretrain_generator", params)
+    assert "made with other params or inputs" in caplog.text
+    assert metrics["steps"] == 2
+
+
+def test_nan_loss_stops_with_a_clear_message_and_no_model(pipeline_dir, tmp_path, monkeypatch):
+    folder, _ = pipeline_dir
+    copy_inputs(folder, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/gan_generator.pt").unlink(missing_ok=True)
+    import pipelines.train_gan as gan
+    real = gan.generator_adv_loss
+    calls = {"n": 0}
+
+    def poisoned(kind, logits):
+        calls["n"] += 1
+        loss = real(kind, logits)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(gan, "generator_adv_loss", poisoned)
+    with pytest.raises(DivergenceError, match=r"generator loss is nan at step 3.*last good state is .*last.pt \(step 2\)"):
+        stage_run("train_gan", TINY)
+    assert not (tmp_path / "models/gan_generator.pt").exists()
+
+
+def test_stage_cli_reports_bad_params_before_work(tmp_path):
+    params = {**TINY, "crappify": {"jpeg_quality": [10, 170]}}
+    write_params(tmp_path, params)
+    proc = run_module("crappify", tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "crappify.jpeg_quality: (10, 170) is out of range [1, 100]" in out
+    assert not (tmp_path / "data").exists()
