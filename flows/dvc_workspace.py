@@ -52,7 +52,7 @@ def stage_order(root: Path) -> list[str]:
 
 
 def select_stages(order: list[str], wanted: list[str] | None) -> list[str]:
-    """``wanted`` (all if None) in pipeline order; an unknown name is an error naming the known ones."""
+    """``wanted`` (all if None) in pipeline order; an unknown name is an error."""
     if wanted is None:
         return list(order)
     unknown = [s for s in wanted if s not in order]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 
 class ParentRun:
-    """``with ParentRun(uri, experiment, name, logger) as run:``; ``run.run_id`` is None when off."""
+    """``with ParentRun(uri, experiment, name, logger) as run:``; ``run_id`` None when off."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, logger):
         self.uri, self.experiment, self.run_name, self.logger = (

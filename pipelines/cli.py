@@ -15,7 +15,8 @@ from typing import Any
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="decrappify", description="Reproducible image restoration: train and run the pipeline.")
+        prog="decrappify",
+        description="Reproducible image restoration: train and run the pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run(sub)
     add_serve(sub)

@@ -145,11 +145,11 @@ def build(cls: type, section: Any, prefix: str, given: Mapping[str, Any] | None 
     return obj
 
 
-class _ParamsLoader(yaml.SafeLoader):
+class ParamsLoader(yaml.SafeLoader):
     """YAML 1.2 floats too: ``dvc exp run -S lr=1e-5`` writes ``1e-05``, a string to YAML 1.1."""
 
 
-_ParamsLoader.add_implicit_resolver(
+ParamsLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
 
@@ -157,7 +157,7 @@ _ParamsLoader.add_implicit_resolver(
 def read_params(path: Path | str = DEFAULT_PARAMS) -> dict:
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_ParamsLoader)
+        data = yaml.load(path.read_text(), Loader=ParamsLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as exc:

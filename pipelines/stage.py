@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from pipelines.config import DEFAULT_PARAMS, ConfigError, as_dict, load
+from pipelines.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
 from pipelines.errors import StageError
 from pipelines.tracking import Tracker
 
@@ -28,7 +28,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item!r}: an override is key=value")
-        out[key] = yaml.safe_load(value)
+        out[key] = yaml.load(value, Loader=ParamsLoader)
     return out
 
 

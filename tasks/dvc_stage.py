@@ -65,7 +65,8 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
     """``dvc repro --single-item <stage>`` in the DVC workspace ``root``.
 
     ``env`` is added to this process's environment for the stage; ``timeout`` (seconds)
-    bounds the stage, after which its whole process tree is terminated.
+    bounds the stage's run (not the wait for the workspace lock), after which its whole
+    process tree is terminated.
     """
     logger = get_run_logger()
     workspace = Path(root)

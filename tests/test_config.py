@@ -103,3 +103,21 @@ def test_real_params_file_loads(repo_root):
         module = importlib.import_module(f"pipelines.{name}")
         cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k.lower().startswith(name.replace("_", "")))
         load(cls, name, data)
+
+
+def test_recipe_params_file_loads(repo_root):
+    import importlib
+    import yaml
+    data = yaml.safe_load((repo_root / "params-recipe.yaml").read_text())
+    defaults = yaml.safe_load((repo_root / "params.yaml").read_text())
+    assert data.keys() == defaults.keys()
+    for name in yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]:
+        module = importlib.import_module(f"pipelines.{name}")
+        cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k.lower().startswith(name.replace("_", "")))
+        load(cls, name, data)
+
+
+def test_cli_overrides_read_exponent_floats_like_dvc_writes_them():
+    from pipelines.stage import parse_overrides
+    assert parse_overrides(["train_gan.lr=1e-05", "a.b=[1, 2]", "c=text"]) == {
+        "train_gan.lr": 1e-05, "a.b": [1, 2], "c": "text"}

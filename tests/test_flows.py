@@ -4,22 +4,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlflow
 import psutil
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                              temporary_settings)
+from prefect.settings import (PREFECT_API_URL, PREFECT_HOME,
+                              PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.dvc_workspace import (OverrideError, PipelineOrderError, apply_overrides,
@@ -72,27 +71,27 @@ def task_runs(state) -> dict:
 
 
 def parent_run(state):
-    client = MlflowClient()
+    """The MLflow parent run of a flow run, and the names of its child runs."""
     flow_run_id = str(state.state_details.flow_run_id)
     found = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
     assert len(found) == 1, f"one parent run per flow run, found {len(found)}"
+    parent_id = found[0].info.run_id
     children = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string=f"tags.mlflow.parentRunId = '{found[0].info.run_id}'")
-    return found[0], sorted(c.info.run_name for c in children), client
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return found[0], sorted(c.info.run_name for c in children)
 
 
 # -- stage order, without Prefect ---------------------------------------------------------
 def test_stage_order_is_the_order_of_dvc_yaml_checked_against_the_graph(tmp_path):
     # An independent stage listed first stays first: the order is dvc.yaml's, not a sort.
     extra = "  report:\n    cmd: python -c \"open('r.txt', 'w')\"\n    outs: [r.txt]\n"
-    repo = make_repo(tmp_path / "ok", dvc_yaml=DVC_YAML.replace("stages:\n", "stages:\n" + extra))
+    listed_first = DVC_YAML.replace("stages:\n", "stages:\n" + extra)
+    repo = make_repo(tmp_path / "ok", dvc_yaml=listed_first)
     assert stage_order(repo) == ["report", *STAGES]
 
-    swapped = DVC_YAML.split("  crappify:")
-    head, rest = swapped[0], "  crappify:" + swapped[1]
-    crappify, train = rest.split("  train_gan:")
-    bad = make_repo(tmp_path / "bad", dvc_yaml=head + "  train_gan:" + train + crappify)
+    header, download, crappify, train_gan = re.split(r"(?m)^(?=  \w+:$)", DVC_YAML)
+    bad = make_repo(tmp_path / "bad", dvc_yaml=header + download + train_gan + crappify)
     with pytest.raises(PipelineOrderError, match="'train_gan' before 'crappify'"):
         stage_order(bad)
 
@@ -127,7 +126,7 @@ def test_first_run_runs_every_stage_in_dvc_yaml_order_with_a_child_run_each(buil
     assert "gpu" not in runs["download"].tags and "gpu" not in runs["crappify"].tags
     assert runs["download"].empirical_policy.retries == 2
 
-    parent, children, _ = parent_run(state)
+    parent, children = parent_run(state)
     assert children == sorted(STAGES)
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
@@ -142,7 +141,7 @@ def test_second_run_finds_every_stage_up_to_date_and_opens_no_child_run(built):
     lock = (repo / "dvc.lock").read_bytes()
     state, outcomes = run_flow(root=str(repo))
     assert outcomes == dict.fromkeys(STAGES, "up to date")
-    parent, children, _ = parent_run(state)
+    parent, children = parent_run(state)
     assert children == []
     assert parent.data.tags["decrappify.stages.up_to_date"] == ",".join(STAGES)
     assert parent.data.tags["decrappify.stages.ran"] == ""
@@ -160,7 +159,7 @@ def test_override_reruns_only_its_stage_as_a_dvc_experiment_leaving_the_workspac
     assert {name: (repo / name).read_bytes() for name in before} == before
     assert git(repo, "status", "--porcelain") == status
 
-    parent, children, _ = parent_run(state)
+    parent, children = parent_run(state)
     assert children == ["train_gan"]
     name = parent.data.tags["dvc.experiment"]
     head = git(repo, "rev-parse", "HEAD")
@@ -183,7 +182,7 @@ def test_failing_stage_fails_the_flow_with_its_output_and_marks_the_parent_faile
     assert state.is_failed()
     assert "stage 'crappify' failed" in str(error)
     assert "crappify: refusing on purpose" in str(error)
-    parent, children, _ = parent_run(state)
+    parent, children = parent_run(state)
     assert parent.info.status == "FAILED"
     assert parent.data.tags["decrappify.stage.crappify"] == "failed"
     assert parent.data.tags["decrappify.stage.train_gan"] == "not run"
@@ -197,6 +196,7 @@ def test_bad_override_or_stage_name_fails_before_any_stage_runs(built):
     repo, _ = built
     state, error = run_flow(root=str(repo), overrides={"crappify.nope": 1})
     assert state.is_failed() and "crappify.nope" in str(error)
+    assert task_runs(state) == {}
     state, error = run_flow(root=str(repo), stages=["crapify"])
     assert state.is_failed() and "unknown stage(s) crapify" in str(error)
     assert task_runs(state) == {}
@@ -238,7 +238,8 @@ def test_terminating_the_flow_process_stops_the_stage(prefect_api, tracking_uri,
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 120
-            while not (repo / "pids.txt").exists() or len((repo / "pids.txt").read_text().split()) < 2:
+            pids = repo / "pids.txt"
+            while not pids.exists() or len(pids.read_text().split()) < 2:
                 assert proc.poll() is None, (tmp_path / "run.log").read_text()
                 assert time.monotonic() < deadline, "the stage did not start"
                 time.sleep(0.2)

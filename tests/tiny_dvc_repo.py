@@ -12,7 +12,8 @@ import textwrap
 from pathlib import Path
 
 STEPS = '''\
-import json, os, subprocess, sys, time
+import json
+import sys
 from pathlib import Path
 
 import yaml
