@@ -59,3 +59,23 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy in eval mode with weight/spectral-norm parametrizations folded into plain
+    weights: same outputs, and picklable (parametrized modules are not).
+
+    Rebuilt from ``model.arch`` rather than deep-copied: a deep copy shares the class that
+    parametrize generates per module, and removing a parametrization from the copy would
+    remove it from the original too.
+    """
+    from torch.nn.utils import parametrize
+
+    source = unwrap(model)
+    model = type(source)(**source.arch)
+    model.load_state_dict(source.state_dict())
+    model.eval()
+    for module in [m for m in model.modules() if parametrize.is_parametrized(m)]:
+        for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve(sub)
     add_deploy(sub)
     add_worker(sub)
+    add_restore(sub)
     return parser
 
 
@@ -140,6 +141,48 @@ def _worker(args: argparse.Namespace) -> int:
 
     start_worker(_root(args), pool=args.pool, run_once=args.run_once)
     return 0
+
+
+# -- using a trained generator ---------------------------------------------------------------
+def add_restore(sub) -> None:
+    p = sub.add_parser("restore", help="restore image files with a trained generator",
+                       description="Restore images with a trained generator. A bad input is "
+                                   "reported and skipped; exit status 1 when any input failed, "
+                                   "2 when nothing could be restored (output folder, model).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively) or glob patterns "
+                        "(quoted, ** recurses)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output folder: <DIR>/<path below the input><suffix>.png")
+    p.add_argument("--model", default=None, metavar="PATH|URI",
+                   help="generator checkpoint, or MLflow model URI such as "
+                        "models:/decrappify-generator@champion or runs:/<run id>/gan_generator "
+                        "(default: models/gan_generator.pt of the repository)")
+    p.add_argument("--compare", action="store_true",
+                   help="also write <name>_compare.png: the input beside the restoration")
+    p.add_argument("--tile", type=int, default=256,
+                   help="input px per tile; memory grows with its square (default: 256)")
+    p.add_argument("--overlap", type=int, default=32,
+                   help="input px shared by neighbouring tiles, blended (default: 32)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--suffix", default="_restored",
+                   help="appended to each output's name (default: _restored)")
+    p.set_defaults(handler=_restore)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from pipelines.errors import StageError
+    from pipelines.restore_files import restore_paths
+
+    try:
+        summary = restore_paths(args.inputs, args.out, args.model, compare=args.compare,
+                                tile=args.tile, overlap=args.overlap, device=args.device,
+                                suffix=args.suffix, progress=print)
+    except StageError as exc:  # output folder, model or settings: nothing was restored
+        print(f"decrappify restore: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -99,7 +98,9 @@ class Tracker:
                         "checkpoints and DVC metrics are complete.", self.failed_calls,
                         self.stage, self.uri)
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], Any], what: str = "") -> Any:
+        """Run one logging call. Without ``what`` a failure means the store is unreachable and
+        turns logging off; with it, only that item is lost (e.g. a model that cannot be saved)."""
         if not self.enabled:
             self.failed_calls += 1 if self.run_id is not None or self._mlflow is not None else 0
             return None
@@ -107,10 +108,13 @@ class Tracker:
             return fn()
         except Exception as exc:  # tracking must never stop a stage
             self.failed_calls += 1
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if what:
+                log.warning("MLflow: could not log %s (%s); stage %s goes on.", what, reason, self.stage)
+                return None
             self.enabled = False
-            log.warning("MLflow unavailable at %s (%s: %s); stage %s goes on without tracking.",
-                        self.uri, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                        self.stage)
+            log.warning("MLflow unavailable at %s (%s); stage %s goes on without tracking.",
+                        self.uri, reason, self.stage)
             return None
 
     # -- logging ---------------------------------------------------------------------------
@@ -136,18 +140,20 @@ class Tracker:
 
     def log_model(self, model, name: str, input_example: np.ndarray | None = None,
                   registered_model_name: str | None = None) -> Any:
+        """Log ``model`` as an MLflow model (weight/spectral-norm parametrizations folded in,
+        since parametrized modules cannot be pickled)."""
         def do():
             import mlflow.pytorch
+            from pipelines.checkpoint import plain_copy
+            model_ = plain_copy(model)
             kwargs = {}
             if input_example is not None:
                 from mlflow.models import infer_signature
                 import torch
                 with torch.no_grad():
-                    out = model(torch.from_numpy(input_example)).numpy()
+                    out = model_(torch.from_numpy(input_example)).numpy()
                 kwargs["signature"] = infer_signature(input_example, out)
                 kwargs["input_example"] = input_example
-            with tempfile.TemporaryDirectory():
-                return mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                                registered_model_name=registered_model_name,
-                                                **kwargs)
-        return self._call(do)
+            return mlflow.pytorch.log_model(model_, name=name, serialization_format="pickle",
+                                            registered_model_name=registered_model_name, **kwargs)
+        return self._call(do, what=f"model {name}")

@@ -17,9 +17,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.settings import (PREFECT_API_URL, PREFECT_HOME,
-                              PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
-from prefect.testing.utilities import prefect_test_harness
+from prefect.settings import PREFECT_API_URL
 
 from flows.dvc_workspace import (OverrideError, PipelineOrderError, apply_overrides,
                                  set_param_args, stage_order)
@@ -30,16 +28,6 @@ from tasks.process import terminate_group
 from tiny_dvc_repo import DVC_YAML, SLEEPER_DVC_YAML, git, make_repo
 
 STAGES = ["download", "crappify", "train_gan"]
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """One temporary Prefect API for the session: entering it costs seconds."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: str(home),
-                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,124 @@
+"""The MLflow model registry: evaluation scores on generator versions, and the champion alias.
+
+train_gan registers the generator it chose as a new version of ``decrappify-generator`` and
+tags its run with the sha256 of ``models/gan_generator.pt``. After scoring, evaluate looks up
+the version(s) whose run carries the digest of the file it just evaluated: the match is by
+content, not recency, so it holds when DVC restored train_gan from its run-cache, when an
+experiment trained another generator in between, or when stages ran without a flow.
+
+Each matched version gets the scores of the first evaluated data set as tags
+(``decrappify.eval.*``) and ``decrappify.eval.qualified`` = true when its Y-PSNR gain over
+bicubic is positive and larger than every other generator's evaluated with it (the pretrained
+one). The ``champion`` alias then goes to the qualified version with the highest gain (the
+newest on ties), taking each version's latest evaluation; it is removed when no version
+qualifies. Gains are over bicubic on the images each version was evaluated on, so versions
+evaluated on different test splits compare only roughly: re-run evaluate after changing data.
+
+A registry that cannot be reached costs one warning; it never fails the stage.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipelines.files import sha256_file
+
+log = logging.getLogger(__name__)
+
+REGISTERED_MODEL = "decrappify-generator"
+CHAMPION = "champion"
+# run tag set by train_gan: sha256 of the model file whose network the run registered
+DIGEST_TAG = "decrappify.model_sha256"
+EVAL_PREFIX = "decrappify.eval."
+GAIN_TAG = EVAL_PREFIX + "gain_db"
+QUALIFIED_TAG = EVAL_PREFIX + "qualified"
+
+
+def record_evaluation(tracking_uri: str, dataset: str, summary: Mapping[str, Any],
+                      model_files: Mapping[str, Path | str], evaluation_run: str | None = None,
+                      name: str = REGISTERED_MODEL) -> str | None:
+    """Tag the registered versions of the evaluated model files, then move the champion alias.
+
+    ``summary`` is evaluate's result for ``dataset`` (means per method and ``gain_db`` per
+    model); ``model_files`` maps each evaluated model's name to its file. Returns the champion
+    version, or None (no champion, or the registry was unavailable).
+    """
+    # An unreachable server would otherwise be retried for minutes before the warning.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        from mlflow import MlflowClient
+
+        return _record(MlflowClient(tracking_uri=tracking_uri), dataset, summary, model_files,
+                       evaluation_run, name)
+    except Exception as exc:  # the registry is a convenience: evaluation results are on disk
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        log.warning("MLflow model registry unavailable at %s (%s: %s); versions not tagged, "
+                    "alias %r not updated.", tracking_uri, type(exc).__name__, text, CHAMPION)
+        return None
+
+
+def qualifies(model: str, gains: Mapping[str, float]) -> bool:
+    """Beats bicubic (a positive gain) and every other generator evaluated alongside."""
+    return gains[model] > 0 and all(gains[model] > g for m, g in gains.items() if m != model)
+
+
+def _record(client, dataset: str, summary: Mapping[str, Any],
+            model_files: Mapping[str, Path | str], evaluation_run: str | None,
+            name: str) -> str | None:
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        log.info("model registry: no versions of %r yet; nothing to tag", name)
+        return None
+    gains = summary.get("gain_db", {})
+    for model, path in model_files.items():
+        if model not in gains or not Path(path).is_file():
+            continue
+        digest = sha256_file(path)
+        run_ids = {r.info.run_id for r in _runs_with_digest(client, digest)}
+        matched = [v for v in versions if v.run_id in run_ids]
+        if not matched:
+            continue
+        tags = {EVAL_PREFIX + "dataset": dataset, EVAL_PREFIX + "images": summary.get("images"),
+                GAIN_TAG: gains[model], QUALIFIED_TAG: str(qualifies(model, gains)).lower(),
+                **{EVAL_PREFIX + k: v for k, v in summary.get(model, {}).items()}}
+        if evaluation_run:
+            tags[EVAL_PREFIX + "run_id"] = evaluation_run
+        for v in matched:
+            for key, value in tags.items():
+                client.set_model_version_tag(name, v.version, key, str(value))
+            log.info("model registry: %s version %s (%s): gain %+.3f dB over bicubic on %s, %s",
+                     name, v.version, model, gains[model], dataset,
+                     "qualified" if tags[QUALIFIED_TAG] == "true" else "not qualified")
+    return _move_champion(client, name)
+
+
+def _runs_with_digest(client, digest: str) -> list:
+    from mlflow.entities import ViewType
+
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, f"tags.`{DIGEST_TAG}` = '{digest}'",
+                              run_view_type=ViewType.ALL)
+
+
+def _move_champion(client, name: str) -> str | None:
+    """Point the alias at the best qualified version, reading the tags back from the registry."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    qualified = [v for v in versions if v.tags.get(QUALIFIED_TAG) == "true"]
+    current = client.get_registered_model(name).aliases.get(CHAMPION)
+    if not qualified:
+        if current is not None:
+            client.delete_registered_model_alias(name, CHAMPION)
+            log.info("model registry: no version of %s qualifies; alias %r removed",
+                     name, CHAMPION)
+        return None
+    best = max(qualified, key=lambda v: (float(v.tags[GAIN_TAG]), int(v.version)))
+    if str(current) != str(best.version):
+        client.set_registered_model_alias(name, CHAMPION, best.version)
+        log.info("model registry: %s@%s -> version %s (gain %s dB)", name, CHAMPION,
+                 best.version, best.tags[GAIN_TAG])
+    return str(best.version)

@@ -1,0 +1,73 @@
+"""MLflow tracking: nested runs, one store, models, and outages that never stop a stage."""
+import logging
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from pipelines.checkpoint import plain_copy
+from pipelines.networks import build_critic, build_generator
+from pipelines.tracking import PARENT_RUN_ENV, Tracker, resolve_tracking_uri
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_relative_uris_resolve_to_the_repo_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DECRAPPIFY_ROOT", str(tmp_path))
+    assert resolve_tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path / 'x.db'}"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_stage_run_nested_under_parent(store, monkeypatch):
+    mlflow.set_tracking_uri(store)
+    mlflow.set_experiment("t")
+    parent = mlflow.start_run(run_name="flow")
+    mlflow.end_run()
+    monkeypatch.setenv(PARENT_RUN_ENV, parent.info.run_id)
+    with Tracker("crappify", experiment="t") as tracker:
+        tracker.log_params({"a": {"b": 1}})
+        tracker.log_metrics({"loss": 0.5, "nested": {"x": 2}, "text": "no"}, step=3)
+        tracker.log_image(np.zeros((4, 4, 3), np.uint8), "grid.png")
+    run = mlflow.get_run(tracker.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.params == {"a.b": "1"}
+    assert run.data.metrics == {"loss": 0.5, "nested.x": 2.0}
+    assert run.info.status == "FINISHED" and tracker.failed_calls == 0
+
+
+def test_parametrized_models_are_logged_as_plain_modules(store):
+    gen = build_generator("resnet18", scale=2, hr_channels=8)
+    critic = build_critic(nf=8, n_blocks=2)
+    x = torch.rand(1, 3, 32, 32)
+    for model in (gen.eval(), critic.eval()):
+        copy = plain_copy(model)
+        assert not any(hasattr(m, "parametrizations") for m in copy.modules())
+        with torch.no_grad():
+            assert torch.allclose(model(x), copy(x), atol=1e-5)
+    with Tracker("train_gan", experiment="t") as tracker:
+        info = tracker.log_model(gen, "gan_generator", registered_model_name="t-gen")
+    assert info is not None and tracker.failed_calls == 0
+    loaded = mlflow.pytorch.load_model("models:/t-gen/1")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), gen(x), atol=1e-5)
+
+
+def test_unreachable_store_warns_once_and_the_stage_goes_on(monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with caplog.at_level(logging.WARNING):
+        with Tracker("download", experiment="t") as tracker:
+            for step in range(3):
+                tracker.log_metrics({"loss": 1.0}, step=step)
+    unavailable = [r for r in caplog.records if "MLflow unavailable" in r.getMessage()]
+    assert len(unavailable) == 1
+    assert "were not recorded" in caplog.text
