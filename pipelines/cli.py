@@ -45,13 +45,13 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
 
 def _overrides(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings; the value stays text for DVC to parse, as ``-S`` does."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"decrappify: error: {item!r}: an override is KEY=VALUE")
-        overrides[key] = value
-    return overrides
+    from pipelines.config import ConfigError
+    from pipelines.stage import split_override
+
+    try:
+        return dict(map(split_override, items))
+    except ConfigError as exc:
+        raise SystemExit(f"decrappify: error: {exc}") from None
 
 
 def _root(args: argparse.Namespace) -> Path:

@@ -188,6 +188,10 @@ class BaseConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     scale: int = bounded(4, lo=1, hi=8)
     crop: int = bounded(128, lo=8)
+    # training stages: single = one process; torchrun = data-parallel over nproc processes
+    launcher: Literal["single", "torchrun"] = "single"
+    nproc: int = bounded(1, lo=1)
+    sync_batchnorm: bool = False
     # "" = sqlite database at the repository root
     tracking_uri: str = ""
     experiment: str = "decrappify"

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from pipelines import checkpoint
+from pipelines import checkpoint, distributed
 from pipelines.config import BaseConfig, as_dict, bounded
 from pipelines.data import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader, to_tensor
 from pipelines.files import atomic_dir, write_json
@@ -25,7 +25,8 @@ from pipelines.restore import load_generator, restore
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.schedule import one_cycle
 from pipelines.stage import stage_main
-from pipelines.training import adamw, RollingCheckpoint, Throughput, check_finite, fingerprint, set_lr
+from pipelines.training import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+                                set_lr)
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain_critic"
@@ -112,21 +113,25 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     seed_everything(base.seed)
     make_deterministic()
     device = pick_device(base.device)
+    ranks = distributed.init(device)
     dtype = autocast_dtype(device, base.precision)
     generator_file = Path(base.paths.models) / "generator.pt"
-    generated = generate(base, generator_file, device, dtype, cfg.tile)
-    log.info("generated %d images into %s", generated, base.paths.generated)
+    if ranks.main:
+        generated = generate(base, generator_file, device, dtype, cfg.tile)
+        log.info("generated %d images into %s", generated, base.paths.generated)
+    distributed.barrier(ranks)
 
     arch = as_dict(cfg.model)
     critic = build_critic(**arch).to(device)
     crop = cfg.crop or base.crop
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [generator_file, Path(base.paths.hr) / "manifest.csv"]))
+                             fingerprint(as_dict(cfg), [generator_file, Path(base.paths.hr) / "manifest.csv"]),
+                             writer=ranks.main)
     opt = adamw(critic.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.weight_decay)
     step = 0
     state = ckpt.restore()
-    steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every)
+    steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every, quiet=not ranks.main)
     if state is not None:
         critic.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -135,36 +140,40 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
         steps_log.bar.update(step)
     real, fake = pairs(base, "train")
     loader = step_loader(CriticPairs(real, fake, crop, base.seed), step, cfg.steps, cfg.batch_size,
-                         cfg.workers)
+                         cfg.workers, ranks.rank, ranks.world)
+    trained = distributed.wrap(critic, ranks, device, base.sync_batchnorm)
     speed = Throughput()
     for fake_img, real_img in loader:
         set_lr(opt, [one_cycle(step, cfg.steps, cfg.lr, cfg.pct_start)])
         fake_img, real_img = fake_img.to(device), real_img.to(device)
         with autocast(device, dtype):
-            loss = critic_loss(cfg.loss, critic, real_img, fake_img)
+            loss = critic_loss(cfg.loss, trained, real_img, fake_img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         check_finite({"critic": loss}, step, ckpt)
-        speed.tick(2 * fake_img.shape[0])
+        speed.tick(2 * fake_img.shape[0] * ranks.world)
         steps_log.step(step, {"loss": loss.item()}, speed.rate)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             ckpt.save(step, model=critic.state_dict(), optimizer=opt.state_dict(), log=steps_log.state())
             speed.resume()
     steps_log.close()
-
+    if not ranks.main:
+        distributed.shutdown()
+        return {"steps": step}
     checkpoint.save(model_path(base), checkpoint.model_payload("critic", arch, critic))
     acc = accuracy(critic, base, "valid", crop, device)
     metrics = {"steps": step, "generated_images": generated, "train_images_per_s": round(speed.rate, 2),
                "train_loss": round(steps_log.ema or float("nan"), 6),
                **{f"valid_{k}": round(v, 4) for k, v in acc.items()}}
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    distributed.shutdown()
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(STAGE, PretrainCriticConfig, run, argv)
+    return stage_main(STAGE, PretrainCriticConfig, run, argv, distributed=True)
 
 
 if __name__ == "__main__":

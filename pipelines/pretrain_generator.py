@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from pipelines import checkpoint
+from pipelines import checkpoint, distributed
 from pipelines.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
 from pipelines.data import EvalPairs, TrainPairs, lr_path_for, split_files, step_loader
@@ -27,7 +27,7 @@ from pipelines.progress import StepLogger
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.schedule import one_cycle, one_cycle_beta1
 from pipelines.stage import stage_main
-from pipelines.training import (adamw, Bicubic, RollingCheckpoint, Throughput, check_finite, fingerprint,
+from pipelines.training import (Bicubic, RollingCheckpoint, adamw, Throughput, check_finite, fingerprint,
                                 sample_grid, set_lr, validate)
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     seed_everything(base.seed)
     make_deterministic()
     device = pick_device(base.device)
+    ranks = distributed.init(device)
     dtype = autocast_dtype(device, base.precision)
     arch = cfg.model.arch(base.scale)
     model = build_generator(**arch).to(device)
@@ -126,14 +127,15 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
 
     hr_manifest = Path(base.paths.hr) / "manifest.csv"
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [hr_manifest]))
+                             fingerprint(as_dict(cfg), [hr_manifest]), writer=ranks.main)
     state = ckpt.restore()
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
         step = state["step"]
 
-    steps_log = StepLogger(STAGE, cfg.total_steps, tracker, cfg.log_every, start=step)
+    steps_log = StepLogger(STAGE, cfg.total_steps, tracker, cfg.log_every, start=step,
+                           quiet=not ranks.main)
     steps_log.load_state(state.get("log") if state else None)
     speed = Throughput()
     history: list[dict] = list(state.get("history", [])) if state else []
@@ -142,16 +144,17 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         phase_end = phase_start + phase.steps
         if step < phase_end:
             freeze_encoder(model, phase.frozen)
+            trained = distributed.wrap(model, ranks, device, base.sync_batchnorm)
             groups = param_groups(model)
             ratios = (0.0, 0.0, 1.0) if phase.frozen else cfg.lr_ratios
             opt = adamw([{"params": g, "lr": phase.lr} for g in groups],
-                                    betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+                        betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
             if state is not None and state.get("phase") == index and "optimizer" in state:
                 opt.load_state_dict(state["optimizer"])
             dataset = train_dataset(base, cfg.data, crappify, phase.crop or base.crop, cfg.lighting,
                                     cfg.clean_prob)
             loader = step_loader(dataset, step - phase_start, phase.steps, phase.batch_size,
-                                 cfg.workers, offset=samples_before)
+                                 cfg.workers, ranks.rank, ranks.world, offset=samples_before)
             speed.resume()
             for lr_img, hr_img in loader:
                 local = step - phase_start
@@ -159,13 +162,13 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 set_lr(opt, [peak * r for r in ratios], one_cycle_beta1(local, phase.steps, cfg.pct_start))
                 lr_img, hr_img = lr_img.to(device), hr_img.to(device)
                 with autocast(device, dtype):
-                    loss = loss_fn(model(lr_img).float(), hr_img)
+                    loss = loss_fn(trained(lr_img).float(), hr_img)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
                 check_finite({"generator": loss}, step, ckpt)
-                speed.tick(lr_img.shape[0])
+                speed.tick(lr_img.shape[0] * ranks.world)
                 steps_log.step(step, {"loss": loss.item(), "lr": peak}, speed.rate)
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
                     scores = validate(model, valid, device, dtype, border)
@@ -183,25 +186,28 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         phase_start = phase_end
         samples_before += phase.steps * phase.batch_size
     steps_log.close()
-
-    # model.arch rebuilds the network without fetching pretrained weights again
-    checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
     final = history[-1]
     metrics = {"steps": step, "train_images_per_s": round(speed.rate, 2),
                "valid_psnr_y": round(final["psnr_y"], 4), "valid_ssim_y": round(final["ssim_y"], 5),
                "valid_gain_db": round(final["gain_db"], 4),
                "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
                "train_loss": round(steps_log.ema or float("nan"), 6)}
+    if not ranks.main:
+        distributed.shutdown()
+        return metrics
+    # model.arch rebuilds the network without fetching pretrained weights again
+    checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
+    distributed.shutdown()
     if tracker is not None:
         tracker.log_image(sample_grid(model, valid, device), "samples/final.png")
-        tracker.log_model(model.cpu().eval(), "generator")
+        tracker.log_model(model, "generator")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(STAGE, PretrainGeneratorConfig, run, argv)
+    return stage_main(STAGE, PretrainGeneratorConfig, run, argv, distributed=True)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ class StepLogger:
     """Shows loss EMAs and images/s in a tqdm bar; sends step metrics to the tracker every
     ``every`` steps (the tracker may be None)."""
 
-    def __init__(self, stage: str, total: int, tracker=None, every: int = 10, start: int = 0):
+    def __init__(self, stage: str, total: int, tracker=None, every: int = 10, start: int = 0,
+                 quiet: bool = False):
         self.tracker, self.every = tracker, every
         self.emas: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self.bar = tqdm(total=total, initial=start, desc=stage, unit="step", dynamic_ncols=True,
-                        file=sys.stderr, mininterval=1.0)
+                        file=sys.stderr, mininterval=1.0, disable=quiet)
 
     def _update_ema(self, name: str, value: float) -> float:
         n = self._counts.get(name, 0) + 1
@@ -41,7 +42,8 @@ class StepLogger:
             self._update_ema(k, v)
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:
-        self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        if not self.bar.disable:
+            self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
         if self.tracker is not None:
             self.tracker.log_metrics(values, step=step)
 

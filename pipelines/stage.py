@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pipelines.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
+from pipelines.distributed import current, relaunch, under_torchrun
 from pipelines.errors import StageError
 from pipelines.tracking import Tracker
 
@@ -21,19 +22,23 @@ def setup_logging() -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+def split_override(item: str) -> tuple[str, str]:
+    """``key=value`` as ``dvc exp run -S`` takes it -> (key, value text)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{item!r}: an override is key=value")
+    return key, value
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs as ``dvc exp run -S`` takes them; values parse as YAML."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{item!r}: an override is key=value")
-        out[key] = yaml.load(value, Loader=ParamsLoader)
-    return out
+    """``key=value`` overrides with values parsed as params.yaml values are."""
+    return {key: yaml.load(value, Loader=ParamsLoader) for key, value in map(split_override, items)}
 
 
 def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]],
-               argv: list[str] | None = None) -> int:
+               argv: list[str] | None = None, distributed: bool = False) -> int:
+    """Load and check the config, then run the stage; ``distributed`` stages start themselves
+    again under torchrun when ``base.launcher`` asks for it."""
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}",
                                      description=f"Run the {name} stage.")
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
@@ -47,9 +52,11 @@ def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2
+    if distributed and cfg.base.launcher == "torchrun" and not under_torchrun():
+        return relaunch(name, cfg.base.nproc, sys.argv[1:] if argv is None else argv)
     try:
         with Tracker(name, cfg.base.tracking_uri, cfg.base.experiment,
-                     enabled=not args.no_tracking) as tracker:
+                     enabled=not args.no_tracking and current().main) as tracker:
             tracker.log_params(as_dict(cfg))
             metrics = run(cfg, tracker)
             tracker.log_metrics(metrics)

@@ -24,19 +24,21 @@ from typing import Literal
 
 import torch
 
-from pipelines import checkpoint
+from pipelines import checkpoint, distributed
 from pipelines.config import BaseConfig, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
 from pipelines.data import EvalPairs, step_loader, to_image
-from pipelines.files import write_csv, write_json
+from pipelines.files import sha256_file, write_csv, write_json
 from pipelines.losses import build_content_loss, critic_loss, generator_adv_loss
 from pipelines.metrics import HIGHER_IS_BETTER, score
 from pipelines.networks import build_critic, build_generator
 from pipelines.pretrain_generator import train_dataset
 from pipelines.progress import StepLogger
+from pipelines.registry import DIGEST_TAG, REGISTERED_MODEL
 from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
 from pipelines.stage import stage_main
-from pipelines.training import adamw, RollingCheckpoint, Throughput, check_finite, fingerprint, sample_grid
+from pipelines.training import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+                                sample_grid)
 from pipelines.visualize import line_plot
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     seed_everything(base.seed)
     make_deterministic()
     device = pick_device(base.device)
+    ranks = distributed.init(device)
     dtype = autocast_dtype(device, base.precision)
     models_dir, border = Path(base.paths.models), base.scale
     gen_file, critic_file = models_dir / "generator.pt", models_dir / "critic.pt"
@@ -120,10 +123,11 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                               weight_decay=cfg.weight_decay)
 
     ckpt_dir = Path(base.paths.checkpoints) / STAGE
-    ckpt = RollingCheckpoint(ckpt_dir, fingerprint(as_dict(cfg), [gen_file, critic_file]))
+    ckpt = RollingCheckpoint(ckpt_dir, fingerprint(as_dict(cfg), [gen_file, critic_file]),
+                             writer=ranks.main)
     best_file = ckpt_dir / "best.pt"
     state = ckpt.restore()
-    steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every)
+    steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every, quiet=not ranks.main)
     if state is not None:
         gen.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
@@ -140,14 +144,20 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         critic_turn = True
         start = {"step": 0, **evaluate_candidate(gen, valid, device, dtype, border)}
         history, best = [start], dict(start)
-        checkpoint.save(best_file, checkpoint.model_payload("generator", g_saved["arch"], gen))
+        if ranks.main:
+            checkpoint.save(best_file, checkpoint.model_payload("generator", g_saved["arch"], gen))
     start_scores = history[0]
 
     dataset = train_dataset(base, cfg.data, cfg.crappify, cfg.crop or base.crop, cfg.lighting,
                             cfg.clean_prob)
     # Enough batches for the worst case of max_critic_steps critic steps per generator step.
     max_batches = cfg.steps * (cfg.max_critic_steps + 1)
-    loader = step_loader(dataset, batches, max_batches, cfg.batch_size, cfg.workers)
+    loader = step_loader(dataset, batches, max_batches, cfg.batch_size, cfg.workers,
+                         ranks.rank, ranks.world)
+    # Each step trains one network through its DDP wrapper and uses the other bare and frozen,
+    # so DDP never waits for gradients of a network that is not training.
+    gen_t = distributed.wrap(gen, ranks, device, base.sync_batchnorm)
+    critic_t = distributed.wrap(critic, ranks, device, base.sync_batchnorm)
     speed = Throughput()
     gen.train()
     critic.train()
@@ -163,22 +173,24 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                 fake = gen(lr_img)
             critic.train()
             with autocast(device, dtype):
-                loss_d = critic_loss(cfg.adversarial, critic, hr_img, fake.float())
+                loss_d = critic_loss(cfg.adversarial, critic_t, hr_img, fake.float())
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
             check_finite({"critic": loss_d}, g_steps, ckpt)
             n_critic += 1
             critic_run += 1
-            steps_log.emas_only({"critic_loss": loss_d.item()})
-            if loss_d.item() < cfg.threshold or critic_run >= cfg.max_critic_steps:
+            # the switch reads the loss averaged over ranks, so every rank switches together
+            loss_mean = distributed.mean(loss_d.item(), ranks)
+            steps_log.emas_only({"critic_loss": loss_mean})
+            if loss_mean < cfg.threshold or critic_run >= cfg.max_critic_steps:
                 critic_turn, critic_run = False, 0
             continue
         requires_grad(critic, False)
         critic.eval()
         gen.train()
         with autocast(device, dtype):
-            fake = gen(lr_img).float()
+            fake = gen_t(lr_img).float()
             adv = generator_adv_loss(cfg.adversarial, critic(fake))
             content = content_fn(fake, hr_img)
             loss_g = cfg.adv_weight * adv + cfg.content_weight * content
@@ -188,7 +200,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         g_steps += 1
         critic_turn = True
         check_finite({"generator": loss_g}, g_steps, ckpt)
-        speed.tick(lr_img.shape[0])
+        speed.tick(lr_img.shape[0] * ranks.world)
         steps_log.step(g_steps, {"gen_loss": loss_g.item(), "adv_loss": adv.item(),
                                  "content_loss": content.item(), "critic_steps": n_critic}, speed.rate)
         if g_steps % cfg.checkpoint_every == 0 or g_steps == cfg.steps:
@@ -196,7 +208,8 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
             history.append(cand)
             if eligible(cand, start_scores, cfg.max_psnr_drop) and better(cand, best, cfg.select_metric):
                 best = dict(cand)
-                checkpoint.save(best_file, checkpoint.model_payload("generator", g_saved["arch"], gen))
+                if ranks.main:
+                    checkpoint.save(best_file, checkpoint.model_payload("generator", g_saved["arch"], gen))
             steps_log.metrics(g_steps, {f"valid_{k}": v for k, v in cand.items() if k != "step"})
             ckpt.save(g_steps, generator=gen.state_dict(), critic=critic.state_dict(),
                       opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), history=history, best=best,
@@ -207,7 +220,10 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                 tracker.log_image(sample_grid(gen, valid, device), f"samples/step_{g_steps:06d}.png")
             speed.resume()
     steps_log.close()
-
+    if not ranks.main:
+        distributed.shutdown()
+        return {"generator_steps": g_steps, "chosen_step": best["step"]}
+    distributed.shutdown()
     chosen = checkpoint.load(best_file, kind="generator")
     out_file = models_dir / "gan_generator.pt"
     checkpoint.save(out_file, {k: chosen[k] for k in ("kind", "arch", "model")})
@@ -226,12 +242,14 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         tracker.log_artifact(plots / "gan_scores.png")
         final = build_generator(**chosen["arch"])
         final.load_state_dict(chosen["model"])
-        tracker.log_model(final.eval(), "gan_generator", registered_model_name="decrappify-generator")
+        # evaluate finds the registered version of the file it scores by this digest
+        tracker.set_tags({DIGEST_TAG: sha256_file(out_file)})
+        tracker.log_model(final.eval(), "gan_generator", registered_model_name=REGISTERED_MODEL)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(STAGE, TrainGanConfig, run, argv)
+    return stage_main(STAGE, TrainGanConfig, run, argv, distributed=True)
 
 
 if __name__ == "__main__":

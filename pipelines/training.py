@@ -78,6 +78,8 @@ class RollingCheckpoint:
                 self.path.unlink(missing_ok=True)
             return None
         log.info("resuming from %s at step %d", self.path, data["step"])
+        # dropout draws continue where they stopped, so the resumed run matches an unbroken one
+        set_rng_state(data["rng"])
         return data
 
     def save(self, step: int, **state: Any) -> None:

@@ -1,0 +1,91 @@
+"""Data-parallel training under torchrun, in one place: ranks, the process group, wrapping.
+
+Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op and the
+stages run as one process. Under ``torchrun --nproc-per-node N`` every rank takes its share of
+each global batch (pipelines.data.StepBatches), gradients are averaged by
+DistributedDataParallel, and only rank 0 writes checkpoints, metrics, outputs and MLflow runs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipelines.errors import StageError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current() -> Ranks:
+    """This process's place, read from torchrun's environment (1 process without it)."""
+    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                 int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device: torch.device) -> Ranks:
+    """Join the process group (NCCL on CUDA, gloo on the CPU) when started by torchrun."""
+    ranks = current()
+    if ranks.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ranks
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ranks: Ranks, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+    """DistributedDataParallel over ``model`` with more than one process, else ``model``.
+
+    Wrap after choosing which parameters train (a frozen encoder): DDP registers its gradient
+    hooks on the parameters that require grad when it is built.
+    """
+    if ranks.world == 1:
+        return model
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise StageError("base.sync_batchnorm: SyncBatchNorm needs CUDA devices; "
+                             "set it to false for CPU processes")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def mean(value: float, ranks: Ranks) -> float:
+    """The mean of ``value`` over all ranks, so decisions (the GAN switch) agree everywhere."""
+    if ranks.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / ranks.world
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        dist.barrier()
+
+
+def relaunch(stage: str, nproc: int, argv: list[str]) -> int:
+    """Run ``python -m pipelines.<stage>`` again under torchrun with ``nproc`` processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", f"pipelines.{stage}", *argv]
+    return subprocess.call(cmd)
