@@ -146,6 +146,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, o
     for name in ("straight", "resumed"):
         work = tmp_path / name
         copy_inputs(folder, work)
+        (work / output).unlink(missing_ok=True)
         write_params(work, params)
         if name == "resumed":
             kill_after_checkpoint(stage, work, min_step)
