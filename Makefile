@@ -26,8 +26,14 @@ test: setup
 test-fast: setup
 	pytest -q -m "not slow"
 
-bench: setup
-	$(BIN)/python -m bench
+# fastai for the comparisons; TORCH_SPEC again so that pip keeps the pinned torch
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]' $(TORCH_SPEC)
+	touch $@
+
+# all benchmarks (~15 min on 2 cores), results in bench/results/; BENCH_ARGS="NAME --quick" etc.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

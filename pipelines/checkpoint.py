@@ -7,6 +7,7 @@ scaler and RNG states, the step and the config that produced them.
 """
 from __future__ import annotations
 
+import glob
 import io
 import logging
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import StageError
+from pipelines.errors import DivergenceError, StageError
 from pipelines.files import write_bytes
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,43 @@ class CheckpointError(StageError):
 
 
 def save(path: Path | str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (a kill mid-write leaves the previous file intact)."""
+    """Write ``payload`` atomically (a kill mid-write leaves the previous file intact).
+
+    A payload holding a NaN or infinite float tensor (weights or optimizer state of a run
+    that diverged) is refused with ``DivergenceError``: no NaN model or checkpoint is ever
+    written, and the previous file stays the last good one.
+    """
+    path = Path(path)
+    bad = non_finite(payload)
+    if bad is not None:
+        raise DivergenceError(f"{path}: not written: {bad} holds NaN or infinite values (training "
+                              f"diverged); the previous {path.name}, if any, is unchanged")
     buf = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **payload}, buf)
+    # A write killed before its rename left a temporary as large as the file: one writer saves
+    # a given checkpoint at a time, so any such leftover is stale.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     write_bytes(path, buf.getvalue())
+
+
+def non_finite(value: Any, key: str = "") -> str | None:
+    """The key of the first floating-point tensor in ``value`` holding NaN or inf, else None."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key or "tensor"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = non_finite(v, f"{key}.{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 def load(path: Path | str, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:

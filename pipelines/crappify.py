@@ -315,8 +315,8 @@ def run(cfg: CrappifyConfig, tracker=None) -> dict:
     return metrics
 
 
-def main() -> int:
-    return stage_main("crappify", CrappifyConfig, run)
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("crappify", CrappifyConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ would have read, and under torchrun each rank takes its own slice of the same gl
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -15,10 +16,14 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pipelines.errors import StageError
 from pipelines.images import list_images, read_rgb
 from pipelines.runtime import hash_seed
+
+log = logging.getLogger(__name__)
 
 # degrade(hr_crop, rng, ref_side) -> lr: the LR image the generator learns to restore;
 # ref_side is the LR shorter side of the whole image the crop came from (watermark size)
@@ -84,6 +89,16 @@ class _ImageCache:
         return img
 
 
+def smaller_than(files: Sequence[Path], crop: int) -> dict[Path, tuple[int, int]]:
+    """The files (-> width, height) whose shorter side is below ``crop``, read from headers."""
+    small = {}
+    for f in files:
+        with Image.open(f) as img:
+            if min(img.size) < crop:
+                small[f] = img.size
+    return small
+
+
 class TrainPairs(Dataset):
     """Random aligned (LR, HR) crops. ``degrade`` given: LR made fresh from each HR crop
     (a new degradation for every sample); else LR cropped from the crappify stage's files."""
@@ -93,7 +108,20 @@ class TrainPairs(Dataset):
                  augment: bool = True, lighting: float = 0.1, clean_prob: float = 0.0):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
-        self.hr_files, self.lr_files = list(hr_files), (list(lr_files) if lr_files else None)
+        hr_files, lr_files = list(hr_files), (list(lr_files) if lr_files else None)
+        # An image smaller than the crop (a later phase may crop larger than the download
+        # stage's minimum, base.crop) is left out of this dataset and reported, not fatal.
+        self.too_small = smaller_than(hr_files, crop)
+        keep = [i for i, f in enumerate(hr_files) if f not in self.too_small]
+        if not keep:
+            raise StageError(f"none of the {len(hr_files)} training images is at least {crop} px "
+                             "on both sides: lower the crop or add larger images")
+        if self.too_small:
+            log.warning("%d of %d training images are smaller than the %d px crop and are left "
+                        "out: %s", len(self.too_small), len(hr_files), crop,
+                        ", ".join(f"{f.name} ({w}x{h})" for f, (w, h) in self.too_small.items()))
+        self.hr_files = [hr_files[i] for i in keep]
+        self.lr_files = [lr_files[i] for i in keep] if lr_files else None
         self.crop, self.scale, self.seed = crop, scale, seed
         self.degrade = degrade
         # share of fresh samples that are only downscaled: a restorer must not damage clean input
@@ -220,6 +248,10 @@ class StepBatches:
 
 def step_loader(dataset: Dataset, start: int, stop: int, batch_size: int, workers: int,
                 rank: int = 0, world: int = 1, offset: int = 0) -> DataLoader:
+    # A DataLoader draws a number from the torch RNG it is given each time it is iterated; from
+    # the global one, that draw would shift the dropout masks of a resumed run (its loader starts
+    # after the checkpoint's RNG state is restored) away from an uninterrupted run's. Samples do
+    # not depend on it: their randomness comes from their index.
     return DataLoader(dataset, batch_sampler=StepBatches(start, stop, batch_size, rank, world, offset),
                       num_workers=workers, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))

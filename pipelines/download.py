@@ -26,6 +26,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import shutil
 import sys
 from collections import Counter
@@ -162,6 +163,16 @@ def output_names(rels: list[str]) -> dict[str, str]:
     return names
 
 
+def utf8_name(rel: str) -> str:
+    """``rel`` as UTF-8 text. A name whose bytes are not UTF-8 (a Latin-1 name from an old zip
+    or camera) reaches Python with each such byte as a lone surrogate; it becomes ``%XX`` so
+    the manifest, the metrics and the output file can hold the name."""
+    return _UNDECODED.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", rel)
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def sample_folder() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
@@ -244,8 +255,16 @@ def run(cfg: DownloadConfig, tracker: Any = None) -> dict:
         shutil.rmtree(stale, ignore_errors=True)
     root, candidates, skipped = gather(cfg, progress)
     n_missing = len(skipped)
-    rels = {path: path.relative_to(root).as_posix() for path in candidates}
-    ordered = sorted(candidates, key=lambda p: split_key(cfg.base.seed, rels[p]))
+    rels = {}
+    real_names = {path.relative_to(root).as_posix() for path in candidates}
+    for path in candidates:
+        rel = path.relative_to(root).as_posix()
+        shown = utf8_name(rel)
+        if shown != rel and shown in real_names:
+            skipped[f"{shown} (not UTF-8)"] = f"bad file name: not UTF-8, and {shown} exists"
+            continue
+        rels[path] = shown
+    ordered = sorted(rels, key=lambda p: split_key(cfg.base.seed, rels[p]))
     log.info("download: %d candidate images in %s (source %s)", len(ordered), root, cfg.source)
 
     with atomic_dir(hr) as tmp:

@@ -4,3 +4,7 @@ exits with status 1, without a traceback."""
 
 class StageError(RuntimeError):
     """An expected failure (bad data, network, checksum, divergence, unusable checkpoint)."""
+
+
+class DivergenceError(StageError):
+    """Training diverged: a loss, or weights about to be saved, became NaN or infinite."""

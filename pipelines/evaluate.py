@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 from torch import nn
 
+from pipelines import registry
 from pipelines.config import BaseConfig, ConfigError, bounded
 from pipelines.data import aligned_lr, lr_path_for
 from pipelines.files import write_json, write_text
@@ -211,6 +212,12 @@ def run(cfg: EvaluateConfig, tracker=None,
     if tracker is not None:
         tracker.log_image(picture, f"{STAGE}_grid.png")
         tracker.log_artifact(metrics_dir / f"{STAGE}_images.csv")
+        if tracker.enabled and tracker.run_id:
+            # scores and the champion alias on the registered versions of the evaluated files
+            first = datasets[0][0]
+            registry.record_evaluation(tracker.uri, first, results[first],
+                                       {model_name(m): model_file(m, base) for m in cfg.models},
+                                       evaluation_run=tracker.run_id)
     return results
 
 

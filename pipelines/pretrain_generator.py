@@ -89,6 +89,9 @@ class PretrainGeneratorConfig:
             crop = p.crop or self.base.crop
             if crop % self.base.scale:
                 raise ConfigError(f"phases[{i}].crop: {crop} is not divisible by base.scale {self.base.scale}")
+        if self.valid_crop % self.base.scale:
+            raise ConfigError(f"valid_crop: {self.valid_crop} is not divisible by base.scale "
+                              f"{self.base.scale}")
 
     @property
     def total_steps(self) -> int:

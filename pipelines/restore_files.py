@@ -85,7 +85,7 @@ class Summary:
 
     def line(self) -> str:
         return (f"restored {len(self.restored)}, failed {len(self.failed)} in "
-                f"{self.seconds:.1f} s ({self.images_per_s:.2f} images/s)")
+                f"{self.seconds:.1f} s ({self.images_per_s:.3g} images/s)")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "images_per_s": round(self.images_per_s, 4)}

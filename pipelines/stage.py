@@ -60,7 +60,10 @@ def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]
             tracker.log_params(as_dict(cfg))
             metrics = run(cfg, tracker)
             tracker.log_metrics(metrics)
-    except StageError as exc:
+    except (StageError, OSError) as exc:
+        # OSError: an output that cannot be written (full disk, read-only folder; files.py
+        # says which and that the previous one is intact) or an input that cannot be read
+        log.debug("%s failed", name, exc_info=True)
         print(f"error: {name}: {exc}", file=sys.stderr)
         return 1
     log.info("%s done: %s", name, {k: v for k, v in metrics.items() if not isinstance(v, dict)})

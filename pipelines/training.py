@@ -20,14 +20,11 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from pipelines import checkpoint
-from pipelines.errors import StageError
+# DivergenceError lives in errors.py (checkpoint.save raises it too); stages import it from here
+from pipelines.errors import DivergenceError  # noqa: F401
 from pipelines.files import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-class DivergenceError(StageError):
-    """A loss became NaN or infinite."""
 
 
 def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path | str] = ()) -> str:
@@ -97,7 +94,9 @@ def check_finite(losses: Mapping[str, torch.Tensor | float], step: int, ckpt: Ro
             where = f"{ckpt.path} (step {_saved_step(ckpt)})" if ckpt.path.exists() else "no checkpoint yet"
             raise DivergenceError(
                 f"{name} loss is {v} at step {step}: training diverged. The last good state is "
-                f"{where}; no model was written. Lower the learning rate and rerun to resume from it.")
+                f"{where}; no model was written. Rerunning with the same params resumes from it "
+                "(a NaN from a non-deterministic GPU kernel may not recur); changing any param "
+                "of this stage, such as a lower learning rate, starts the stage over.")
 
 
 def _saved_step(ckpt: RollingCheckpoint) -> int | str:

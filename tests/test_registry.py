@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 
+import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from pipelines import checkpoint, evaluate, registry
+from pipelines.checkpoint import plain_copy
 from pipelines.cli import main
 from pipelines.config import load
 from pipelines.evaluate import EvaluateConfig
@@ -46,7 +48,11 @@ def train_gan_like(store: str, folder, seed: int) -> tuple[str, object]:
     checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
     with Tracker("train_gan", store) as tracker:
         tracker.set_tags({DIGEST_TAG: sha256_file(path)})
-        info = tracker.log_model(model, "gan_generator", registered_model_name=REGISTERED_MODEL)
+        # As Tracker.log_model (tests/test_tracking.py), but with the requirements given: their
+        # inference loads the model in a subprocess, seconds per version.
+        info = mlflow.pytorch.log_model(plain_copy(model), name="gan_generator",
+                                        serialization_format="pickle", pip_requirements=["torch"],
+                                        registered_model_name=REGISTERED_MODEL)
     assert tracker.failed_calls == 0
     return path, info.registered_model_version
 
@@ -92,9 +98,10 @@ def test_the_champion_is_the_best_version_that_beats_the_baselines(store, tmp_pa
     code = main(["restore", str(src), "--out", str(tmp_path / "out"),
                  "--model", f"models:/{REGISTERED_MODEL}@{CHAMPION}"])
     assert code == 0, capsys.readouterr().err
-    restored = read_rgb(tmp_path / "out" / "a_restored.png")
-    np.testing.assert_array_equal(restored, restore(load_generator(second), read_rgb(src)))
-    assert not np.array_equal(restored, restore(load_generator(first), read_rgb(src)))
+    restored = read_rgb(tmp_path / "out" / "a_restored.png").astype(int)
+    # The registered copy has its weight norm folded into plain weights: equal up to rounding.
+    assert np.abs(restored - restore(load_generator(second), read_rgb(src))).max() <= 1
+    assert np.abs(restored - restore(load_generator(first), read_rgb(src))).max() > 10
 
 
 def test_an_unknown_alias_is_one_clear_error(store, tmp_path, capsys):

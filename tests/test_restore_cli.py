@@ -113,7 +113,7 @@ def test_compare_puts_the_enlarged_input_beside_the_restoration(tmp_path, capsys
     pair = read_rgb(tmp_path / "out" / "a_restored_compare.png")
     h, w = restored.shape[:2]
     assert pair.shape[1] == 2 * w + 3 * GAP and pair.shape[0] > h
-    top = pair.shape[0] - GAP - h  # under the label strip
+    top = pair.shape[0] - 2 * GAP - h  # under the label strip, GAP above the bottom
     np.testing.assert_array_equal(pair[top:top + h, GAP:GAP + w], upscale(lr, SCALE, "nearest"))
     np.testing.assert_array_equal(pair[top:top + h, 2 * GAP + w:2 * GAP + 2 * w], restored)
 
