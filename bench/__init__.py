@@ -7,8 +7,8 @@ import os
 
 # libgomp (torch's OpenMP) busy-waits at every barrier by default. On a machine shared with
 # other work a parallel region then waits for a thread that another process has descheduled:
-# on the 2-core reference machine a 0.05 ms torch.stack took ~100 ms and a training step 2.7x
-# longer. Passive waiting makes the figures depend on our code rather than on the neighbours;
+# on the 2-core reference machine a 0.05 ms torch.stack at times took ~100 ms and a training
+# step 2.7x longer. Passive waiting makes the figures depend on our code rather than on the neighbours;
 # the generator benchmark measures both policies side by side. Set OMP_WAIT_POLICY to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

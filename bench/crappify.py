@@ -140,7 +140,8 @@ def degrade_only(report: Report, files: list[Path], n_rounds: int) -> None:
         start = time.perf_counter()
         rng = random.Random(0)
         for img in pils:
-            lr = img.resize(resize_to(img, 96, use_min=True), resample=Image.BILINEAR).convert("RGB")
+            lr = img.resize(resize_to(img, 96, use_min=True), resample=Image.BILINEAR)
+            lr = lr.convert("RGB")
             w, h = lr.size
             q = rng.randint(10, 70)
             ImageDraw.Draw(lr).text((rng.randint(0, w // 2), rng.randint(0, h // 2)), str(q),
