@@ -19,5 +19,6 @@ BENCHMARKS = {
     "generator": "bench.generator",
     "gan": "bench.gan",
     "restore": "bench.restore",
+    "distributed": "bench.distributed",
     "pipeline": "bench.pipeline",
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 WORK_POOL = "decrappify"
+GIT_URL_ENV = "DECRAPPIFY_GIT_URL"
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
@@ -43,12 +44,20 @@ def deploy(root: Path, prefect_args: list[str]) -> int:
     return subprocess.call(cmd, cwd=root)
 
 
-def start_worker(root: Path, pool: str = WORK_POOL, run_once: bool = False) -> None:
+def start_worker(root: Path, pool: str = WORK_POOL, run_once: bool = False,
+                 git_url: str | None = None) -> None:
     """Replace this process with a process worker for ``pool`` serving the checkout ``root``.
 
-    The deployment's pull step changes into ``$DECRAPPIFY_ROOT``; the worker exports it.
+    The pull step of ``nightly`` changes into ``$DECRAPPIFY_ROOT``, exported here; with
+    ``git_url``, the worker serves ``from-git`` instead, whose runs clone ``git_url``.
     """
-    env = {**os.environ, "DECRAPPIFY_ROOT": str(Path(root).resolve())}
+    env = dict(os.environ)
+    if git_url:
+        # Each run works in its own clone, found from the run's working directory.
+        env.pop("DECRAPPIFY_ROOT", None)
+        env[GIT_URL_ENV] = git_url
+    else:
+        env["DECRAPPIFY_ROOT"] = str(Path(root).resolve())
     cmd = [*PREFECT, "worker", "start", "--pool", pool, "--type", "process"]
     if run_once:
         cmd.append("--run-once")

@@ -136,15 +136,26 @@ def experiment_workspace(root: Path, name: str, overrides: Mapping[str, Any],
         apply_overrides(path, overrides)
         _dvc(path, ["checkout", "--allow-missing"], logger, check=False)
         yield path
-        save = ["exp", "save", "--name", name]
-        for rel, persist in uncached.items():
-            if not persist and (path / rel).exists():  # checkpoints stay out of git
-                save += ["--include-untracked", rel]
         # Experiment refs live in the repository's git directory, shared with the workspace.
         with workspace_lock(root, logger):
-            _dvc(path, save, logger)
+            _save(path, name, uncached, logger)
     finally:
         _remove_worktree(root, path)
+
+
+def save_experiment(root: Path, name: str, logger) -> None:
+    """Save the state of workspace ``root`` as DVC experiment ``name`` (HEAD stays as it is)."""
+    root = Path(root).resolve()
+    with workspace_lock(root, logger):
+        _save(root, name, _uncached_outputs(root), logger)
+
+
+def _save(workspace: Path, name: str, uncached: Mapping[str, bool], logger) -> None:
+    save = ["exp", "save", "--name", name]
+    for rel, persist in uncached.items():
+        if not persist and (workspace / rel).exists():  # resume state stays out of git
+            save += ["--include-untracked", rel]
+    _dvc(workspace, save, logger)
 
 
 def _share_cache(root: Path, worktree: Path) -> None:

@@ -16,17 +16,19 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.dvc_workspace import (experiment_workspace, git_commit, git_dirty, lock_digest,
-                                 select_stages, stage_order)
+                                 save_experiment, select_stages, stage_order)
 from flows.parent_run import ParentRun
 from pipelines.tracking import (EXPERIMENT_ENV, PARENT_RUN_ENV, ROOT_ENV, repo_root,
                                 resolve_tracking_uri)
+from tasks.dvc_remote import pull_data, push_experiment
 from tasks.dvc_stage import stage_task
 
 
 @flow(name="training", description="Reproduce the DVC pipeline stage by stage, tracked in MLflow.")
 def training(stages: list[str] | None = None, overrides: dict[str, Any] | None = None,
              experiment: str = "decrappify", root: str | None = None,
-             stage_timeout: float | None = None) -> dict[str, str]:
+             stage_timeout: float | None = None, dvc_remote: bool = False,
+             git_remote: str = "origin") -> dict[str, str]:
     """Run ``stages`` (all when None) in dvc.yaml order; returns each stage's outcome.
 
     Args:
@@ -38,6 +40,12 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
         experiment: MLflow experiment of the parent run and of the stage runs.
         root: the DVC repository; default: ``DECRAPPIFY_ROOT``, else the working directory.
         stage_timeout: seconds per stage, after which the stage's process tree is killed.
+        dvc_remote: for a workspace that is a fresh clone (a worker on another machine):
+            first pull what dvc.lock names from the DVC remote, so stages that ran elsewhere
+            are up to date; at the end publish the run as a DVC experiment named after the
+            flow run, its git ref pushed to ``git_remote`` and its data to the DVC remote
+            (``dvc exp pull <git_remote> <name>`` then ``dvc exp apply <name>`` in any clone).
+        git_remote: the git remote the experiment is pushed to.
     """
     logger = get_run_logger()
     repo = Path(root).resolve() if root else repo_root()
@@ -54,6 +62,8 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
         if parent.run_id:
             env[PARENT_RUN_ENV] = parent.run_id
         try:
+            if dvc_remote:
+                pull_data(str(repo), env)
             with _workspace(repo, name, overrides, logger) as workspace:
                 env[ROOT_ENV] = str(workspace)
                 try:
@@ -68,6 +78,12 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
                     facts["dvc.lock.sha256"] = lock_digest(workspace)
             if overrides:
                 facts["dvc.experiment"] = name  # reached once `dvc exp save` succeeded
+            if dvc_remote:
+                if not overrides:
+                    save_experiment(repo, name, logger)
+                    facts["dvc.experiment"] = name
+                push_experiment(str(repo), name, git_remote, env)
+                facts["dvc.experiment.pushed_to"] = git_remote
         finally:
             parent.record(tags={**facts, **_outcome_tags(outcomes)},
                           params={"stages": ",".join(selected),

@@ -133,13 +133,16 @@ def add_worker(sub) -> None:
     p.add_argument("--pool", default=WORK_POOL, help=f"work pool (default: {WORK_POOL})")
     p.add_argument("--run-once", action="store_true",
                    help="take the runs waiting now, then exit")
+    p.add_argument("--git-url", default=None,
+                   help="the repository that deployments pulling from git clone "
+                        "(exported as $DECRAPPIFY_GIT_URL)")
     p.set_defaults(handler=_worker)
 
 
 def _worker(args: argparse.Namespace) -> int:
     from flows.deployments import start_worker
 
-    start_worker(_root(args), pool=args.pool, run_once=args.run_once)
+    start_worker(_root(args), pool=args.pool, run_once=args.run_once, git_url=args.git_url)
     return 0
 
 

@@ -89,14 +89,26 @@ class _ImageCache:
         return img
 
 
-def smaller_than(files: Sequence[Path], crop: int) -> dict[Path, tuple[int, int]]:
-    """The files (-> width, height) whose shorter side is below ``crop``, read from headers."""
-    small = {}
-    for f in files:
+def fitting(files: Sequence[Path], crop: int) -> list[int]:
+    """Indices of the ``files`` that a ``crop`` px square fits in (sizes read from headers).
+
+    An image smaller than the crop (a later phase, or the critic, may crop larger than the
+    download stage's minimum, base.crop) is left out and named in a warning, not fatal.
+    """
+    keep, small = [], []
+    for i, f in enumerate(files):
         with Image.open(f) as img:
             if min(img.size) < crop:
-                small[f] = img.size
-    return small
+                small.append(f"{f.name} ({img.size[0]}x{img.size[1]})")
+            else:
+                keep.append(i)
+    if not keep:
+        raise StageError(f"none of the {len(files)} training images is at least {crop} px on "
+                         "both sides: lower the crop or add larger images")
+    if small:
+        log.warning("%d of %d training images are smaller than the %d px crop and are left out: %s",
+                    len(small), len(files), crop, ", ".join(small))
+    return keep
 
 
 class TrainPairs(Dataset):
@@ -109,17 +121,7 @@ class TrainPairs(Dataset):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
         hr_files, lr_files = list(hr_files), (list(lr_files) if lr_files else None)
-        # An image smaller than the crop (a later phase may crop larger than the download
-        # stage's minimum, base.crop) is left out of this dataset and reported, not fatal.
-        self.too_small = smaller_than(hr_files, crop)
-        keep = [i for i, f in enumerate(hr_files) if f not in self.too_small]
-        if not keep:
-            raise StageError(f"none of the {len(hr_files)} training images is at least {crop} px "
-                             "on both sides: lower the crop or add larger images")
-        if self.too_small:
-            log.warning("%d of %d training images are smaller than the %d px crop and are left "
-                        "out: %s", len(self.too_small), len(hr_files), crop,
-                        ", ".join(f"{f.name} ({w}x{h})" for f, (w, h) in self.too_small.items()))
+        keep = fitting(hr_files, crop)
         self.hr_files = [hr_files[i] for i in keep]
         self.lr_files = [lr_files[i] for i in keep] if lr_files else None
         self.crop, self.scale, self.seed = crop, scale, seed
@@ -204,7 +206,10 @@ class CriticPairs(Dataset):
     """Aligned random crops of a generated image and its real HR original: (fake, real)."""
 
     def __init__(self, real_files: Sequence[Path], fake_files: Sequence[Path], crop: int, seed: int):
-        self.real_files, self.fake_files = list(real_files), list(fake_files)
+        real_files, fake_files = list(real_files), list(fake_files)
+        keep = fitting(fake_files, crop)  # a batch stacks crops of one size
+        self.real_files = [real_files[i] for i in keep]
+        self.fake_files = [fake_files[i] for i in keep]
         self.crop, self.seed = crop, seed
         self.aug = augmentation(0.0)
         self.cache = _ImageCache()

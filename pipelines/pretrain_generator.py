@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from pipelines import checkpoint, distributed
 from pipelines.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
@@ -179,9 +177,11 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                     history.append({"step": step, **scores})
                     steps_log.metrics(step, {f"valid_{k}": v for k, v in scores.items()})
                 if step % cfg.checkpoint_every == 0 or step == phase_end:
+                    # at a phase's end the next phase starts with a fresh optimizer, resumed or not
+                    mid_phase = {"optimizer": opt.state_dict()} if step < phase_end else {}
                     ckpt.save(step, phase=index if step < phase_end else index + 1,
-                              model=model.state_dict(), optimizer=opt.state_dict(), history=history,
-                              log=steps_log.state())
+                              model=model.state_dict(), history=history, log=steps_log.state(),
+                              **mid_phase)
                 if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
                     tracker.log_image(sample_grid(model, valid, device), f"samples/step_{step:06d}.png")
                 speed.resume()

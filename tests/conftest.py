@@ -25,3 +25,14 @@ def prefect_api(tmp_path_factory):
                                      PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A folder served over HTTP on loopback: (folder, base URL)."""
+    from local_servers import static_files
+
+    root = tmp_path / "www"
+    root.mkdir()
+    with static_files(root) as url:
+        yield root, url

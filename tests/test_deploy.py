@@ -1,13 +1,13 @@
-"""Deployments on a real `prefect server start`: prefect.yaml, a process worker, the gpu limit."""
+"""Deployments on a real `prefect server start`: prefect.yaml, process workers (in the
+checkout, and on "another machine" that clones the code and pulls data from a DVC remote),
+the gpu limit, and the MLflow server and UI a user browses afterwards."""
 from __future__ import annotations
 
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,8 +17,9 @@ from prefect.client.orchestration import get_client
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.dvc_stage import stage_task
-from tasks.process import terminate_group
+from tasks.dvc_stage import stage_environment, stage_task
+from local_servers import free_port, service
+from pipeline_repo import ORCHESTRATION, TINY_SAMPLE, dvc_cli, git, make_pipeline_repo
 from tiny_dvc_repo import INTERVAL_DVC_YAML, make_repo
 
 pytestmark = pytest.mark.slow
@@ -30,36 +31,27 @@ CODE = Path(__file__).resolve().parents[1]  # the checkout holding prefect.yaml 
 def server(tmp_path_factory):
     """`prefect server start` on a free loopback port, with its own home and database."""
     home = tmp_path_factory.mktemp("prefect-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start",
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(url):
-            assert proc.poll() is None, (home / "server.log").read_text()
-            assert time.monotonic() < deadline, "prefect server did not start in 120 s"
-            time.sleep(0.5)
+    with service([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                  "--port", str(port)], home, f"{url}/health", env, timeout=120):
         yield url, env
-    finally:
-        terminate_group(proc, grace=10)
-        log.close()
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on a free loopback port: SQLite backend, artifacts served by the server."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    with service([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                  "--port", str(port), "--workers", "1",
+                  "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                  "--artifacts-destination", str(home / "artifacts")],
+                 home, f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}"
 
 
 def cli(env: dict, *args: str, timeout: float = 120) -> str:
@@ -116,3 +108,121 @@ def test_gpu_limit_serialises_training_stages(server, tmp_path):
     assert intervals(), "without a limit the two stages run side by side"
     cli(env, sys.executable, "-m", "prefect", "concurrency-limit", "create", "gpu", "1")
     assert not intervals(), "with `gpu` limited to 1 they take turns"
+
+
+def _get(url: str, endpoint: str, **query) -> dict:
+    """A GET of the MLflow UI's own JSON API."""
+    from urllib.parse import urlencode
+    with urllib.request.urlopen(f"{url}{endpoint}?{urlencode(query, doseq=True)}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, endpoint: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{url}{endpoint}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _artifacts(url: str, run_id: str, path: str = "") -> list[str]:
+    """Every artifact file of a run, as the UI's artifact browser lists them."""
+    listing = _get(url, "/ajax-api/2.0/mlflow/artifacts/list", run_id=run_id, path=path)
+    found = []
+    for item in listing.get("files", []):
+        found += _artifacts(url, run_id, item["path"]) if item["is_dir"] else [item["path"]]
+    return found
+
+
+def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
+        server, mlflow_server, tmp_path):
+    """The `from-git` deployment on a worker with no checkout, as on another machine: the run
+    clones the repository, takes from the DVC remote what is there, runs the six real stages on
+    the sample photos, logs them to the MLflow server, and pushes itself back as a DVC
+    experiment that a third clone gets without recomputing anything."""
+    url, env = server
+    env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
+    env.pop("DECRAPPIFY_ROOT", None)
+    remote = tmp_path / "dvc-remote"
+    seed = make_pipeline_repo(tmp_path / "seed", TINY_SAMPLE, parts=ORCHESTRATION)
+    dvc_cli(seed, "remote", "add", "-d", "storage", str(remote))
+    git(seed, "commit", "-q", "-am", "DVC remote")
+    origin = tmp_path / "origin.git"  # stands for the repository on a git host
+    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
+
+    prefect = [sys.executable, "-m", "prefect"]
+    cli(env, *prefect, "work-pool", "create", "elsewhere", "--type", "process")
+    cli(env, sys.executable, "-m", "pipelines.cli", "deploy", "--", "--name", "from-git",
+        "--pool", "elsewhere")
+    out = cli(env, *prefect, "deployment", "run", "training/from-git")
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    machine = tmp_path / "machine-b"  # no checkout, no DVC cache
+    machine.mkdir()
+    worker = subprocess.run([sys.executable, "-m", "pipelines.cli", "worker", "--pool",
+                             "elsewhere", "--run-once", "--git-url", origin.as_uri()],
+                            cwd=machine, env=env, capture_output=True, text=True, timeout=1200)
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    assert run.state.is_completed(), f"{run.state.message}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
+    assert list(machine.iterdir()) == [], "the run worked in a temporary clone"
+
+    # -- what the MLflow UI shows, over HTTP ---------------------------------------------------
+    with urllib.request.urlopen(mlflow_server, timeout=30) as page:
+        assert page.status == 200 and b"MLflow" in page.read()
+    experiment = _get(mlflow_server, "/ajax-api/2.0/mlflow/experiments/get-by-name",
+                      experiment_name="decrappify")["experiment"]
+    runs = _post(mlflow_server, "/ajax-api/2.0/mlflow/runs/search",
+                 {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+            for r in runs}
+    [parent] = [r for r in runs if tags[r["info"]["run_id"]].get("prefect.flow_run_id") == flow_run_id]
+    parent_id = parent["info"]["run_id"]
+    children = {r["info"]["run_name"]: r for r in runs
+                if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent_id}
+    stages = ["download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan",
+              "evaluate"]
+    assert sorted(children) == sorted(stages)
+    assert tags[parent_id]["decrappify.stages.ran"] == ",".join(stages)
+    assert all(c["info"]["status"] == "FINISHED" for c in children.values())
+    metrics = {name: {m["key"] for m in c["data"].get("metrics", [])}
+               for name, c in children.items()}
+    assert {"loss", "valid_psnr_y"} <= metrics["pretrain_generator"], metrics["pretrain_generator"]
+    assert "test.gain_db.gan_generator" in metrics["evaluate"], metrics["evaluate"]
+    history = _get(mlflow_server, "/ajax-api/2.0/mlflow/metrics/get-history",
+                   run_id=children["pretrain_generator"]["info"]["run_id"], metric_key="loss")
+    assert [m["step"] for m in history["metrics"]] == list(range(1, 7))
+    images = {name: [a for a in _artifacts(mlflow_server, c["info"]["run_id"]) if a.endswith(".png")]
+              for name, c in children.items()}
+    assert images["crappify"] and images["pretrain_generator"] and images["evaluate"], images
+    with urllib.request.urlopen(f"{mlflow_server}/get-artifact?path={images['evaluate'][0]}"
+                                f"&run_uuid={children['evaluate']['info']['run_id']}") as r:
+        assert r.read(8) == b"\x89PNG\r\n\x1a\n"
+    # train_gan registered the GAN generator; evaluate tagged the version with its test scores
+    # and points `champion` at it only when it beats bicubic (a few steps may not)
+    [version] = _get(mlflow_server, "/ajax-api/2.0/mlflow/model-versions/search",
+                     filter="name='decrappify-generator'")["model_versions"]
+    assert version["run_id"] == children["train_gan"]["info"]["run_id"]
+    version_tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    gain = float(version_tags["decrappify.eval.gain_db"])
+    model = _get(mlflow_server, "/ajax-api/2.0/mlflow/registered-models/get",
+                 name="decrappify-generator")["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    scores = {m["key"]: m["value"] for m in children["evaluate"]["data"]["metrics"]}
+    assert gain == pytest.approx(scores["test.gain_db.gan_generator"], abs=1e-6)
+    qualified = version_tags["decrappify.eval.qualified"] == "true"
+    assert qualified == (gain > 0 and gain > scores["test.gain_db.generator"])
+    assert aliases == ({"champion": version["version"]} if qualified else {})
+
+    # -- a third clone gets the run from the remotes and finds nothing to recompute -----------
+    name = tags[parent_id]["dvc.experiment"]
+    assert tags[parent_id]["dvc.experiment.pushed_to"] == "origin"
+    laptop = tmp_path / "laptop"
+    git(tmp_path, "clone", "-q", str(origin), str(laptop))
+    dvc_env = stage_environment({})  # stage commands say `python`: this interpreter's
+    dvc_cli(laptop, "exp", "pull", "origin", name, env=dvc_env)
+    dvc_cli(laptop, "exp", "apply", name, env=dvc_env)
+    dvc_cli(laptop, "pull", env=dvc_env)
+    assert (laptop / "models/gan_generator.pt").exists()
+    repro = dvc_cli(laptop, "repro", env=dvc_env).stdout
+    assert "Running stage" not in repro, repro
+    status = dvc_cli(laptop, "status", env=dvc_env).stdout
+    assert "up to date" in status, status

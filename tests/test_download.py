@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
 import tarfile
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -271,23 +268,6 @@ def test_tracker_receives_contact_sheet_and_manifest(workdir):
 
 
 # -- the url source, against a local server --------------------------------------------------------
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def web(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=root))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
 
 def tar_gz(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()

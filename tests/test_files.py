@@ -1,6 +1,4 @@
 """Atomic outputs: a failure mid-write leaves the previous output untouched."""
-import os
-
 import pytest
 
 from pipelines.files import atomic_dir, atomic_path, remove_stale_temporaries, write_csv, write_json, write_text
