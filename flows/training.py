@@ -3,7 +3,8 @@
 DVC decides what runs: an up-to-date stage is skipped, a stage seen before with the same
 inputs is restored from the run-cache. The flow adds what DVC does not: retries, the
 ``gpu`` concurrency tag, timeouts that kill the whole stage process tree, an MLflow parent
-run that says which stages ran, and param overrides run as DVC experiments.
+run that says which stages ran, param overrides run as DVC experiments, and for a worker in a
+fresh clone, data pulled from the DVC remote and the run pushed back as an experiment.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +17,8 @@ from pipelines.images import read_rgb, write_image
 from pipelines.metrics import psnr_y
 from pipelines.restore import benchmark_lr, upscale
 
-SET5 = "/work/shared/benchmarks/Set5"
+# the standard SR benchmark images, in the `shared` folder beside the checkout
+SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
 
 
 class Resampler(nn.Module):

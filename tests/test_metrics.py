@@ -1,4 +1,6 @@
 """Image quality metrics: the SR protocol against scikit-image and published Set5 figures."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import piq
@@ -12,7 +14,8 @@ from pipelines.metrics import (HIGHER_IS_BETTER, PSNR_CAP, VggDistance, crop_bor
                                rgb_to_y, score, ssim_y)
 from pipelines.restore import benchmark_lr, upscale
 
-SET5 = "/work/shared/benchmarks/Set5"
+# the standard SR benchmark images, in the `shared` folder beside the checkout
+SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
 
 
 @pytest.fixture(scope="module")
