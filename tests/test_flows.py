@@ -262,3 +262,20 @@ def test_cli_parses_serve_and_worker_options():
     assert args.cron == "0 3 * * *" and args.set == ["crappify.workers=1"]
     args = build_parser().parse_args(["worker", "--run-once"])
     assert args.pool == "decrappify" and args.run_once
+
+
+def test_worker_exports_the_checkout_or_the_git_url_never_both(monkeypatch, tmp_path):
+    """`decrappify worker` executes flow runs in its checkout (DECRAPPIFY_ROOT); with --git-url each
+    run clones that repository instead, and an inherited DECRAPPIFY_ROOT would point the
+    flow away from its clone."""
+    from flows import deployments
+
+    started = []
+    monkeypatch.setattr(deployments.os, "execve", lambda exe, cmd, env: started.append((cmd, env)))
+    monkeypatch.setenv("DECRAPPIFY_ROOT", "/somewhere/else")
+    assert main(["worker", "--root", str(tmp_path), "--pool", "p", "--run-once"]) == 0
+    assert main(["worker", "--pool", "p", "--git-url", "https://example.org/r.git"]) == 0
+    (cmd, env), (cmd2, env2) = started
+    assert cmd[-4:] == ["p", "--type", "process", "--run-once"] and "--run-once" not in cmd2
+    assert env["DECRAPPIFY_ROOT"] == str(tmp_path.resolve()) and "DECRAPPIFY_GIT_URL" not in env
+    assert "DECRAPPIFY_ROOT" not in env2 and env2["DECRAPPIFY_GIT_URL"] == "https://example.org/r.git"
