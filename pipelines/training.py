@@ -27,9 +27,15 @@ from pipelines.files import sha256_file
 log = logging.getLogger(__name__)
 
 
+# base settings that say how a run executes, not what it computes: a checkpoint made under
+# one resumes under another (interrupted on 8 GPUs, resumed on 4 or on a CPU; another server).
+HOW_IT_RUNS = frozenset({"launcher", "nproc", "device", "tracking_uri", "experiment"})
+
+
 def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path | str] = ()) -> str:
-    """A hash of the config and the contents of the input files (directories: every file)."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    """A hash of the config (except ``HOW_IT_RUNS`` in any ``base`` section it holds) and the
+    contents of the input files (directories: every file)."""
+    h = hashlib.sha256(json.dumps(_what_it_computes(config), sort_keys=True, default=str).encode())
     for item in inputs:
         path = Path(item)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -37,6 +43,14 @@ def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path | str] = ()) ->
             h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
             h.update(sha256_file(f).encode() if f.exists() else b"missing")
     return h.hexdigest()
+
+
+def _what_it_computes(config: Any) -> Any:
+    if not isinstance(config, Mapping):
+        return config
+    return {k: ({n: x for n, x in v.items() if n not in HOW_IT_RUNS}
+                if k == "base" and isinstance(v, Mapping) else _what_it_computes(v))
+            for k, v in config.items()}
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Every stage end to end on a handful of real photos with tiny settings, and exact resume."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from pipelines import checkpoint
-from pipelines.config import load
+from pipelines.config import as_dict, load
 from pipelines.training import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,3 +238,40 @@ def test_two_processes_match_one_with_the_same_global_batch(pipeline_dir, tmp_pa
             outputs[name] = model(lr.unsqueeze(0))
     diff = (outputs["one"] - outputs["two"]).abs().max().item()
     assert diff < 2 / 255, diff
+
+
+def test_how_a_run_executes_is_not_part_of_the_checkpoint_fingerprint():
+    from pipelines.pretrain_generator import PretrainGeneratorConfig
+    from pipelines.training import fingerprint
+
+    def key(**base):
+        params = {**TINY, "base": {**TINY["base"], **base}}
+        return fingerprint(as_dict(load(PretrainGeneratorConfig, "pretrain_generator", params)))
+
+    same = key()
+    assert key(launcher="torchrun", nproc=8) == same
+    assert key(device="auto", tracking_uri="http://127.0.0.1:5000", experiment="x") == same
+    assert key(seed=8) != same and key(crop=64) != same
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_under_another_process_count(pipeline_dir, tmp_path):
+    """Killed in 1 process, resumed by 2 torchrun processes with the same global batch."""
+    folder, _ = pipeline_dir
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["train_gan"].update(steps=12, batch_size=4)  # BatchNorm: 2 samples per process
+    copy_inputs(folder, tmp_path)
+    write_params(tmp_path, params)
+    kill_after_checkpoint("train_gan", tmp_path, 2)
+    step = checkpoint.load(tmp_path / "checkpoints/train_gan/last.pt")["step"]
+
+    params["base"].update(launcher="torchrun", nproc=2)
+    write_params(tmp_path, params)
+    proc = run_module("train_gan", tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert f"resuming from checkpoints/train_gan/last.pt at step {step}" in out, out
+    model = checkpoint.load(tmp_path / "models/gan_generator.pt")["model"]
+    assert all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point())
+    metrics = json.loads((tmp_path / "metrics/train_gan.json").read_text())
+    assert metrics["generator_steps"] == 12
