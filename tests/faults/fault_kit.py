@@ -226,7 +226,20 @@ def make_workspace(path: Path, params: dict) -> Path:
 
 
 def copy_workspace(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, symlinks=True)
+    """A copy of workspace ``src`` to run a fault case in, without its MLflow artifacts.
+
+    DVC's cache objects are hard links: DVC writes each object once (to a temporary, then a
+    rename) and never in place, so the copies can share them; every other file is copied.
+    A workspace holds hundreds of MB of models and checkpoints, and the suite makes a dozen.
+    """
+    def link_cache_objects(source: str, target: str) -> None:
+        if f"{os.sep}.dvc{os.sep}cache{os.sep}" in source:
+            os.link(source, target)
+        else:
+            shutil.copy2(source, target)
+
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("mlruns"),
+                    copy_function=link_cache_objects)
     return dst
 
 
