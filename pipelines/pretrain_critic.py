@@ -160,7 +160,6 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
             speed.resume()
     steps_log.close()
     if not ranks.main:
-        distributed.shutdown()
         return {"steps": step}
     checkpoint.save(model_path(base), checkpoint.model_payload("critic", arch, critic))
     acc = accuracy(critic, base, "valid", crop, device)
@@ -168,7 +167,6 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
                "train_loss": round(steps_log.ema or float("nan"), 6),
                **{f"valid_{k}": round(v, 4) for k, v in acc.items()}}
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
-    distributed.shutdown()
     return metrics
 
 

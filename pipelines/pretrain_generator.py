@@ -196,13 +196,11 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
                "train_loss": round(steps_log.ema or float("nan"), 6)}
     if not ranks.main:
-        distributed.shutdown()
         return metrics
     # model.arch rebuilds the network without fetching pretrained weights again
     checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
-    distributed.shutdown()
     if tracker is not None:
         tracker.log_image(sample_grid(model, valid, device), "samples/final.png")
         tracker.log_model(model, "generator")

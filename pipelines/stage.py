@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from pipelines.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
-from pipelines.distributed import current, relaunch, under_torchrun
+from pipelines.distributed import current, relaunch, shutdown, under_torchrun
 from pipelines.errors import StageError
 from pipelines.tracking import Tracker
 
@@ -66,5 +66,7 @@ def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]
         log.debug("%s failed", name, exc_info=True)
         print(f"error: {name}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        shutdown()  # leave the torchrun process group, if this process joined one
     log.info("%s done: %s", name, {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0

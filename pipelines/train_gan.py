@@ -227,9 +227,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
             speed.resume()
     steps_log.close()
     if not ranks.main:
-        distributed.shutdown()
         return {"generator_steps": g_steps, "chosen_step": best["step"]}
-    distributed.shutdown()
     chosen = checkpoint.load(best_file, kind="generator")
     out_file = models_dir / "gan_generator.pt"
     checkpoint.save(out_file, {k: chosen[k] for k in ("kind", "arch", "model")})
