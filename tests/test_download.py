@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from archives import tar_bytes
 from pipelines import download, images
 from pipelines.config import ConfigError, load
 from pipelines.download import (DownloadConfig, NoImagesError, output_names, run, split_key,
@@ -269,19 +268,9 @@ def test_tracker_receives_contact_sheet_and_manifest(workdir):
 
 # -- the url source, against a local server --------------------------------------------------------
 
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_url_source_downloads_checks_and_strips_the_top_folder(workdir, web):
     root, url = web
-    archive = tar_gz({
+    archive = tar_bytes({
         "photos/one.png": images.encode_png(noise(24, 32, 1)),
         "photos/two.jpg": images.encode_jpeg(noise(32, 24, 2)),
         "photos/more/three.png": images.encode_png(noise(20, 20, 3)),
@@ -302,7 +291,7 @@ def test_url_source_with_bad_archive_fails_without_touching_data(workdir, web, c
     run(config(source="folder", folder="photos"))
     before = Path("data/hr/manifest.csv").read_bytes()
     root, url = web
-    evil = tar_gz({"photos/ok.png": images.encode_png(noise(24, 24, 1)),
+    evil = tar_bytes({"photos/ok.png": images.encode_png(noise(24, 24, 1)),
                    "../escape.png": images.encode_png(noise(24, 24, 2))})
     (root / "evil.tar.gz").write_bytes(evil)
     params = workdir / "params.yaml"

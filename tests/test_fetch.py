@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import socket
 import stat
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from archives import tar_bytes
 from pipelines.fetch import (ChecksumError, DownloadError, FetchError, UnsafeArchiveError,
                              archive_name, download, fetch_archive, safe_extract)
 
@@ -169,13 +169,7 @@ FILES = {"top/a.txt": b"alpha", "top/sub/b.bin": bytes(range(50)), "c.txt": b"ga
 
 
 def make_tar(path: Path, mode: str, files=FILES, extra=()) -> Path:
-    with tarfile.open(path, mode) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra:
-            tar.addfile(info, io.BytesIO(b"evil" if info.isfile() else b""))
+    path.write_bytes(tar_bytes(files, mode, extra))
     return path
 
 

@@ -5,7 +5,6 @@ tests/test_download.py::test_url_source_with_bad_archive_fails_without_touching_
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 from PIL import Image
 
 import fault_kit
+from archives import tar_bytes
 from fault_kit import assert_same_weights, checkpoint_step
 
 
@@ -101,18 +101,6 @@ def test_a_rolling_checkpoint_that_would_run_code_is_ignored_and_training_starts
 
 
 # -- archives ---------------------------------------------------------------------------------
-def tar_with(members: list[tarfile.TarInfo], files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for m in members:
-            tar.addfile(m)
-    return buf.getvalue()
-
-
 def link(name: str, kind: bytes, target: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = kind, target
@@ -141,7 +129,7 @@ def test_an_archive_with_links_is_refused_at_download(member, why, web, tmp_path
     before = fault_kit.tree_digest(tmp_path / "data/hr")
 
     root, url = web
-    archive = tar_with([member], good)
+    archive = tar_bytes(good, extra=[member])
     (root / "evil.tar.gz").write_bytes(archive)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"base": base, "download": {
         "source": "url", "url": f"{url}/evil.tar.gz", "sha256": hashlib.sha256(archive).hexdigest()}}))
