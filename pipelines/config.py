@@ -203,6 +203,11 @@ class BaseConfig:
         if self.crop % self.scale:
             raise ConfigError(f"crop: {self.crop} is not divisible by scale {self.scale}")
 
+    def check_crop(self, key: str, crop: int) -> None:
+        """A stage's crop (``key`` in its section) must give whole LR pixels at this scale."""
+        if crop % self.scale:
+            raise ConfigError(f"{key}: {crop} is not divisible by base.scale {self.scale}")
+
 
 def load(cls: type, section: str, params: Path | str | Mapping = DEFAULT_PARAMS,
          overrides: Mapping[str, Any] | None = None) -> Any:

@@ -84,12 +84,8 @@ class PretrainGeneratorConfig:
         if not self.phases:
             raise ConfigError("phases: at least one phase is needed")
         for i, p in enumerate(self.phases):
-            crop = p.crop or self.base.crop
-            if crop % self.base.scale:
-                raise ConfigError(f"phases[{i}].crop: {crop} is not divisible by base.scale {self.base.scale}")
-        if self.valid_crop % self.base.scale:
-            raise ConfigError(f"valid_crop: {self.valid_crop} is not divisible by base.scale "
-                              f"{self.base.scale}")
+            self.base.check_crop(f"phases[{i}].crop", p.crop or self.base.crop)
+        self.base.check_crop("valid_crop", self.valid_crop)
 
     @property
     def total_steps(self) -> int:

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from pipelines import checkpoint, distributed
-from pipelines.config import BaseConfig, ConfigError, as_dict, bounded, section
+from pipelines.config import BaseConfig, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
 from pipelines.data import EvalPairs, step_loader, to_image
 from pipelines.files import sha256_file, write_csv, write_json
@@ -74,9 +74,7 @@ class TrainGanConfig:
 
     def check(self) -> None:
         for key in ("crop", "valid_crop"):
-            value = getattr(self, key)
-            if value % self.base.scale:
-                raise ConfigError(f"{key}: {value} is not divisible by base.scale {self.base.scale}")
+            self.base.check_crop(key, getattr(self, key))
 
 
 @torch.no_grad()

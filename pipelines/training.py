@@ -20,8 +20,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from pipelines import checkpoint
-# DivergenceError lives in errors.py (checkpoint.save raises it too); stages import it from here
-from pipelines.errors import DivergenceError  # noqa: F401
+from pipelines.errors import DivergenceError
 from pipelines.files import sha256_file
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import yaml
 
 from pipelines import checkpoint
 from pipelines.config import as_dict, load
-from pipelines.training import DivergenceError
+from pipelines.errors import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 
