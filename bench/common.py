@@ -58,11 +58,12 @@ def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
 
 
 # -- timing --------------------------------------------------------------------------------------
-def clock(fn: Callable[[], Any]) -> Callable[[], float]:
-    """A variant for ``interleave`` that times ``fn`` with the wall clock."""
+def clock(fn: Callable[[], Any], times: int = 1) -> Callable[[], float]:
+    """A variant for ``interleave`` that times ``times`` calls of ``fn`` with the wall clock."""
     def run() -> float:
         start = time.perf_counter()
-        fn()
+        for _ in range(times):
+            fn()
         return time.perf_counter() - start
     return run
 

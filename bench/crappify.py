@@ -18,14 +18,13 @@ import multiprocessing
 import random
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bench.common import Report, fmt, interleave, rates, ratios, repeats, sample_images
-from bench.peers import recipe_crappify
+from bench.common import Report, clock, fmt, interleave, rates, ratios, repeats, sample_images
+from bench.peers import recipe_crappify, recipe_degrade
 from pipelines.degradations import Degradation, crappify, rng_for
 from pipelines.images import read_rgb
 
@@ -82,12 +81,10 @@ def run(args: argparse.Namespace) -> Report:
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(workers, initializer=_init, initargs=(str(out),)) as pool:
                 def variant(v: str):
-                    def go() -> float:
-                        start = time.perf_counter()
+                    def go() -> None:
                         for _ in pool.imap_unordered(_one, tasks_of[v], chunksize=1):
                             pass
-                        return time.perf_counter() - start
-                    return go
+                    return clock(go)
                 res = interleave({v: variant(v) for v in VARIANTS}, n_rounds,
                                  progress=f"{workers} worker(s)")
             for v, secs in res.items():
@@ -120,39 +117,27 @@ def run(args: argparse.Namespace) -> Report:
 def degrade_only(report: Report, files: list[Path], n_rounds: int) -> None:
     """The degradation alone, on photos already decoded, to JPEG bytes in memory, in this
     process with one OpenCV thread: what is left once the PNG decode is taken out."""
-    from PIL import Image, ImageDraw
-
-    from bench.peers import resize_to
+    from PIL import Image
 
     cv2.setNumThreads(1)
     arrays = [read_rgb(f) for f in files]
     pils = [Image.fromarray(a) for a in arrays]
 
     def ours(spec: Degradation):
-        def go() -> float:
-            start = time.perf_counter()
+        def go() -> None:
             for i, hr in enumerate(arrays):
                 crappify(hr, spec, rng_for(0, str(i)))
-            return time.perf_counter() - start
-        return go
+        return clock(go)
 
-    def recipe() -> float:
-        start = time.perf_counter()
+    def recipe() -> None:
         rng = random.Random(0)
         for img in pils:
-            lr = img.resize(resize_to(img, 96, use_min=True), resample=Image.BILINEAR)
-            lr = lr.convert("RGB")
-            w, h = lr.size
-            q = rng.randint(10, 70)
-            ImageDraw.Draw(lr).text((rng.randint(0, w // 2), rng.randint(0, h // 2)), str(q),
-                                    fill=(255, 255, 255))
-            buf = io.BytesIO()
-            lr.save(buf, format="JPEG", quality=q)
-        return time.perf_counter() - start
+            recipe_degrade(img, rng, io.BytesIO())
 
     res = interleave({"ours (x4)": ours(SPECS["ours (x4)"]),
                       "ours (short side 96)": ours(SPECS["ours (short side 96)"]),
-                      "recipe (PIL)": recipe}, max(n_rounds, 3), progress="degradation only")
+                      "recipe (PIL)": clock(recipe)},
+                     max(n_rounds, 3), progress="degradation only")
     rate = {k: rates(v, len(arrays)) for k, v in res.items()}
     report.data["degrade_only_images_per_s"] = rate
     report.table("degradation alone (decoded photo in memory -> JPEG bytes), 1 process, "

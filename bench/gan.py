@@ -18,13 +18,11 @@ fastai's Adam (its Learner's default); ours fused AdamW (the pipeline's).
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import Report, fmt, interleave, rates, ratios, repeats, summary
+from bench.common import Report, clock, fmt, interleave, rates, ratios, repeats, summary
 from bench.generator import (DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, RECIPE_ARCH, SCALE,
                              batch, sizes, zero_grad)
 from bench.peers import (FASTAI_MISSING, fastai_adam, fastai_available, fastai_critic,
@@ -98,15 +96,6 @@ class Gan:
         self.generator_step()
 
 
-def timed(fn: Callable[[], None], steps: int) -> Callable[[], float]:
-    def go() -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        return time.perf_counter() - start
-    return go
-
-
 def run(args: argparse.Namespace) -> Report:
     crop, n, steps = sizes(args)
     n_rounds = repeats(args, 3, 2)
@@ -125,10 +114,10 @@ def run(args: argparse.Namespace) -> Report:
                                         build_critic(**RECIPE_CRITIC), False, crop, n)
     gans["ours, params.yaml (resnet18, critic nf 32)"] = Gan(
         build_generator(**DEFAULT_ARCH), build_critic(**DEFAULT_CRITIC), False, crop, n)
-    gan_res = interleave({k: timed(g.iteration, steps) for k, g in gans.items()}, n_rounds,
+    gan_res = interleave({k: clock(g.iteration, steps) for k, g in gans.items()}, n_rounds,
                          progress="GAN iterations")
     # an iteration holds a critic step: the warm-up above serves both
-    critic_res = interleave({k: timed(g.critic_step, steps) for k, g in gans.items()}, n_rounds,
+    critic_res = interleave({k: clock(g.critic_step, steps) for k, g in gans.items()}, n_rounds,
                             warmup=0, progress="critic steps")
     critic_rate = {k: rates(v, 2 * n * steps) for k, v in critic_res.items()}
     gan_rate = {k: rates(v, n * steps) for k, v in gan_res.items()}

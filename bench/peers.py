@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image, ImageDraw
@@ -34,17 +34,22 @@ def resize_to(img: Image.Image, targ_sz: int, use_min: bool = False) -> tuple[in
 
 
 def recipe_crappify(src: Path, dest: Path, rng: random.Random) -> None:
-    """course-v3 crappify.py: shorter side to 96 px (PIL bilinear), the quality number as white
-    text in PIL's default font at a random point of the top-left quadrant, JPEG at that quality.
-    Only the random generator is ours (the original used the unseeded global one)."""
-    img = Image.open(src)
+    """course-v3 crappify.py: decode ``src``, degrade it, write the JPEG to ``dest``."""
+    recipe_degrade(Image.open(src), rng, dest)
+
+
+def recipe_degrade(img: Image.Image, rng: random.Random, dest: Any) -> None:
+    """course-v3 crappify.py's degradation: shorter side to 96 px (PIL bilinear), the quality
+    number as white text in PIL's default font at a random point of the top-left quadrant,
+    JPEG at that quality into ``dest`` (a path or a file object). Only the random generator is
+    ours (the original used the unseeded global one)."""
     targ_sz = resize_to(img, 96, use_min=True)
     img = img.resize(targ_sz, resample=Image.BILINEAR).convert("RGB")
     w, h = img.size
     q = rng.randint(10, 70)
     ImageDraw.Draw(img).text((rng.randint(0, w // 2), rng.randint(0, h // 2)), str(q),
                              fill=(255, 255, 255))
-    img.save(dest, quality=q)
+    img.save(dest, format="JPEG", quality=q)
 
 
 # -- data loading ----------------------------------------------------------------------------------
