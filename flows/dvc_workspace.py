@@ -13,12 +13,10 @@ import contextlib
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from tasks.dvc_stage import workspace_lock
-from tasks.process import run_streaming
+from tasks.dvc_stage import run_dvc, workspace_lock
 
 EXPERIMENTS_DIR = Path(".dvc") / "tmp" / "flow-experiments"
 # Links instead of copies: the worktree is thrown away and DVC removes a stage's outputs
@@ -210,8 +208,7 @@ def _remove_worktree(root: Path, path: Path) -> None:
 
 
 def _dvc(workspace: Path, args: list[str], logger, check: bool = True) -> None:
-    code = run_streaming([sys.executable, "-m", "dvc", *args], cwd=workspace,
-                         on_line=lambda line: logger.info("%s", line))
+    code = run_dvc(workspace, args, logger)
     if code and check:
         raise RuntimeError(f"dvc {' '.join(args)} failed in {workspace} (exit code {code})")
     if code:

@@ -8,15 +8,13 @@ gets it with ``dvc exp pull <git remote> <name>`` and ``dvc exp apply <name>``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Mapping
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.dvc_stage import stage_environment, workspace_lock
-from tasks.process import run_streaming
+from tasks.dvc_stage import run_dvc, workspace_lock
 
 # A remote is a network service: a retry after a pause can succeed where the first try failed.
 RETRIES = 2
@@ -31,8 +29,7 @@ def _dvc(root: str, args: list[str], env: Mapping[str, str] | None) -> None:
     logger = get_run_logger()
     workspace = Path(root)
     with workspace_lock(workspace, logger):
-        code = run_streaming([sys.executable, "-m", "dvc", *args], cwd=workspace,
-                             env=stage_environment(env), on_line=lambda line: logger.info("%s", line))
+        code = run_dvc(workspace, args, logger, env)
     if code:
         raise TransferFailed(f"dvc {' '.join(args)} failed in {workspace} (exit code {code})")
 

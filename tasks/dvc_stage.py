@@ -95,6 +95,13 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
     return StageResult(stage, outcome, seconds)
 
 
+def run_dvc(workspace: Path, args: list[str], logger,
+            env: Mapping[str, str] | None = None) -> int:
+    """``dvc <args>`` in ``workspace``, each line of its output to ``logger``; its exit code."""
+    return run_streaming([sys.executable, "-m", "dvc", *args], cwd=workspace,
+                         env=stage_environment(env), on_line=lambda line: logger.info("%s", line))
+
+
 def stage_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
     """This process's environment plus ``extra``, with this interpreter's bin first on PATH.
 
