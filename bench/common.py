@@ -255,7 +255,7 @@ def repeats(args: argparse.Namespace, default: int, quick: int = 2) -> int:
 def sample_images(min_side: int = 0) -> list[Path]:
     """The project's HR photos (data/hr, the download stage's output) if present, else the
     scikit-image sample photos converted once to RGB PNGs in a cache folder."""
-    from pipelines.images import list_images
+    from pipelines.imaging.images import list_images
 
     hr = ROOT / "data" / "hr"
     files = list_images(hr) if hr.is_dir() else []

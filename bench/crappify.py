@@ -25,8 +25,8 @@ import numpy as np
 
 from bench.common import Report, clock, fmt, interleave, rates, ratios, repeats, sample_images
 from bench.peers import recipe_crappify, recipe_degrade
-from pipelines.degradations import Degradation, crappify, rng_for
-from pipelines.images import read_rgb
+from pipelines.imaging.degradations import Degradation, crappify, rng_for
+from pipelines.imaging.images import read_rgb
 
 NAME = "crappify"
 TITLE = "Crappify throughput (images/s, decode + degrade + encode + write)"

@@ -16,8 +16,8 @@ import time
 
 from bench.common import Report, fmt, interleave, rates, ratios, repeats, sample_images
 from bench.peers import PilPairs
-from pipelines.data import TrainPairs, step_loader
-from pipelines.degradations import Degradation, make_degrader
+from pipelines.datasets.pairs import TrainPairs, step_loader
+from pipelines.imaging.degradations import Degradation, make_degrader
 
 NAME = "data"
 TITLE = "Data loading (LR/HR pairs per second, batch 8)"

@@ -27,10 +27,10 @@ from bench.generator import (DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, RECIPE_A
                              batch, sizes, zero_grad)
 from bench.peers import (FASTAI_MISSING, fastai_adam, fastai_available, fastai_critic,
                          fastai_unet)
-from pipelines.losses import critic_loss, generator_adv_loss
+from pipelines.scoring.losses import critic_loss, generator_adv_loss
 from pipelines.networks import build_critic, build_generator
 from pipelines.train_gan import requires_grad
-from pipelines.training import adamw
+from pipelines.training.loop import adamw
 
 NAME = "gan"
 TITLE = "Critic step and GAN iteration (images/s)"

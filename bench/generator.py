@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from bench.common import Report, fmt, interleave, rates, ratios, repeats, summary
 from bench.peers import FASTAI_MISSING, fastai_adam, fastai_available, fastai_unet
 from pipelines.networks import build_generator
-from pipelines.training import adamw
+from pipelines.training.loop import adamw
 
 NAME = "generator"
 TITLE = "Generator training step (images/s, forward + backward + optimizer)"

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from pipelines.runtime import hash_seed
+from pipelines.core.runtime import hash_seed
 
 FASTAI_MISSING = ("fastai is not installed: the comparisons with fastai are skipped "
                   "(install them with: pip install -e '.[bench]')")

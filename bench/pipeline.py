@@ -65,7 +65,7 @@ def child_main(spec: dict) -> None:
                                   temporary_settings)
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.dvc_workspace import stage_order
+    from tasks.workspace import stage_order
     from flows.training import training
 
     repo, rounds = Path(spec["repo"]), spec["rounds"]

@@ -1,4 +1,4 @@
-"""Restoration: images/s of ``pipelines.restore.restore`` and the cost of tiling.
+"""Restoration: images/s of ``pipelines.inference.restore.restore`` and the cost of tiling.
 
 The generator is the default params.yaml architecture (weights random: speed does not depend
 on them). Measured:
@@ -26,7 +26,7 @@ import yaml
 
 from bench.common import ROOT, Report, clock, fmt, interleave, rates, ratios, repeats, \
     sample_images, summary
-from pipelines.restore import restore, tile_starts
+from pipelines.inference.restore import restore, tile_starts
 
 NAME = "restore"
 TITLE = "Restoration (images/s, tiling overhead, a large photo's time and memory)"
@@ -64,7 +64,7 @@ def photo(width: int, height: int) -> np.ndarray:
     """A real photo resized to ``width`` x ``height`` (texture matters little to the speed)."""
     import cv2
 
-    from pipelines.images import read_rgb
+    from pipelines.imaging.images import read_rgb
 
     src = max(sample_images(), key=lambda f: f.stat().st_size)
     return cv2.resize(read_rgb(src), (width, height), interpolation=cv2.INTER_CUBIC)

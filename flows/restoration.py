@@ -1,6 +1,6 @@
 """The restoration flow: ``decrappify restore`` as a Prefect flow, one task per image.
 
-The flow runs the command's own code (``pipelines.restore_files.restore_paths``) and only
+The flow runs the command's own code (``pipelines.inference.restore_files.restore_paths``) and only
 swaps the step that restores one image for a task, so each image shows in the Prefect UI with
 its duration and the model is loaded once per flow run. A bad image is a warning in the log
 and an entry in the returned summary, not a failed task: like the command, the flow restores
@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from pipelines.restore_files import Job, Outcome, Settings, restore_file, restore_paths
+from pipelines.inference.restore_files import Job, Outcome, Settings, restore_file, restore_paths
 
 
 # Outputs are files the task writes itself; Prefect caching would skip them on a rerun.

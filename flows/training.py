@@ -16,10 +16,10 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.dvc_workspace import (experiment_workspace, git_commit, git_dirty, lock_digest,
+from tasks.workspace import (experiment_workspace, git_commit, git_dirty, lock_digest,
                                  save_experiment, select_stages, stage_order)
 from flows.parent_run import ParentRun
-from pipelines.tracking import (EXPERIMENT_ENV, PARENT_RUN_ENV, ROOT_ENV, repo_root,
+from pipelines.running.tracking import (EXPERIMENT_ENV, PARENT_RUN_ENV, ROOT_ENV, repo_root,
                                 resolve_tracking_uri)
 from tasks.dvc_remote import pull_data, push_experiment
 from tasks.dvc_stage import stage_task

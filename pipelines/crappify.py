@@ -44,13 +44,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipelines import degradations, images
-from pipelines.config import BaseConfig, as_dict, bounded
-from pipelines.degradations import Degradation, crappify, rng_for
-from pipelines.files import (atomic_path, remove_stale_temporaries, sha256_bytes, sha256_file,
+from pipelines.imaging import degradations, images
+from pipelines.core.config import BaseConfig, as_dict, bounded
+from pipelines.imaging.degradations import Degradation, crappify, rng_for
+from pipelines.core.files import (atomic_path, remove_stale_temporaries, sha256_bytes, sha256_file,
                              write_json, write_text)
-from pipelines.images import contact_sheet, list_images, read_rgb
-from pipelines.stage import stage_main
+from pipelines.imaging.images import contact_sheet, list_images, read_rgb
+from pipelines.running.stage import stage_main
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,13 @@ from typing import Any, Iterator, Literal
 
 from tqdm import tqdm
 
-from pipelines import images
-from pipelines.config import BaseConfig, ConfigError, bounded
-from pipelines.errors import StageError
-from pipelines.fetch import SHA256_RE, fetch_archive
-from pipelines.files import atomic_dir, sha256_bytes, write_json, write_text
-from pipelines.runtime import hash_seed
-from pipelines.stage import stage_main
+from pipelines.imaging import images
+from pipelines.core.config import BaseConfig, ConfigError, bounded
+from pipelines.core.errors import StageError
+from pipelines.datasets.fetch import SHA256_RE, fetch_archive
+from pipelines.core.files import atomic_dir, sha256_bytes, write_json, write_text
+from pipelines.core.runtime import hash_seed
+from pipelines.running.stage import stage_main
 
 log = logging.getLogger(__name__)
 

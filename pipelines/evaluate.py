@@ -25,16 +25,16 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 from torch import nn
 
-from pipelines import registry
-from pipelines.config import BaseConfig, ConfigError, bounded
-from pipelines.data import aligned_lr, lr_path_for
-from pipelines.files import write_json, write_text
-from pipelines.images import list_images, read_rgb, write_image
-from pipelines.metrics import score
-from pipelines.restore import benchmark_lr, load_generator, restore, upscale
-from pipelines.runtime import autocast_dtype, pick_device
-from pipelines.stage import stage_main
-from pipelines.visualize import grid
+from pipelines.running import registry
+from pipelines.core.config import BaseConfig, ConfigError, bounded
+from pipelines.datasets.pairs import aligned_lr, lr_path_for
+from pipelines.core.files import write_json, write_text
+from pipelines.imaging.images import list_images, read_rgb, write_image
+from pipelines.scoring.metrics import score
+from pipelines.inference.restore import benchmark_lr, load_generator, restore, upscale
+from pipelines.core.runtime import autocast_dtype, pick_device
+from pipelines.running.stage import stage_main
+from pipelines.imaging.visualize import grid
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"

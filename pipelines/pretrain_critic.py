@@ -13,19 +13,19 @@ from typing import Literal
 
 import torch
 
-from pipelines import checkpoint, distributed
-from pipelines.config import BaseConfig, as_dict, bounded
-from pipelines.data import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader, to_tensor
-from pipelines.files import atomic_dir, write_json
-from pipelines.images import read_rgb, write_image
-from pipelines.losses import critic_loss
+from pipelines.training import checkpoint, distributed
+from pipelines.core.config import BaseConfig, as_dict, bounded
+from pipelines.datasets.pairs import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader, to_tensor
+from pipelines.core.files import atomic_dir, write_json
+from pipelines.imaging.images import read_rgb, write_image
+from pipelines.scoring.losses import critic_loss
 from pipelines.networks import build_critic
-from pipelines.progress import StepLogger
-from pipelines.restore import load_generator, restore
-from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
-from pipelines.schedule import one_cycle
-from pipelines.stage import stage_main
-from pipelines.training import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+from pipelines.running.progress import StepLogger
+from pipelines.inference.restore import load_generator, restore
+from pipelines.core.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
+from pipelines.training.schedule import one_cycle
+from pipelines.running.stage import stage_main
+from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
                                 set_lr)
 
 log = logging.getLogger(__name__)

@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines import checkpoint, distributed
-from pipelines.config import BaseConfig, ConfigError, as_dict, bounded, section
+from pipelines.training import checkpoint, distributed
+from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
-from pipelines.data import EvalPairs, TrainPairs, lr_path_for, split_files, step_loader
-from pipelines.degradations import make_degrader
-from pipelines.files import write_csv, write_json
-from pipelines.losses import build_content_loss
+from pipelines.datasets.pairs import EvalPairs, TrainPairs, lr_path_for, split_files, step_loader
+from pipelines.imaging.degradations import make_degrader
+from pipelines.core.files import write_csv, write_json
+from pipelines.scoring.losses import build_content_loss
 from pipelines.networks import build_generator, freeze_encoder, param_groups
-from pipelines.progress import StepLogger
-from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
-from pipelines.schedule import one_cycle, one_cycle_beta1
-from pipelines.stage import stage_main
-from pipelines.training import (Bicubic, RollingCheckpoint, adamw, Throughput, check_finite, fingerprint,
+from pipelines.running.progress import StepLogger
+from pipelines.core.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
+from pipelines.training.schedule import one_cycle, one_cycle_beta1
+from pipelines.running.stage import stage_main
+from pipelines.training.loop import (Bicubic, RollingCheckpoint, adamw, Throughput, check_finite, fingerprint,
                                 sample_grid, set_lr, validate)
 
 log = logging.getLogger(__name__)

@@ -24,22 +24,22 @@ from typing import Literal
 
 import torch
 
-from pipelines import checkpoint, distributed
-from pipelines.config import BaseConfig, as_dict, bounded, section
+from pipelines.training import checkpoint, distributed
+from pipelines.core.config import BaseConfig, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
-from pipelines.data import EvalPairs, step_loader, to_image
-from pipelines.files import sha256_file, write_csv, write_json
-from pipelines.losses import build_content_loss, critic_loss, generator_adv_loss
-from pipelines.metrics import HIGHER_IS_BETTER, score
+from pipelines.datasets.pairs import EvalPairs, step_loader, to_image
+from pipelines.core.files import sha256_file, write_csv, write_json
+from pipelines.scoring.losses import build_content_loss, critic_loss, generator_adv_loss
+from pipelines.scoring.metrics import HIGHER_IS_BETTER, score
 from pipelines.networks import build_critic, build_generator
 from pipelines.pretrain_generator import train_dataset
-from pipelines.progress import StepLogger
-from pipelines.registry import DIGEST_TAG, REGISTERED_MODEL
-from pipelines.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
-from pipelines.stage import stage_main
-from pipelines.training import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+from pipelines.running.progress import StepLogger
+from pipelines.running.registry import DIGEST_TAG, REGISTERED_MODEL
+from pipelines.core.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
+from pipelines.running.stage import stage_main
+from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
                                 sample_grid)
-from pipelines.visualize import line_plot
+from pipelines.imaging.visualize import line_plot
 
 log = logging.getLogger(__name__)
 STAGE = "train_gan"

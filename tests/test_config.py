@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from pipelines.config import BaseConfig, ConfigError, bounded, build, load, section
+from pipelines.core.config import BaseConfig, ConfigError, bounded, build, load, section
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,6 @@ def test_recipe_params_file_loads(repo_root):
 
 
 def test_cli_overrides_read_exponent_floats_like_dvc_writes_them():
-    from pipelines.stage import parse_overrides
+    from pipelines.running.stage import parse_overrides
     assert parse_overrides(["train_gan.lr=1e-05", "a.b=[1, 2]", "c=text"]) == {
         "train_gan.lr": 1e-05, "a.b": [1, 2], "c": "text"}

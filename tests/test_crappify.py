@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from pipelines import crappify as stage
-from pipelines.config import ConfigError, load
+from pipelines.core.config import ConfigError, load
 from pipelines.crappify import CrappifyConfig, run
-from pipelines.degradations import crappify, rng_for
-from pipelines.images import read_rgb, write_image
+from pipelines.imaging.degradations import crappify, rng_for
+from pipelines.imaging.images import read_rgb, write_image
 
 SIZES = {"train/a.png": (48, 64), "train/sub/b.png": (97, 131), "train/c.png": (64, 64),
          "valid/d.png": (48, 64), "valid/e.png": (50, 70), "test/f.png": (40, 72)}

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.config import ConfigError, build
-from pipelines.degradations import (INTERPOLATION, Degradation, crappify, downscale,
+from pipelines.core.config import ConfigError, build
+from pipelines.imaging.degradations import (INTERPOLATION, Degradation, crappify, downscale,
                                     gaussian_blur, gaussian_noise, jpeg, make_degrader,
                                     resize_short_side, rng_for, to_grayscale, watermark)
 

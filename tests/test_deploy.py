@@ -65,7 +65,7 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(server, tmp_path):
     url, env = server
     repo = make_repo(tmp_path / "repo")
     prefect = [sys.executable, "-m", "prefect"]
-    decrappify = [sys.executable, "-m", "pipelines.cli"]
+    decrappify = [sys.executable, "-m", "flows.cli"]
     cli(env, *prefect, "work-pool", "create", "test-pool", "--type", "process")
     cli(env, *decrappify, "deploy", "--", "--name", "nightly", "--pool", "test-pool",
         "--param", f"root={repo}")
@@ -151,13 +151,13 @@ def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
 
     prefect = [sys.executable, "-m", "prefect"]
     cli(env, *prefect, "work-pool", "create", "elsewhere", "--type", "process")
-    cli(env, sys.executable, "-m", "pipelines.cli", "deploy", "--", "--name", "from-git",
+    cli(env, sys.executable, "-m", "flows.cli", "deploy", "--", "--name", "from-git",
         "--pool", "elsewhere")
     out = cli(env, *prefect, "deployment", "run", "training/from-git")
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
     machine = tmp_path / "machine-b"  # no checkout, no DVC cache
     machine.mkdir()
-    worker = subprocess.run([sys.executable, "-m", "pipelines.cli", "worker", "--pool",
+    worker = subprocess.run([sys.executable, "-m", "flows.cli", "worker", "--pool",
                              "elsewhere", "--run-once", "--git-url", origin.as_uri()],
                             cwd=machine, env=env, capture_output=True, text=True, timeout=1200)
     with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:

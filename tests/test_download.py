@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 from archives import tar_bytes
-from pipelines import download, images
-from pipelines.config import ConfigError, load
+from pipelines import download
+from pipelines.imaging import images
+from pipelines.core.config import ConfigError, load
 from pipelines.download import (DownloadConfig, NoImagesError, output_names, run, split_key,
                                 split_sizes)
-from pipelines.errors import StageError
-from pipelines.files import sha256_file
+from pipelines.core.errors import StageError
+from pipelines.core.files import sha256_file
 
 SMALL_BASE = {"crop": 16, "scale": 4}
 

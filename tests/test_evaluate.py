@@ -10,12 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines import checkpoint, evaluate
-from pipelines.config import ConfigError, load
+from pipelines.training import checkpoint
+
+from pipelines import evaluate
+from pipelines.core.config import ConfigError, load
 from pipelines.evaluate import EvaluateConfig
-from pipelines.images import read_rgb, write_image
-from pipelines.metrics import psnr_y
-from pipelines.restore import benchmark_lr, upscale
+from pipelines.imaging.images import read_rgb, write_image
+from pipelines.scoring.metrics import psnr_y
+from pipelines.inference.restore import benchmark_lr, upscale
 
 # the standard SR benchmark images, in the `shared` folder beside the checkout
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
@@ -150,7 +152,7 @@ def test_stage_command_with_a_real_untrained_unet(workspace):
 
 
 def test_grid_brings_sizes_to_one_height_under_labels():
-    from pipelines.visualize import grid
+    from pipelines.imaging.visualize import grid
     small, big = photo(10, 12, 0), photo(40, 30, 1)
     out = grid([[small, big], [big, small]], ["lr", "hr"])
     header = out.shape[0] - 2 * 40 - 3 * 4
@@ -162,7 +164,7 @@ def test_grid_brings_sizes_to_one_height_under_labels():
 
 
 def test_line_plot_writes_a_png(tmp_path):
-    from pipelines.visualize import line_plot
+    from pipelines.imaging.visualize import line_plot
     path = line_plot([0, 100, 200], {"psnr_y": [20.0, 21.5, 21.2], "ssim_y": [0.6, 0.7, 0.69]},
                      tmp_path / "plots/scores.png", "checkpoint scores")
     img = read_rgb(path)

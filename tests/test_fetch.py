@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from archives import tar_bytes
-from pipelines.fetch import (ChecksumError, DownloadError, FetchError, UnsafeArchiveError,
+from pipelines.datasets.fetch import (ChecksumError, DownloadError, FetchError, UnsafeArchiveError,
                              archive_name, download, fetch_archive, safe_extract)
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB

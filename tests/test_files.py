@@ -1,7 +1,7 @@
 """Atomic outputs: a failure mid-write leaves the previous output untouched."""
 import pytest
 
-from pipelines.files import atomic_dir, atomic_path, remove_stale_temporaries, write_csv, write_json, write_text
+from pipelines.core.files import atomic_dir, atomic_path, remove_stale_temporaries, write_csv, write_json, write_text
 
 
 def test_write_replaces_atomically_with_normal_mode(tmp_path):

@@ -19,11 +19,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
-from flows.dvc_workspace import (OverrideError, PipelineOrderError, apply_overrides,
+from tasks.workspace import (OverrideError, PipelineOrderError, apply_overrides,
                                  set_param_args, stage_order)
 from flows.training import training
-from pipelines.cli import build_parser, main
-from pipelines.config import read_params
+from flows.cli import build_parser, main
+from pipelines.core.config import read_params
 from tasks.process import terminate_group
 from tiny_dvc_repo import DVC_YAML, SLEEPER_DVC_YAML, git, make_repo
 
@@ -221,7 +221,7 @@ def test_terminating_the_flow_process_stops_the_stage(prefect_api, tracking_uri,
     repo = make_repo(tmp_path / "sleeper", dvc_yaml=SLEEPER_DVC_YAML, params="{}\n")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--root", str(repo)],
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipelines import images
-from pipelines.images import (ImageReadError, check_image, contact_sheet, encode_jpeg, encode_png,
+from pipelines.imaging import images
+from pipelines.imaging.images import (ImageReadError, check_image, contact_sheet, encode_jpeg, encode_png,
                               list_images, read_rgb, write_image)
 
 

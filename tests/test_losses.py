@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.losses import (GP_WEIGHT, FeatureLoss, PixelLoss, build_content_loss, critic_logit_loss,
+from pipelines.scoring.losses import (GP_WEIGHT, FeatureLoss, PixelLoss, build_content_loss, critic_logit_loss,
                               critic_loss, generator_adv_loss, gradient_penalty, gram_matrix)
-from pipelines.pretrained import IMAGENET_STD
+from pipelines.networks.pretrained import IMAGENET_STD
 
 
 def softplus(v: float) -> float:

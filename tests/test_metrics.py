@@ -8,11 +8,11 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipelines import metrics
-from pipelines.images import list_images, read_rgb
-from pipelines.metrics import (HIGHER_IS_BETTER, PSNR_CAP, VggDistance, crop_border, psnr_y,
+from pipelines.scoring import metrics
+from pipelines.imaging.images import list_images, read_rgb
+from pipelines.scoring.metrics import (HIGHER_IS_BETTER, PSNR_CAP, VggDistance, crop_border, psnr_y,
                                rgb_to_y, score, ssim_y)
-from pipelines.restore import benchmark_lr, upscale
+from pipelines.inference.restore import benchmark_lr, upscale
 
 # the standard SR benchmark images, in the `shared` folder beside the checkout
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"

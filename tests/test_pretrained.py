@@ -4,11 +4,11 @@ import pytest
 import torch
 import torchvision
 
-from pipelines import pretrained
-from pipelines.losses import FeatureLoss
+from pipelines.networks import pretrained
+from pipelines.scoring.losses import FeatureLoss
 from pipelines.networks import build_generator
 from pipelines.networks.unet import ResNetEncoder
-from pipelines.pretrained import PretrainedError, imagenet_file
+from pipelines.networks.pretrained import PretrainedError, imagenet_file
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def test_imagenet_weights_come_from_the_hub_cache(resnet18_state):
 
 
 def test_missing_imagenet_weights_warn_once_per_network(caplog):
-    caplog.set_level(logging.WARNING, logger="pipelines.pretrained")
+    caplog.set_level(logging.WARNING, logger="pipelines.networks.pretrained")
     for _ in range(2):
         assert pretrained.state_dict_for("resnet18", "imagenet") is None
     FeatureLoss(pretrained="imagenet")

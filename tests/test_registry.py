@@ -11,17 +11,21 @@ import torch
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from pipelines import checkpoint, evaluate, registry
-from pipelines.checkpoint import plain_copy
-from pipelines.cli import main
-from pipelines.config import load
+from pipelines.training import checkpoint
+
+from pipelines import evaluate
+
+from pipelines.running import registry
+from pipelines.training.checkpoint import plain_copy
+from flows.cli import main
+from pipelines.core.config import load
 from pipelines.evaluate import EvaluateConfig
-from pipelines.files import sha256_file
-from pipelines.images import read_rgb, write_image
+from pipelines.core.files import sha256_file
+from pipelines.imaging.images import read_rgb, write_image
 from pipelines.networks import build_generator
-from pipelines.registry import CHAMPION, DIGEST_TAG, GAIN_TAG, QUALIFIED_TAG, REGISTERED_MODEL
-from pipelines.restore import load_generator, restore
-from pipelines.tracking import Tracker
+from pipelines.running.registry import CHAMPION, DIGEST_TAG, GAIN_TAG, QUALIFIED_TAG, REGISTERED_MODEL
+from pipelines.inference.restore import load_generator, restore
+from pipelines.running.tracking import Tracker
 
 
 @pytest.fixture(scope="module")

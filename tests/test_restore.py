@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipelines import checkpoint
-from pipelines.restore import (bicubic_upscale, edge_ramp, imresize_matlab, load_generator,
+from pipelines.training import checkpoint
+from pipelines.inference.restore import (bicubic_upscale, edge_ramp, imresize_matlab, load_generator,
                                restore, tile_starts, upscale)
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import checkpoint
-from pipelines.cli import main
-from pipelines.images import encode_png, read_rgb, write_image
+from pipelines.training import checkpoint
+from flows.cli import main
+from pipelines.imaging.images import encode_png, read_rgb, write_image
 from pipelines.networks import build_generator
-from pipelines.restore import load_generator, restore, upscale
-from pipelines.restore_files import COMPARE_MAX_SIDE, comparison
-from pipelines.visualize import GAP
+from pipelines.inference.restore import load_generator, restore, upscale
+from pipelines.inference.restore_files import COMPARE_MAX_SIDE, comparison
+from pipelines.imaging.visualize import GAP
 
 SCALE = 2
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipelines.schedule import one_cycle, one_cycle_beta1
+from pipelines.training.schedule import one_cycle, one_cycle_beta1
 
 
 def test_one_cycle_shape():

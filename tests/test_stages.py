@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from pipelines import checkpoint
-from pipelines.config import as_dict, load
-from pipelines.errors import DivergenceError
+from pipelines.training import checkpoint
+from pipelines.core.config import as_dict, load
+from pipelines.core.errors import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,8 +214,8 @@ def test_two_processes_match_one_with_the_same_global_batch(pipeline_dir, tmp_pa
     """torchrun with 2 gloo processes vs 1 process, same global batch of 4. BatchNorm statistics
     are per process (SyncBatchNorm needs CUDA), so the match is close, not bitwise: outputs on
     a validation image within 2/255."""
-    from pipelines.data import EvalPairs
-    from pipelines.restore import load_generator
+    from pipelines.datasets.pairs import EvalPairs
+    from pipelines.inference.restore import load_generator
 
     folder, _ = pipeline_dir
     outputs = {}
@@ -242,7 +242,7 @@ def test_two_processes_match_one_with_the_same_global_batch(pipeline_dir, tmp_pa
 
 def test_how_a_run_executes_is_not_part_of_the_checkpoint_fingerprint():
     from pipelines.pretrain_generator import PretrainGeneratorConfig
-    from pipelines.training import fingerprint
+    from pipelines.training.loop import fingerprint
 
     def key(**base):
         params = {**TINY, "base": {**TINY["base"], **base}}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.checkpoint import plain_copy
+from pipelines.training.checkpoint import plain_copy
 from pipelines.networks import build_critic, build_generator
-from pipelines.tracking import PARENT_RUN_ENV, Tracker, resolve_tracking_uri
+from pipelines.running.tracking import PARENT_RUN_ENV, Tracker, resolve_tracking_uri
 
 
 @pytest.fixture

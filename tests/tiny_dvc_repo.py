@@ -2,7 +2,7 @@
 
 The stages are named like the real pipeline's so the flow's per-stage policy (retries on
 ``download``, the ``gpu`` tag on ``train_gan``) applies to them, and each opens its MLflow
-run through ``pipelines.tracking.Tracker`` as the real stages do.
+run through ``pipelines.running.tracking.Tracker`` as the real stages do.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.tracking import Tracker
+from pipelines.running.tracking import Tracker
 
 stage = sys.argv[1]
 params = yaml.safe_load(open("params.yaml")).get(stage, {})

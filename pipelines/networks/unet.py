@@ -25,9 +25,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipelines.checkpoint import unwrap
+from pipelines.training.checkpoint import unwrap
 from pipelines.networks.layers import NORMS, Norm, PixelShuffleICNR, ResBlock, conv_layer
-from pipelines.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 SCALES = (1, 2, 4, 8)
@@ -205,7 +205,7 @@ def build_generator(encoder: str = "resnet34", scale: int = 4, pretrained: str =
 
     encoder: torchvision ResNet name (resnet18/34/50/101/152).
     scale: output size / input size, 1 (same-size restoration), 2, 4 or 8.
-    pretrained: encoder weights, "imagenet" | "none" | path (see pipelines.pretrained).
+    pretrained: encoder weights, "imagenet" | "none" | path (see pipelines.networks.pretrained).
     blur: blur after every pixel shuffle; blur_final: also after the one producing the output.
     self_attention: SAGAN attention in the third-from-last U-Net block (S/8).
     norm: "weight" | "spectral" | "none" on the decoder's convs (weight norm: the recipe's choice).

@@ -339,7 +339,7 @@ def checkpoint_step(path: Path) -> int:
 
     Read again only when the file changed: a checkpoint holds the optimizer state too.
     """
-    from pipelines import checkpoint
+    from pipelines.training import checkpoint
     try:
         st = path.stat()
     except OSError:
@@ -375,7 +375,7 @@ TIMING_KEYS = {"seconds", "images_per_s", "train_images_per_s", "processed", "re
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    from pipelines import checkpoint
+    from pipelines.training import checkpoint
     return checkpoint.load(path)["model"]
 
 

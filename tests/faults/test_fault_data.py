@@ -12,10 +12,10 @@ import pytest
 
 import fault_kit
 from fault_kit import NON_UTF8, NON_UTF8_SHOWN, SMALL
-from pipelines import checkpoint
-from pipelines.config import load
+from pipelines.training import checkpoint
+from pipelines.core.config import load
 from pipelines.download import DownloadConfig, run, utf8_name
-from pipelines.images import list_images, read_rgb
+from pipelines.imaging.images import list_images, read_rgb
 
 
 
@@ -123,8 +123,8 @@ def test_photos_smaller_than_a_training_crop_are_left_out_and_named(tmp_path, ca
     """The critic may crop larger than base.crop too (pretrain_critic.crop): a batch of crops of
     one size, the small photo named, not a crash in the middle of training."""
     import cv2
-    from pipelines.data import CriticPairs, step_loader
-    from pipelines.errors import StageError
+    from pipelines.datasets.pairs import CriticPairs, step_loader
+    from pipelines.core.errors import StageError
     big, small = tmp_path / "big.png", tmp_path / "small.png"
     cv2.imwrite(str(big), fault_kit._bgr(fault_kit._photo(1, 64, 72)))
     cv2.imwrite(str(small), fault_kit._bgr(fault_kit._photo(2, 40, 44)))

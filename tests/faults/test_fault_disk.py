@@ -24,9 +24,9 @@ NO_SPACE = "No space left on device"
 
 def disk_full_for(monkeypatch, matches, after: int = 0) -> list[str]:
     """Writes to a file whose name ``matches`` fail with ENOSPC halfway through, from the
-    ``after``+1-th such write on (through pipelines.files and Path.write_bytes, the ways the
+    ``after``+1-th such write on (through pipelines.core.files and Path.write_bytes, the ways the
     stages write). Returns the names attempted."""
-    from pipelines import files
+    from pipelines.core import files
     seen: list[str] = []
     write_bytes = Path.write_bytes
 

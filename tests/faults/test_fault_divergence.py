@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fault_kit import assert_same_weights, checkpoint_step
-from pipelines import checkpoint
-from pipelines.errors import DivergenceError
+from pipelines.training import checkpoint
+from pipelines.core.errors import DivergenceError
 
 
 def test_checkpoint_save_refuses_nan_and_keeps_the_previous_file(tmp_path):

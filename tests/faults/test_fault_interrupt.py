@@ -25,8 +25,8 @@ import fault_kit
 from fault_kit import (MODEL_FILES, TRAIN_STEPS, assert_same_weights, checkpoint_step,
                        copy_workspace, dvc, dvc_command, kill_group, metrics_without_timing,
                        start, stray_temporaries, tree_digest, wait_for)
-from pipelines import checkpoint
-from pipelines.images import read_rgb
+from pipelines.training import checkpoint
+from pipelines.imaging.images import read_rgb
 
 SEED = int(os.environ.get("FAULT_SEED") or random.randrange(2**32))
 TRAINING = ("pretrain_generator", "pretrain_critic", "train_gan")
@@ -136,7 +136,8 @@ def test_interrupted_right_after_a_phase_ends_resumes_exactly(stage_inputs, refe
                                                               monkeypatch, caplog):
     """Stopped just after the checkpoint that ends phase 1 (step 4 of 4 + 4): the resumed phase 2
     starts with a fresh optimizer, as the uninterrupted run's does (a random kill found this)."""
-    from pipelines import pretrain_generator, training
+    from pipelines import pretrain_generator
+    from pipelines.training import loop as training
     (stage_inputs / "models/generator.pt").unlink()
     save = training.RollingCheckpoint.save
 

@@ -45,8 +45,8 @@ def test_the_trap_is_real(tmp_path):
 @pytest.fixture
 def untrained_models(tmp_path, monkeypatch) -> Path:
     """A working folder with the fault suite's params and untrained model files."""
-    from pipelines import checkpoint
-    from pipelines.config import as_dict, load
+    from pipelines.training import checkpoint
+    from pipelines.core.config import as_dict, load
     from pipelines.networks import build_critic, build_generator
     from pipelines.pretrain_critic import PretrainCriticConfig
     from pipelines.pretrain_generator import PretrainGeneratorConfig

@@ -19,9 +19,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from pipelines import checkpoint
-from pipelines.errors import DivergenceError
-from pipelines.files import sha256_file
+from pipelines.training import checkpoint
+from pipelines.core.errors import DivergenceError
+from pipelines.core.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,9 @@ class Bicubic(torch.nn.Module):
 def validate(model: torch.nn.Module, pairs, device: torch.device, dtype: torch.dtype | None,
              border: int) -> dict[str, float]:
     """Mean Y-PSNR / Y-SSIM of ``model`` over ``pairs`` (an EvalPairs), one image at a time."""
-    from pipelines.data import to_image
-    from pipelines.metrics import psnr_y, ssim_y
-    from pipelines.runtime import autocast
+    from pipelines.datasets.pairs import to_image
+    from pipelines.scoring.metrics import psnr_y, ssim_y
+    from pipelines.core.runtime import autocast
 
     was_training = model.training
     model.eval()
@@ -199,8 +199,8 @@ def sample_grid(model: torch.nn.Module, pairs, device: torch.device, count: int 
     """A labelled grid (input, output, target) for the first ``count`` validation pairs."""
     import cv2
 
-    from pipelines.data import to_image
-    from pipelines.visualize import grid
+    from pipelines.datasets.pairs import to_image
+    from pipelines.imaging.visualize import grid
 
     was_training = model.training
     model.eval()

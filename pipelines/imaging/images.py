@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.files import write_bytes
+from pipelines.core.files import write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

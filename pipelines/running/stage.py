@@ -9,10 +9,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from pipelines.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
-from pipelines.distributed import current, relaunch, shutdown, under_torchrun
-from pipelines.errors import StageError
-from pipelines.tracking import Tracker
+from pipelines.core.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
+from pipelines.training.distributed import current, relaunch, shutdown, under_torchrun
+from pipelines.core.errors import StageError
+from pipelines.running.tracking import Tracker
 
 log = logging.getLogger("decrappify")
 

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipelines.files import sha256_file
+from pipelines.core.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg
 
-from pipelines.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def build_content_loss(name: Content, weight: float = 1.0,
                        layer_weights: Sequence[float] = (5.0, 15.0, 2.0), gram: bool = True,
                        pretrained: str = "imagenet") -> nn.Module:
     """The content loss ``name``; ``layer_weights``, ``gram`` and ``pretrained`` (the VGG's
-    weights spec, see pipelines.pretrained) only concern "feature"."""
+    weights spec, see pipelines.networks.pretrained) only concern "feature"."""
     if name in ("mse", "l1"):
         return PixelLoss(name, weight)
     if name == "feature":

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from pipelines.errors import DivergenceError, StageError
-from pipelines.files import write_bytes
+from pipelines.core.errors import DivergenceError, StageError
+from pipelines.core.files import write_bytes
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

@@ -23,9 +23,9 @@ from typing import Callable, Literal
 import cv2
 import numpy as np
 
-from pipelines.config import ConfigError, bounded
-from pipelines.images import encode_jpeg
-from pipelines.runtime import hash_seed
+from pipelines.core.config import ConfigError, bounded
+from pipelines.imaging.images import encode_jpeg
+from pipelines.core.runtime import hash_seed
 
 Resample = Literal["area", "bilinear", "bicubic", "lanczos", "nearest"]
 

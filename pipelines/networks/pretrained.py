@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipelines.errors import StageError
+from pipelines.core.errors import StageError
 
 log = logging.getLogger(__name__)
 

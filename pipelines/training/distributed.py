@@ -2,7 +2,7 @@
 
 Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op and the
 stages run as one process. Under ``torchrun --nproc-per-node N`` every rank takes its share of
-each global batch (pipelines.data.StepBatches), gradients are averaged by
+each global batch (pipelines.datasets.pairs.StepBatches), gradients are averaged by
 DistributedDataParallel, and only rank 0 writes checkpoints, metrics, outputs and MLflow runs.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipelines.errors import StageError
+from pipelines.core.errors import StageError
 
 
 @dataclass(frozen=True)

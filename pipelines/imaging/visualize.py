@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from pipelines.files import atomic_path
+from pipelines.core.files import atomic_path
 
 GAP = 4  # px between cells, so neighbouring images read as separate
 BACKGROUND = 255

@@ -182,7 +182,7 @@ class VggDistance(torch.nn.Module):
 
 def vgg_weights_file() -> Path:
     """Where torchvision's ImageNet vgg16_bn weights live in the torch hub cache."""
-    from pipelines.pretrained import imagenet_file
+    from pipelines.networks.pretrained import imagenet_file
     return imagenet_file("vgg16_bn")[1]
 
 
@@ -194,7 +194,7 @@ def _vgg_distance_model() -> VggDistance | None:
         return None
     from torchvision.models.vgg import cfgs, make_layers
 
-    from pipelines.pretrained import read_state_dict
+    from pipelines.networks.pretrained import read_state_dict
     features = make_layers(cfgs["D"], batch_norm=True)
     state = {k[len("features."):]: v for k, v in read_state_dict(path).items()
              if k.startswith("features.")}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipelines.config import flatten
+from pipelines.core.config import flatten
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Tracker:
         since parametrized modules cannot be pickled)."""
         def do():
             import mlflow.pytorch
-            from pipelines.checkpoint import plain_copy
+            from pipelines.training.checkpoint import plain_copy
             model_ = plain_copy(model)
             kwargs = {}
             if input_example is not None:

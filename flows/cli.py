@@ -45,8 +45,8 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
 
 def _overrides(items: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` strings; the value stays text for DVC to parse, as ``-S`` does."""
-    from pipelines.config import ConfigError
-    from pipelines.stage import split_override
+    from pipelines.core.config import ConfigError
+    from pipelines.running.stage import split_override
 
     try:
         return dict(map(split_override, items))
@@ -55,7 +55,7 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _root(args: argparse.Namespace) -> Path:
-    from pipelines.tracking import repo_root
+    from pipelines.running.tracking import repo_root
 
     return args.root.resolve() if args.root else repo_root()
 
@@ -174,8 +174,8 @@ def add_restore(sub) -> None:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from pipelines.errors import StageError
-    from pipelines.restore_files import restore_paths
+    from pipelines.core.errors import StageError
+    from pipelines.inference.restore_files import restore_paths
 
     try:
         summary = restore_paths(args.inputs, args.out, args.model, compare=args.compare,

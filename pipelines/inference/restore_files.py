@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.config import ConfigError, read_params
-from pipelines.errors import StageError
-from pipelines.images import IMAGE_SUFFIXES, check_image, list_images, write_image
+from pipelines.core.config import ConfigError, read_params
+from pipelines.core.errors import StageError
+from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, write_image
 from pipelines.networks.unet import MIN_SIZE
-from pipelines.restore import load_generator, restore
-from pipelines.runtime import autocast_dtype, pick_device
-from pipelines.tracking import repo_root, resolve_tracking_uri
-from pipelines.visualize import grid
+from pipelines.inference.restore import load_generator, restore
+from pipelines.core.runtime import autocast_dtype, pick_device
+from pipelines.running.tracking import repo_root, resolve_tracking_uri
+from pipelines.imaging.visualize import grid
 
 DEFAULT_MODEL = Path("models") / "gan_generator.pt"
 MLFLOW_SCHEMES = ("models:/", "runs:/")

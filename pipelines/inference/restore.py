@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines import checkpoint
-from pipelines.runtime import autocast
+from pipelines.training import checkpoint
+from pipelines.core.runtime import autocast
 
 # OpenCV methods by name; ``upscale`` also knows "matlab_bicubic" (``imresize_matlab``).
 RESAMPLERS = {

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pipelines.errors import StageError
-from pipelines.images import list_images, read_rgb
-from pipelines.runtime import hash_seed
+from pipelines.core.errors import StageError
+from pipelines.imaging.images import list_images, read_rgb
+from pipelines.core.runtime import hash_seed
 
 log = logging.getLogger(__name__)
 

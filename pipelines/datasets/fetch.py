@@ -25,8 +25,8 @@ from urllib.parse import unquote, urlsplit
 
 from tqdm import tqdm
 
-from pipelines.errors import StageError
-from pipelines.files import atomic_dir, sha256_file
+from pipelines.core.errors import StageError
+from pipelines.core.files import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
