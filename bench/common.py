@@ -276,7 +276,7 @@ def _skimage_photos() -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from pipelines.download import SAMPLE_PHOTOS, sample_folder
+    from pipelines.datasets.photos import SAMPLE_PHOTOS, sample_folder
 
     out = RESULTS / "sample_photos"
     out.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 
 from bench.common import Report, clock, fmt, interleave, rates, ratios, repeats, summary
 from bench.generator import (DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, RECIPE_ARCH, SCALE,
-                             batch, sizes, zero_grad)
+                             batch, sizes)
 from bench.peers import (FASTAI_MISSING, fastai_adam, fastai_available, fastai_critic,
                          fastai_unet)
-from pipelines.scoring.losses import critic_loss, generator_adv_loss
 from pipelines.networks import build_critic, build_generator
-from pipelines.train_gan import requires_grad
+from pipelines.scoring.losses import PixelLoss
+from pipelines.training.gan import Gan
 from pipelines.training.loop import adamw
 
 NAME = "gan"
@@ -43,20 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pass  # shares --crop, --batch and --steps with the generator benchmark
 
 
-class Gan:
-    """A generator, a critic, their optimizers and a fixed batch. ``to_input`` maps the LR
-    batch to what the generator takes (fastai: upsampled to the HR size, normalised) and
-    ``to_critic`` the images in [0, 1] to what the critic takes."""
+class Bench:
+    """A generator, a critic, their optimizers and a fixed batch, stepped by the pipeline's own
+    ``Gan``. ``x`` is what the generator takes (fastai: the LR batch upsampled to the HR size
+    and normalised) and ``real`` the targets as the critic takes them."""
 
     def __init__(self, gen, critic, fastai: bool, crop: int, n: int):
-        self.gen, self.critic = gen, critic
         if fastai:
-            self.opt_g = fastai_adam(gen.parameters(), LR, BETAS, WD)
-            self.opt_d = fastai_adam(critic.parameters(), LR * CRITIC_MULT, BETAS, WD)
+            opt_g = fastai_adam(gen.parameters(), LR, BETAS, WD)
+            opt_d = fastai_adam(critic.parameters(), LR * CRITIC_MULT, BETAS, WD)
         else:
-            self.opt_g = adamw(gen.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
-            self.opt_d = adamw(critic.parameters(), lr=LR * CRITIC_MULT, betas=BETAS,
-                               weight_decay=WD)
+            opt_g = adamw(gen.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
+            opt_d = adamw(critic.parameters(), lr=LR * CRITIC_MULT, betas=BETAS, weight_decay=WD)
+        self.gan = Gan(gen, critic, opt_g, opt_d, PixelLoss("mse"), "bce", 1.0, CONTENT_WEIGHT)
         lr, hr = batch(crop, n)
         if fastai:
             up = F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False)
@@ -64,36 +63,15 @@ class Gan:
             self.real = (hr - IMAGENET_MEAN) / IMAGENET_STD  # the recipe normalises targets too
         else:
             self.x, self.real = lr, hr
-        with torch.no_grad():
-            self.fake = self.gen.eval()(self.x).float().as_subclass(torch.Tensor)
-        self.gen.train()
+        self.fake = self.gan.fakes(self.x).as_subclass(torch.Tensor)
+        gen.train()
 
-    def critic_step(self, fake: torch.Tensor | None = None) -> None:
-        requires_grad(self.critic, True)
-        self.critic.train()
-        loss = critic_loss("bce", self.critic, self.real, self.fake if fake is None else fake)
-        zero_grad(self.opt_d)
-        loss.backward()
-        self.opt_d.step()
-
-    def generator_step(self) -> None:
-        requires_grad(self.critic, False)
-        self.critic.eval()
-        self.gen.train()
-        fake = self.gen(self.x).float()
-        loss = (generator_adv_loss("bce", self.critic(fake))
-                + CONTENT_WEIGHT * F.mse_loss(fake, self.real))
-        zero_grad(self.opt_g)
-        loss.backward()
-        self.opt_g.step()
+    def critic_step(self) -> None:
+        self.gan.critic_step(self.real, self.fake)
 
     def iteration(self) -> None:
-        requires_grad(self.critic, True)
-        self.gen.eval()
-        with torch.no_grad():
-            fake = self.gen(self.x)
-        self.critic_step(fake.float())
-        self.generator_step()
+        self.gan.critic_step(self.real, self.gan.fakes(self.x))
+        self.gan.generator_step(self.x, self.real)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -104,15 +82,15 @@ def run(args: argparse.Namespace) -> Report:
                                   "default_generator": DEFAULT_ARCH,
                                   "default_critic": DEFAULT_CRITIC})
     torch.manual_seed(0)
-    gans: dict[str, Gan] = {}
+    gans: dict[str, Bench] = {}
     if fastai_available():
-        gans["fastai (recipe)"] = Gan(fastai_unet(crop), fastai_critic(**{
+        gans["fastai (recipe)"] = Bench(fastai_unet(crop), fastai_critic(**{
             k: v for k, v in RECIPE_CRITIC.items() if k != "self_attention"}), True, crop, n)
     else:
         report.note(FASTAI_MISSING)
-    gans["ours, recipe settings"] = Gan(build_generator(**RECIPE_ARCH),
+    gans["ours, recipe settings"] = Bench(build_generator(**RECIPE_ARCH),
                                         build_critic(**RECIPE_CRITIC), False, crop, n)
-    gans["ours, params.yaml (resnet18, critic nf 32)"] = Gan(
+    gans["ours, params.yaml (resnet18, critic nf 32)"] = Bench(
         build_generator(**DEFAULT_ARCH), build_critic(**DEFAULT_CRITIC), False, crop, n)
     gan_res = interleave({k: clock(g.iteration, steps) for k, g in gans.items()}, n_rounds,
                          progress="GAN iterations")

@@ -84,7 +84,7 @@ class Step:
         t0 = time.perf_counter()
         loss = self.forward_loss()
         t1 = time.perf_counter()
-        zero_grad(self.opt)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = time.perf_counter()
         self.opt.step()
@@ -114,16 +114,8 @@ class Step:
         with FlopCounterMode(display=False) as counter:
             loss = self.forward_loss()
             loss.backward()
-        zero_grad(self.opt)
+        self.opt.zero_grad(set_to_none=True)
         return counter.get_total_flops()
-
-
-def zero_grad(opt) -> None:
-    """torch optimizers drop the gradients; fastai's zero them in place (its own behaviour)."""
-    if isinstance(opt, torch.optim.Optimizer):
-        opt.zero_grad(set_to_none=True)
-    else:
-        opt.zero_grad()
 
 
 def batch(crop: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,4 +146,19 @@ def fastai_adam(params, lr: float, betas: tuple[float, float], wd: float):
     ``step()`` and ``zero_grad()`` like a torch optimizer."""
     from fastai.optimizer import Adam
 
-    return Adam(list(params), lr=lr, mom=betas[0], sqr_mom=betas[1], wd=wd, decouple_wd=True)
+    return _TorchLike(Adam(list(params), lr=lr, mom=betas[0], sqr_mom=betas[1], wd=wd,
+                           decouple_wd=True))
+
+
+class _TorchLike:
+    """fastai's optimizer behind torch's ``zero_grad(set_to_none=...)`` call, so the pipeline's
+    own step functions drive it; fastai zeroes gradients in place (its own behaviour)."""
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad()
+
+    def step(self) -> None:
+        self.opt.step()

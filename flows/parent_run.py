@@ -6,8 +6,9 @@ call warns once and turns it off, and the flow goes on (DVC files are the record
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
+
+from pipelines.running.tracking import NeverStop, fail_fast
 
 
 class ParentRun:
@@ -18,12 +19,11 @@ class ParentRun:
             tracking_uri, experiment, run_name, logger)
         self.run_id: str | None = None
         self._client = None
-        self._enabled = True
+        self._call = NeverStop(lambda why: self.logger.warning(
+            "MLflow unavailable at %s (%s); the flow goes on without tracking", self.uri, why))
 
     def __enter__(self) -> "ParentRun":
-        # An unreachable tracking server would otherwise retry for minutes.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        fail_fast()
 
         def start():
             from mlflow.tracking import MlflowClient
@@ -64,14 +64,3 @@ class ParentRun:
                 params=[Param(k, str(v)[:6000]) for k, v in params.items() if v is not None],
                 tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
         self._call(send)
-
-    def _call(self, fn: Callable[[], Any]) -> None:
-        if not self._enabled:
-            return
-        try:
-            fn()
-        except Exception as exc:  # tracking must never stop training
-            self._enabled = False
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            self.logger.warning("MLflow unavailable at %s (%s: %s); the flow goes on without "
-                                "tracking", self.uri, type(exc).__name__, first)

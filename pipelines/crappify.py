@@ -30,13 +30,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import io
 import json
 import logging
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -48,8 +46,9 @@ from pipelines.imaging import degradations, images
 from pipelines.core.config import BaseConfig, as_dict, bounded
 from pipelines.imaging.degradations import Degradation, crappify, rng_for
 from pipelines.core.files import (atomic_path, remove_stale_temporaries, sha256_bytes, sha256_file,
-                             write_json, write_text)
+                                  write_csv, write_json, write_text)
 from pipelines.imaging.images import contact_sheet, list_images, read_rgb
+from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.running.stage import stage_main
 
 log = logging.getLogger(__name__)
@@ -60,22 +59,6 @@ MANIFEST = "manifest.csv"
 COLUMNS = ("file", "source", "split", "hr_sha256", "lr_sha256", "hr_width", "hr_height",
            "lr_width", "lr_height", "quality", "text", "x", "y", "box_w", "box_h", "font_scale",
            "thickness", "color", "opacity", "blur_sigma", "noise_sigma", "grayscale")
-
-
-@dataclass(frozen=True, kw_only=True)
-class CrappifyConfig(Degradation):
-    """The ``crappify`` params section: the degradation (see ``Degradation``) and how to run it.
-
-    Being a ``Degradation`` itself, a loaded config is the spec that ``crappify()`` takes.
-    """
-    # the section has no scale key: it is base.scale, shared with the training stages
-    scale: int = field(default=4, init=False)
-    workers: int = bounded(0, lo=0)         # processes; 0 = every core available
-    examples: int = bounded(6, lo=0, hi=64)  # HR/LR pairs in the image logged to MLflow
-    base: BaseConfig = field(default_factory=BaseConfig)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", self.base.scale)
 
 
 def spec_of(cfg: CrappifyConfig) -> dict:
@@ -244,11 +227,7 @@ def _check_roots(hr_root: Path, lr_root: Path) -> None:
 
 
 def write_manifest(lr_root: Path, rows: Iterable[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: r["file"]))
-    write_text(lr_root / MANIFEST, buf.getvalue())
+    write_csv(lr_root / MANIFEST, sorted(rows, key=lambda r: r["file"]), COLUMNS, float_format=None)
 
 
 def example_grid(rows: list[dict], hr_root: Path, lr_root: Path, count: int) -> np.ndarray:

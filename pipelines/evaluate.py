@@ -15,8 +15,6 @@ grid of a few restorations (plots/evaluate_grid.png).
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +26,14 @@ from torch import nn
 from pipelines.running import registry
 from pipelines.core.config import BaseConfig, ConfigError, bounded
 from pipelines.datasets.pairs import aligned_lr, lr_path_for
-from pipelines.core.files import write_json, write_text
+from pipelines.core.files import write_csv, write_json, write_text
 from pipelines.imaging.images import list_images, read_rgb, write_image
 from pipelines.scoring.metrics import score
-from pipelines.inference.restore import benchmark_lr, load_generator, restore, upscale
+from pipelines.inference.restore import load_generator, restore
+from pipelines.imaging.resize import benchmark_lr, upscale
 from pipelines.core.runtime import autocast_dtype, pick_device
 from pipelines.running.stage import stage_main
+from pipelines.imaging.tensors import centre_crop
 from pipelines.imaging.visualize import grid
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,6 @@ def folder_pairs(folder: Path, scale: int, limit: int) -> Pairs:
     return ((str(f.relative_to(folder)), *benchmark_lr(read_rgb(f), scale)) for f in files)
 
 
-def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
-    if not size:
-        return img
-    h, w = img.shape[:2]
-    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return img[y:y + size, x:x + size]
-
-
 def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict:
     """Means per method over the rows of one data set, and each model's Y-PSNR gain over bicubic."""
     out: dict = {COUNT_KEY: len({r["image"] for r in rows})}
@@ -163,12 +155,7 @@ def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict
 
 def write_rows(path: Path, rows: list[dict]) -> None:
     keys = [*ROW_KEYS, *sorted({k for r in rows for k in r} - set(ROW_KEYS))]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    write_text(path, buf.getvalue())
+    write_csv(path, rows, keys, float_format=".6f")
 
 
 def run(cfg: EvaluateConfig, tracker=None,

@@ -9,20 +9,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from pipelines.training import checkpoint, distributed
+from pipelines.training import checkpoint, distributed, prelude
 from pipelines.core.config import BaseConfig, as_dict, bounded
-from pipelines.datasets.pairs import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader, to_tensor
+from pipelines.datasets.pairs import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader
+from pipelines.imaging.tensors import centre_crop, to_tensor
 from pipelines.core.files import atomic_dir, write_json
 from pipelines.imaging.images import read_rgb, write_image
-from pipelines.scoring.losses import critic_loss
+from pipelines.scoring.losses import Adversarial, critic_loss
 from pipelines.networks import build_critic
 from pipelines.running.progress import StepLogger
 from pipelines.inference.restore import load_generator, restore
-from pipelines.core.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
+from pipelines.core.runtime import autocast
 from pipelines.training.schedule import one_cycle
 from pipelines.running.stage import stage_main
 from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
@@ -45,7 +45,7 @@ class CriticModel:
 class PretrainCriticConfig:
     base: BaseConfig
     model: CriticModel = field(default_factory=CriticModel)
-    loss: Literal["bce", "wgan-gp"] = "bce"
+    loss: Adversarial = "bce"
     steps: int = bounded(100, lo=1)
     batch_size: int = bounded(8, lo=1)     # pairs: each step sees batch_size real and fake crops
     crop: int = bounded(0, lo=0)           # 0 = base.crop
@@ -96,9 +96,8 @@ def accuracy(critic: torch.nn.Module, base: BaseConfig, split: str, crop: int,
     for real_file, fake_file in zip(reals, fakes):
         fake = read_rgb(fake_file)
         real = read_rgb(real_file)[: fake.shape[0], : fake.shape[1]]
-        c = min(crop * 2, fake.shape[0], fake.shape[1])
-        y, x = (fake.shape[0] - c) // 2, (fake.shape[1] - c) // 2
-        batch = torch.stack([to_tensor(real[y:y + c, x:x + c]), to_tensor(fake[y:y + c, x:x + c])])
+        batch = torch.stack([to_tensor(centre_crop(real, crop * 2)),
+                             to_tensor(centre_crop(fake, crop * 2))])
         logits = critic(batch.to(device)).float().mean(dim=1)
         real_ok += int(logits[0] > 0)
         fake_ok += int(logits[1] <= 0)
@@ -110,11 +109,8 @@ def accuracy(critic: torch.nn.Module, base: BaseConfig, split: str, crop: int,
 
 def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     base = cfg.base
-    seed_everything(base.seed)
-    make_deterministic()
-    device = pick_device(base.device)
-    ranks = distributed.init(device)
-    dtype = autocast_dtype(device, base.precision)
+    session = prelude.start(base)
+    device, ranks, dtype = session.device, session.ranks, session.dtype
     generator_file = Path(base.paths.models) / "generator.pt"
     if ranks.main:
         generated = generate(base, generator_file, device, dtype, cfg.tile)

@@ -13,20 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines.training import checkpoint, distributed
+import torch
+
 from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
-from pipelines.crappify import CrappifyConfig
-from pipelines.datasets.pairs import EvalPairs, TrainPairs, lr_path_for, split_files, step_loader
-from pipelines.imaging.degradations import make_degrader
 from pipelines.core.files import write_csv, write_json
-from pipelines.scoring.losses import build_content_loss
+from pipelines.core.runtime import autocast
+from pipelines.datasets.degraded import train_dataset
+from pipelines.imaging.degradations import CrappifyConfig
+from pipelines.datasets.pairs import EvalPairs, step_loader
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
-from pipelines.core.runtime import autocast, autocast_dtype, make_deterministic, pick_device, seed_everything
-from pipelines.training.schedule import one_cycle, one_cycle_beta1
 from pipelines.running.stage import stage_main
-from pipelines.training.loop import (Bicubic, RollingCheckpoint, adamw, Throughput, check_finite, fingerprint,
-                                sample_grid, set_lr, validate)
+from pipelines.scoring.losses import Content, build_content_loss
+from pipelines.training import checkpoint, distributed, prelude
+from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+                                     set_lr)
+from pipelines.training.schedule import one_cycle, one_cycle_beta1
+from pipelines.training.validation import Bicubic, sample_grid, validate
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain_generator"
@@ -62,7 +65,7 @@ class PretrainGeneratorConfig:
     base: BaseConfig
     crappify: CrappifyConfig = section("crappify")
     model: GeneratorModel = field(default_factory=GeneratorModel)
-    loss: Literal["mse", "l1", "feature"] = "l1"
+    loss: Content = "l1"
     # fresh: a new degradation per crop; fixed: crops of the crappify stage's files (the recipe)
     data: Literal["fresh", "fixed"] = "fresh"
     phases: tuple[Phase, ...] = (Phase(),)
@@ -96,41 +99,34 @@ def model_path(base: BaseConfig) -> Path:
     return Path(base.paths.models) / "generator.pt"
 
 
-def train_dataset(base: BaseConfig, data_mode: str, crappify: CrappifyConfig, crop: int,
-                  lighting: float, clean_prob: float) -> TrainPairs:
-    """The (LR, HR) training crops shared by generator pretraining and the GAN phase."""
-    hr_root = Path(base.paths.hr)
-    hr_files = split_files(hr_root, "train")
-    if data_mode == "fresh":
-        return TrainPairs(hr_files, crop, base.scale, base.seed, degrade=make_degrader(crappify),
-                          lighting=lighting, clean_prob=clean_prob)
-    lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
-    return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)
+def phase_optimizer(cfg: PretrainGeneratorConfig, model: torch.nn.Module, index: int,
+                    state: dict | None) -> tuple[torch.optim.Optimizer, tuple[float, ...]]:
+    """A fresh AdamW for phase ``index`` (its state restored when resuming mid-phase) and the
+    learning-rate multipliers of the three parameter groups."""
+    phase = cfg.phases[index]
+    freeze_encoder(model, phase.frozen)
+    opt = adamw([{"params": g, "lr": phase.lr} for g in param_groups(model)],
+                betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    if state is not None and state.get("phase") == index and "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+    return opt, (0.0, 0.0, 1.0) if phase.frozen else cfg.lr_ratios
 
 
 def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
-    base, crappify = cfg.base, cfg.crappify
-    seed_everything(base.seed)
-    make_deterministic()
-    device = pick_device(base.device)
-    ranks = distributed.init(device)
-    dtype = autocast_dtype(device, base.precision)
-    arch = cfg.model.arch(base.scale)
-    model = build_generator(**arch).to(device)
+    base = cfg.base
+    session = prelude.start(base)
+    device, ranks, dtype = session.device, session.ranks, session.dtype
+    model = build_generator(**cfg.model.arch(base.scale)).to(device)
     loss_fn = build_content_loss(cfg.loss).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
-    border = base.scale
-    baseline = validate(Bicubic(base.scale), valid, device, None, border)
-
-    hr_manifest = Path(base.paths.hr) / "manifest.csv"
+    baseline = validate(Bicubic(base.scale), valid, device, None, base.scale)
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [hr_manifest]), writer=ranks.main)
+                             fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"]),
+                             writer=ranks.main)
     state = ckpt.restore()
-    step = 0
+    step = state["step"] if state else 0
     if state is not None:
         model.load_state_dict(state["model"])
-        step = state["step"]
-
     steps_log = StepLogger(STAGE, cfg.total_steps, tracker, cfg.log_every, start=step,
                            quiet=not ranks.main)
     steps_log.load_state(state.get("log") if state else None)
@@ -140,23 +136,18 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     for index, phase in enumerate(cfg.phases):
         phase_end = phase_start + phase.steps
         if step < phase_end:
-            freeze_encoder(model, phase.frozen)
+            opt, ratios = phase_optimizer(cfg, model, index, state)
             trained = distributed.wrap(model, ranks, device, base.sync_batchnorm)
-            groups = param_groups(model)
-            ratios = (0.0, 0.0, 1.0) if phase.frozen else cfg.lr_ratios
-            opt = adamw([{"params": g, "lr": phase.lr} for g in groups],
-                        betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-            if state is not None and state.get("phase") == index and "optimizer" in state:
-                opt.load_state_dict(state["optimizer"])
-            dataset = train_dataset(base, cfg.data, crappify, phase.crop or base.crop, cfg.lighting,
-                                    cfg.clean_prob)
+            dataset = train_dataset(base, cfg.data, cfg.crappify, phase.crop or base.crop,
+                                    cfg.lighting, cfg.clean_prob)
             loader = step_loader(dataset, step - phase_start, phase.steps, phase.batch_size,
                                  cfg.workers, ranks.rank, ranks.world, offset=samples_before)
             speed.resume()
             for lr_img, hr_img in loader:
                 local = step - phase_start
                 peak = one_cycle(local, phase.steps, phase.lr, cfg.pct_start)
-                set_lr(opt, [peak * r for r in ratios], one_cycle_beta1(local, phase.steps, cfg.pct_start))
+                set_lr(opt, [peak * r for r in ratios],
+                       one_cycle_beta1(local, phase.steps, cfg.pct_start))
                 lr_img, hr_img = lr_img.to(device), hr_img.to(device)
                 with autocast(device, dtype):
                     loss = loss_fn(trained(lr_img).float(), hr_img)
@@ -168,7 +159,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 speed.tick(lr_img.shape[0] * ranks.world)
                 steps_log.step(step, {"loss": loss.item(), "lr": peak}, speed.rate)
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                    scores = validate(model, valid, device, dtype, border)
+                    scores = validate(model, valid, device, dtype, base.scale)
                     scores["gain_db"] = scores["psnr_y"] - baseline["psnr_y"]
                     history.append({"step": step, **scores})
                     steps_log.metrics(step, {f"valid_{k}": v for k, v in scores.items()})
@@ -185,20 +176,27 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         phase_start = phase_end
         samples_before += phase.steps * phase.batch_size
     steps_log.close()
-    final = history[-1]
-    metrics = {"steps": step, "train_images_per_s": round(speed.rate, 2),
+    return finish(cfg, model, history, baseline, steps_log, speed, valid, session, tracker)
+
+
+def finish(cfg: PretrainGeneratorConfig, model: torch.nn.Module, history: list[dict],
+           baseline: dict, steps_log: StepLogger, speed: Throughput, valid: EvalPairs,
+           session: prelude.Session, tracker) -> dict:
+    """The trained network becomes the stage's model file; scores and samples follow."""
+    base, final = cfg.base, history[-1]
+    metrics = {"steps": cfg.total_steps, "train_images_per_s": round(speed.rate, 2),
                "valid_psnr_y": round(final["psnr_y"], 4), "valid_ssim_y": round(final["ssim_y"], 5),
                "valid_gain_db": round(final["gain_db"], 4),
                "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
                "train_loss": round(steps_log.ema or float("nan"), 6)}
-    if not ranks.main:
+    if not session.ranks.main:
         return metrics
     # model.arch rebuilds the network without fetching pretrained weights again
     checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
     if tracker is not None:
-        tracker.log_image(sample_grid(model, valid, device), "samples/final.png")
+        tracker.log_image(sample_grid(model, valid, session.device), "samples/final.png")
         tracker.log_model(model, "generator")
     return metrics
 

@@ -21,10 +21,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.process import run_streaming
+from pipelines.running.stages import ACCELERATED
 
 # Stages that need the accelerator. One `gpu` tag concurrency limit on the Prefect server
 # (`prefect concurrency-limit create gpu 1`) then runs at most one of them at a time.
-GPU_STAGES = frozenset({"pretrain_generator", "pretrain_critic", "train_gan", "evaluate"})
 # Only a retry of a network fetch can succeed where the first try failed.
 STAGE_RETRIES = {"download": 2}
 RETRY_DELAY_SECONDS = 30
@@ -54,7 +54,7 @@ class StageFailed(RuntimeError):
 
 def stage_task(stage: str):
     """``run_stage`` with the tags and retries that suit ``stage``."""
-    tags = ["dvc", "gpu"] if stage in GPU_STAGES else ["dvc"]
+    tags = ["dvc", "gpu"] if stage in ACCELERATED else ["dvc"]
     return run_stage.with_options(tags=tags, retries=STAGE_RETRIES.get(stage, 0),
                                   retry_delay_seconds=RETRY_DELAY_SECONDS)
 

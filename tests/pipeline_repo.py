@@ -2,6 +2,7 @@
 and with ``ORCHESTRATION`` the flows and prefect.yaml too), for tests that run it end to end."""
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ GITIGNORE = """\
 
 # The pipeline on a few of the sample photos, with settings that make every stage take
 # seconds: scale 2, 32 px crops, resnet18 with 8 HR channels, a few steps.
-TINY_SAMPLE = {
+TINY = {
     "base": {"seed": 7, "device": "cpu", "scale": 2, "crop": 32},
     "download": {"source": "sample", "max_images": 7, "valid_fraction": 0.2, "test_fraction": 0.2},
     "crappify": {"workers": 1, "examples": 2},
@@ -40,6 +41,17 @@ TINY_SAMPLE = {
                   "max_critic_steps": 2, "log_every": 1},
     "evaluate": {"max_images": 2, "grid_images": 2, "grid_crop": 64},
 }
+
+
+def tiny_params(changes: dict | None = None) -> dict:
+    """``TINY`` with ``changes`` merged in, section by section (nested mappings merge too)."""
+    def merge(base: dict, extra: dict) -> dict:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(
+                base.get(key), dict) else value
+        return out
+    return merge(copy.deepcopy(TINY), changes or {})
 
 
 def git(path: Path, *args: str) -> str:
@@ -58,24 +70,35 @@ def dvc_cli(path: Path, *args: str, env: dict | None = None, prefix: Sequence[st
     return proc
 
 
-def make_pipeline_repo(path: Path, params: dict, parts: Sequence[str] = STAGE_CODE,
-                       env: dict | None = None, prefix: Sequence[str] = ()) -> Path:
-    """A committed git + DVC repository with ``parts`` of this checkout, dvc.yaml and ``params``."""
-    path.mkdir(parents=True)
-    for part in parts:
+def commit_repo(path: Path, files: dict[str, str], copies: Sequence[str] = (),
+                gitignore: str = GITIGNORE, env: dict | None = None, prefix: Sequence[str] = (),
+                message: str = "workspace") -> Path:
+    """A committed git + DVC repository at ``path``: ``copies`` (paths of this checkout) and
+    ``files`` (name -> text); every scratch repository of the suite is made here."""
+    path.mkdir(parents=True, exist_ok=True)
+    for part in copies:
         if (ROOT / part).is_dir():
             shutil.copytree(ROOT / part, path / part,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(ROOT / part, path / part)
-    shutil.copy2(ROOT / "dvc.yaml", path / "dvc.yaml")
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (path / ".gitignore").write_text(GITIGNORE)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    (path / ".gitignore").write_text(gitignore)
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "user.email", "tests@example.com")
     git(path, "config", "user.name", "tests")
     dvc_cli(path, "init", "-q", env=env, prefix=prefix)
     dvc_cli(path, "config", "core.analytics", "false", env=env, prefix=prefix)  # no network
     git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "pipeline workspace")
+    git(path, "commit", "-q", "-m", message)
     return path
+
+
+def make_pipeline_repo(path: Path, params: dict, parts: Sequence[str] = STAGE_CODE,
+                       env: dict | None = None, prefix: Sequence[str] = ()) -> Path:
+    """A repository with ``parts`` of this checkout, its dvc.yaml and ``params``."""
+    files = {"dvc.yaml": (ROOT / "dvc.yaml").read_text(),
+             "params.yaml": yaml.safe_dump(params, sort_keys=False)}
+    return commit_repo(path, files, parts, env=env, prefix=prefix, message="pipeline workspace")

@@ -10,7 +10,8 @@ import pytest
 
 from pipelines import crappify as stage
 from pipelines.core.config import ConfigError, load
-from pipelines.crappify import CrappifyConfig, run
+from pipelines.crappify import run
+from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.imaging.degradations import crappify, rng_for
 from pipelines.imaging.images import read_rgb, write_image
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipelines.datasets.pairs import (CriticPairs, EvalPairs, StepBatches, TrainPairs, aligned_lr,
-                            center_crop_pair, step_loader, to_image, to_tensor)
+                                      center_crop_pair, step_loader)
+from pipelines.imaging.tensors import to_image, to_tensor
 from pipelines.imaging.degradations import Degradation, downscale, make_degrader
 from pipelines.imaging.images import write_image
 
@@ -36,7 +37,7 @@ def test_step_batches_cover_global_batches_per_rank():
     assert one == [[8, 9, 10, 11], [12, 13, 14, 15]]
     r0 = list(StepBatches(2, 4, batch_size=4, rank=0, world=2))
     r1 = list(StepBatches(2, 4, batch_size=4, rank=1, world=2))
-    assert [a + b for a, b in zip(r0, r1)] == one
+    assert [a + b for a, b in zip(r0, r1, strict=True)] == one
     with pytest.raises(ValueError, match="not divisible by 3"):
         StepBatches(0, 1, batch_size=4, world=3)
 
@@ -82,7 +83,8 @@ def test_loader_resumes_exactly(hr_files):
     ds = TrainPairs(hr_files, 16, 4, seed=0, degrade=lambda hr, rng, ref: hr[::4, ::4].copy())
     full = [b[1] for b in step_loader(ds, 0, 6, 2, workers=0)]
     tail = [b[1] for b in step_loader(ds, 3, 6, 2, workers=0)]
-    assert all(torch.equal(a, b) for a, b in zip(full[3:], tail))
+    assert len(full) == 6 and len(tail) == 3
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], tail, strict=True))
 
 
 def test_aligned_lr_and_centre_crop():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipelines.core.config import ConfigError, build
-from pipelines.imaging.degradations import (INTERPOLATION, Degradation, crappify, downscale,
+from pipelines.imaging.resize import RESAMPLERS
+from pipelines.imaging.degradations import (Degradation, crappify, downscale,
                                     gaussian_blur, gaussian_noise, jpeg, make_degrader,
                                     resize_short_side, rng_for, to_grayscale, watermark)
 
@@ -24,7 +25,7 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
 
 
-@pytest.mark.parametrize("method", sorted(INTERPOLATION))
+@pytest.mark.parametrize("method", sorted(RESAMPLERS))
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
 @pytest.mark.parametrize("size", [(48, 64), (97, 131)])
 def test_downscale_size_is_floor_division(method, scale, size):

@@ -19,8 +19,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.dvc_stage import stage_environment, stage_task
 from local_servers import free_port, service
-from pipeline_repo import ORCHESTRATION, TINY_SAMPLE, dvc_cli, git, make_pipeline_repo
+from pipeline_repo import ORCHESTRATION, TINY, dvc_cli, git, make_pipeline_repo
 from tiny_dvc_repo import INTERVAL_DVC_YAML, make_repo
+from pipelines.running.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +144,7 @@ def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
     env = {**env, "MLFLOW_TRACKING_URI": mlflow_server}
     env.pop("DECRAPPIFY_ROOT", None)
     remote = tmp_path / "dvc-remote"
-    seed = make_pipeline_repo(tmp_path / "seed", TINY_SAMPLE, parts=ORCHESTRATION)
+    seed = make_pipeline_repo(tmp_path / "seed", TINY, parts=ORCHESTRATION)
     dvc_cli(seed, "remote", "add", "-d", "storage", str(remote))
     git(seed, "commit", "-q", "-am", "DVC remote")
     origin = tmp_path / "origin.git"  # stands for the repository on a git host
@@ -178,8 +179,7 @@ def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
     parent_id = parent["info"]["run_id"]
     children = {r["info"]["run_name"]: r for r in runs
                 if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent_id}
-    stages = ["download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan",
-              "evaluate"]
+    stages = list(STAGES)
     assert sorted(children) == sorted(stages)
     assert tags[parent_id]["decrappify.stages.ran"] == ",".join(stages)
     assert all(c["info"]["status"] == "FINISHED" for c in children.values())

@@ -15,8 +15,8 @@ from archives import tar_bytes
 from pipelines import download
 from pipelines.imaging import images
 from pipelines.core.config import ConfigError, load
-from pipelines.download import (DownloadConfig, NoImagesError, output_names, run, split_key,
-                                split_sizes)
+from pipelines.datasets.photos import NoImagesError, output_names, split_key, split_sizes
+from pipelines.download import DownloadConfig, run
 from pipelines.core.errors import StageError
 from pipelines.core.files import sha256_file
 

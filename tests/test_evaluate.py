@@ -17,7 +17,7 @@ from pipelines.core.config import ConfigError, load
 from pipelines.evaluate import EvaluateConfig
 from pipelines.imaging.images import read_rgb, write_image
 from pipelines.scoring.metrics import psnr_y
-from pipelines.inference.restore import benchmark_lr, upscale
+from pipelines.imaging.resize import benchmark_lr, upscale
 
 # the standard SR benchmark images, in the `shared` folder beside the checkout
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"

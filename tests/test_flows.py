@@ -25,7 +25,8 @@ from flows.training import training
 from flows.cli import build_parser, main
 from pipelines.core.config import read_params
 from tasks.process import terminate_group
-from tiny_dvc_repo import DVC_YAML, SLEEPER_DVC_YAML, git, make_repo
+from pipeline_repo import git
+from tiny_dvc_repo import DVC_YAML, SLEEPER_DVC_YAML, make_repo
 
 STAGES = ["download", "crappify", "train_gan"]
 
@@ -82,6 +83,15 @@ def test_stage_order_is_the_order_of_dvc_yaml_checked_against_the_graph(tmp_path
     bad = make_repo(tmp_path / "bad", dvc_yaml=header + download + train_gan + crappify)
     with pytest.raises(PipelineOrderError, match="'train_gan' before 'crappify'"):
         stage_order(bad)
+
+
+def test_the_stage_registry_is_the_projects_dvc_yaml_in_order(repo_root):
+    from pipelines.running import stages
+
+    assert list(stages.STAGES) == stage_order(repo_root)
+    assert set(stages.TRAINING) <= stages.ACCELERATED <= set(stages.STAGES)
+    # every stage is a module of its own: `python -m pipelines.<stage>`
+    assert all((repo_root / "pipelines" / f"{name}.py").is_file() for name in stages.STAGES)
 
 
 def test_overrides_are_written_as_dvc_exp_run_set_param_writes_them(tmp_path):

@@ -9,10 +9,11 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipelines.scoring import metrics
+from pipelines.imaging.tensors import to_tensor
 from pipelines.imaging.images import list_images, read_rgb
 from pipelines.scoring.metrics import (HIGHER_IS_BETTER, PSNR_CAP, VggDistance, crop_border, psnr_y,
                                rgb_to_y, score, ssim_y)
-from pipelines.inference.restore import benchmark_lr, upscale
+from pipelines.imaging.resize import benchmark_lr, upscale
 
 # the standard SR benchmark images, in the `shared` folder beside the checkout
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
@@ -89,7 +90,7 @@ def test_every_metric_prefers_the_milder_degradation(butterfly):
 
 def test_ms_ssim_is_piq_standard_on_large_images_and_reduced_on_small(butterfly):
     sr, hr = butterfly
-    x, y = metrics.to_tensor(sr), metrics.to_tensor(hr)
+    x, y = to_tensor(sr)[None], to_tensor(hr)[None]
     assert metrics.ms_ssim(x, y) == pytest.approx(float(piq.multi_scale_ssim(x, y, data_range=1.0)))
     assert metrics.ms_ssim_levels(160, 300) == 4
     assert metrics.ms_ssim_levels(21, 21) == 2

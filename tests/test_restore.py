@@ -6,8 +6,8 @@ from PIL import Image
 from torch import nn
 
 from pipelines.training import checkpoint
-from pipelines.inference.restore import (bicubic_upscale, edge_ramp, imresize_matlab, load_generator,
-                               restore, tile_starts, upscale)
+from pipelines.inference.restore import edge_ramp, load_generator, restore, tile_starts
+from pipelines.imaging.resize import bicubic_upscale, imresize_matlab, upscale
 
 
 class TinySR(nn.Module):

@@ -9,7 +9,8 @@ from pipelines.training import checkpoint
 from flows.cli import main
 from pipelines.imaging.images import encode_png, read_rgb, write_image
 from pipelines.networks import build_generator
-from pipelines.inference.restore import load_generator, restore, upscale
+from pipelines.inference.restore import load_generator, restore
+from pipelines.imaging.resize import upscale
 from pipelines.inference.restore_files import COMPARE_MAX_SIDE, comparison
 from pipelines.imaging.visualize import GAP
 

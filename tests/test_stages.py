@@ -16,27 +16,10 @@ import yaml
 from pipelines.training import checkpoint
 from pipelines.core.config import as_dict, load
 from pipelines.core.errors import DivergenceError
+from pipelines.running.stages import STAGES
+from pipeline_repo import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = {
-    "base": {"seed": 7, "device": "cpu", "scale": 2, "crop": 32},
-    "download": {"source": "sample", "max_images": 7, "valid_fraction": 0.2, "test_fraction": 0.2},
-    "crappify": {"workers": 1},
-    "pretrain_generator": {
-        "model": {"encoder": "resnet18", "pretrained": "none", "hr_channels": 8},
-        "phases": [{"steps": 3, "batch_size": 2, "lr": 0.001, "frozen": True},
-                   {"steps": 3, "batch_size": 2, "lr": 0.001, "crop": 48}],
-        "valid_crop": 48, "eval_every": 2, "checkpoint_every": 2, "sample_every": 0},
-    "pretrain_critic": {"model": {"nf": 8, "n_blocks": 2}, "steps": 4, "batch_size": 2,
-                        "checkpoint_every": 2},
-    "train_gan": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "valid_crop": 48,
-                  "max_critic_steps": 2},
-    "evaluate": {"max_images": 2, "grid_images": 2, "grid_crop": 64},
-}
-
-STAGES = ["download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan", "evaluate"]
-
 
 def stage_run(name: str, params: dict):
     import importlib

@@ -6,10 +6,10 @@ run through ``pipelines.running.tracking.Tracker`` as the real stages do.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from pipeline_repo import commit_repo
 
 STEPS = '''\
 import json
@@ -107,23 +107,6 @@ stages:
 def make_repo(path: Path, dvc_yaml: str = DVC_YAML, params: str = PARAMS,
               files: dict[str, str] | None = None) -> Path:
     """A committed git + DVC repository at ``path`` holding ``dvc_yaml`` and ``params``."""
-    path.mkdir(parents=True, exist_ok=True)
     files = {"dvc.yaml": dvc_yaml, "params.yaml": params, "steps.py": STEPS, **(files or {})}
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "tests@example.com")
-    git(path, "config", "user.name", "tests")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
-    # Analytics would try the network on every DVC command.
-    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"],
-                   cwd=path, check=True)
-    for name, text in files.items():
-        (path / name).write_text(textwrap.dedent(text))
-    (path / ".gitignore").write_text("mlflow.db\npids.txt\n/checkpoints/\n")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "tiny pipeline")
-    return path
-
-
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=path, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return commit_repo(path, {k: textwrap.dedent(v) for k, v in files.items()},
+                       gitignore="mlflow.db\npids.txt\n/checkpoints/\n", message="tiny pipeline")

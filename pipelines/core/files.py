@@ -6,15 +6,17 @@ written to a temporary sibling and renamed into place, which is atomic on one fi
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 CHUNK = 1 << 20
 # mkstemp creates 0600 files; outputs get the usual mode of new files instead
@@ -104,15 +106,25 @@ def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_csv(path: Path | str, rows: list[dict]) -> None:
-    """Rows of equal keys as CSV (floats to 6 significant digits), for DVC plots."""
-    if not rows:
-        return
-    keys = list(rows[0])
-    lines = [",".join(keys)]
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None,
+             float_format: str | None = None) -> str:
+    """Rows as CSV text, one header line; ``columns`` default to the first row's keys, and
+    ``float_format`` (e.g. ".6g") formats float values."""
+    rows = list(rows)
+    columns = list(columns if columns is not None else (rows[0] if rows else []))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
     for row in rows:
-        lines.append(",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    write_text(path, "\n".join(lines) + "\n")
+        writer.writerow({k: format(v, float_format) if float_format and isinstance(v, float) else v
+                         for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_csv(path: Path | str, rows: Iterable[Mapping[str, Any]],
+              columns: Sequence[str] | None = None, float_format: str | None = ".6g") -> None:
+    """``csv_text`` written atomically (floats to 6 significant digits by default, for DVC plots)."""
+    write_text(path, csv_text(rows, columns, float_format))
 
 
 @contextlib.contextmanager

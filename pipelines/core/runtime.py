@@ -56,12 +56,6 @@ def make_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def generator_for(seed: int, *keys: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(hash_seed(seed, *keys))
-    return g
-
-
 def hash_seed(seed: int, *keys: int | str) -> int:
     """A 63-bit seed derived from ``seed`` and ``keys`` that does not depend on the process."""
     import hashlib

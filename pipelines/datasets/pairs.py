@@ -22,22 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 from pipelines.core.errors import StageError
 from pipelines.imaging.images import list_images, read_rgb
 from pipelines.core.runtime import hash_seed
+from pipelines.imaging.tensors import centre_box, to_tensor
 
 log = logging.getLogger(__name__)
 
 # degrade(hr_crop, rng, ref_side) -> lr: the LR image the generator learns to restore;
 # ref_side is the LR shorter side of the whole image the crop came from (watermark size)
 Degrader = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> 3xHxW float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
-
-
-def to_image(t: torch.Tensor) -> np.ndarray:
-    """3xHxW float in [0, 1] -> HxWx3 uint8 RGB (rounded, clipped)."""
-    return (t.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
 def lr_path_for(hr_file: Path, hr_root: Path, lr_root: Path) -> Path:
@@ -196,9 +187,7 @@ class EvalPairs(Dataset):
 
 
 def center_crop_pair(lr: np.ndarray, hr: np.ndarray, crop: int, scale: int):
-    c = min(crop, hr.shape[0] // scale * scale, hr.shape[1] // scale * scale)
-    y = (hr.shape[0] - c) // 2 // scale * scale
-    x = (hr.shape[1] - c) // 2 // scale * scale
+    y, x, c = centre_box(hr.shape[0], hr.shape[1], crop, scale)
     return (lr[y // scale:(y + c) // scale, x // scale:(x + c) // scale], hr[y:y + c, x:x + c])
 
 

@@ -17,29 +17,16 @@ the model sees the ringing around letters it has to remove.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import cv2
 import numpy as np
 
-from pipelines.core.config import ConfigError, bounded
+from pipelines.core.config import BaseConfig, ConfigError, bounded
 from pipelines.imaging.images import encode_jpeg
 from pipelines.core.runtime import hash_seed
-
-Resample = Literal["area", "bilinear", "bicubic", "lanczos", "nearest"]
-
-# OpenCV's bilinear/bicubic/lanczos sample a fixed neighbourhood and, unlike PIL, apply no
-# anti-aliasing prefilter when shrinking; only "area" averages every HR pixel.
-# NEAREST_EXACT samples the centre of each block (PIL's behaviour); INTER_NEAREST would
-# take its top-left pixel and shift the image by half a block.
-INTERPOLATION = {
-    "area": cv2.INTER_AREA,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
-    "nearest": cv2.INTER_NEAREST_EXACT,
-}
+from pipelines.imaging.resize import RESAMPLERS, Resample
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLORS = ("white", "random")
@@ -67,7 +54,7 @@ def downscale(img: np.ndarray, scale: int, method: Resample = "area") -> np.ndar
     cropped = img[: lh * scale, : lw * scale]
     if scale == 1:
         return cropped.copy()
-    return cv2.resize(cropped, (lw, lh), interpolation=INTERPOLATION[method])
+    return cv2.resize(cropped, (lw, lh), interpolation=RESAMPLERS[method])
 
 
 def resize_short_side(img: np.ndarray, side: int, method: Resample = "area") -> np.ndarray:
@@ -84,7 +71,7 @@ def resize_short_side(img: np.ndarray, side: int, method: Resample = "area") -> 
     size = (max(1, int(w * ratio)), max(1, int(h * ratio)))
     if size == (w, h):
         return img.copy()
-    return cv2.resize(img, size, interpolation=INTERPOLATION[method])
+    return cv2.resize(img, size, interpolation=RESAMPLERS[method])
 
 
 def jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
@@ -221,6 +208,22 @@ class Degradation:
             # Hershey fonts only draw printable ASCII; anything else would come out as '?'
             if not all(32 <= ord(c) < 127 for c in self.watermark_text):
                 raise ConfigError(f"watermark_text: {self.watermark_text!r} is not printable ASCII")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrappifyConfig(Degradation):
+    """The ``crappify`` params section: the degradation (see ``Degradation``) and how to run it.
+
+    Being a ``Degradation`` itself, a loaded config is the spec that ``crappify()`` takes.
+    """
+    # the section has no scale key: it is base.scale, shared with the training stages
+    scale: int = field(default=4, init=False)
+    workers: int = bounded(0, lo=0)         # processes; 0 = every core available
+    examples: int = bounded(6, lo=0, hi=64)  # HR/LR pairs in the image logged to MLflow
+    base: BaseConfig = field(default_factory=BaseConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", self.base.scale)
 
 
 def rng_for(seed: int, key: str) -> np.random.Generator:

@@ -32,7 +32,7 @@ from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, w
 from pipelines.networks.unet import MIN_SIZE
 from pipelines.inference.restore import load_generator, restore
 from pipelines.core.runtime import autocast_dtype, pick_device
-from pipelines.running.tracking import repo_root, resolve_tracking_uri
+from pipelines.running.tracking import fail_fast, repo_root, resolve_tracking_uri
 from pipelines.imaging.visualize import grid
 
 DEFAULT_MODEL = Path("models") / "gan_generator.pt"
@@ -195,8 +195,7 @@ def tracking_uri() -> str:
 
 
 def _load_mlflow(uri: str, device: torch.device) -> nn.Module:
-    # An unreachable server would otherwise be retried for minutes before the error shows.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    fail_fast()
     import mlflow
     import mlflow.pytorch
 

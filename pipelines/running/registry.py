@@ -19,11 +19,11 @@ A registry that cannot be reached costs one warning; it never fails the stage.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from pipelines.core.files import sha256_file
+from pipelines.running.tracking import fail_fast
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def record_evaluation(tracking_uri: str, dataset: str, summary: Mapping[str, Any
     model); ``model_files`` maps each evaluated model's name to its file. Returns the champion
     version, or None (no champion, or the registry was unavailable).
     """
-    # An unreachable server would otherwise be retried for minutes before the warning.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast()
     try:
         from mlflow import MlflowClient
 

@@ -53,6 +53,46 @@ def resolve_tracking_uri(configured: str = "", root: Path | None = None) -> str:
     return uri
 
 
+def fail_fast() -> None:
+    """An unreachable server would otherwise be retried for minutes before the error shows."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def reason(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one-line warnings."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+class NeverStop:
+    """Runs tracking calls so that none stops the caller (tracking is for browsing; checkpoints
+    and DVC files are the record). The first failure of the store warns once, through
+    ``off(reason)``, and turns the rest off; a call named ``what`` that fails loses only that
+    item, through ``lost(what, reason)``."""
+
+    def __init__(self, off: Callable[[str], None],
+                 lost: Callable[[str, str], None] | None = None):
+        self.off, self.lost = off, lost
+        self.on = True
+        self.failures = 0   # calls that raised
+        self.skipped = 0    # calls made after tracking was turned off
+
+    def __call__(self, fn: Callable[[], Any], what: str = "") -> Any:
+        if not self.on:
+            self.skipped += 1
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # tracking must never stop the caller
+            self.failures += 1
+            if what and self.lost is not None:
+                self.lost(what, reason(exc))
+                return None
+            self.on = False
+            self.off(reason(exc))
+            return None
+
+
 class Tracker:
     """A stage's MLflow run. Every method swallows tracking errors after warning once."""
 
@@ -61,8 +101,12 @@ class Tracker:
         self.stage = stage
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = os.environ.get(EXPERIMENT_ENV) or experiment
-        self.enabled = enabled
-        self.failed_calls = 0
+        self._wanted = enabled
+        self._guard = NeverStop(
+            lambda why: log.warning("MLflow unavailable at %s (%s); stage %s goes on without "
+                                    "tracking.", self.uri, why, self.stage),
+            lambda what, why: log.warning("MLflow: could not log %s (%s); stage %s goes on.",
+                                          what, why, self.stage))
         self.run_id: str | None = None
         self._mlflow = None
 
@@ -70,9 +114,7 @@ class Tracker:
     def __enter__(self) -> "Tracker":
         if not self.enabled:
             return self
-        # An unreachable server would otherwise retry for minutes before raising.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        fail_fast()
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
         def start():
@@ -88,7 +130,7 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._mlflow is not None and self.run_id is not None and self.enabled:
+        if self._mlflow is not None and self.run_id is not None and self._guard.on:
             status = "FINISHED" if exc_type is None else "FAILED"
             if self.failed_calls:
                 self._call(lambda: self._mlflow.set_tag("decrappify.not_logged", self.failed_calls))
@@ -98,24 +140,24 @@ class Tracker:
                         "checkpoints and DVC metrics are complete.", self.failed_calls,
                         self.stage, self.uri)
 
+    @property
+    def enabled(self) -> bool:
+        """Asked for, and the store has not failed."""
+        return self._wanted and self._guard.on
+
+    @property
+    def failed_calls(self) -> int:
+        """Logging calls that were not recorded (none are counted when tracking is off by
+        choice, or never got as far as importing mlflow)."""
+        started = self.run_id is not None or self._mlflow is not None
+        return self._guard.failures + (self._guard.skipped if started else 0)
+
     def _call(self, fn: Callable[[], Any], what: str = "") -> Any:
         """Run one logging call. Without ``what`` a failure means the store is unreachable and
         turns logging off; with it, only that item is lost (e.g. a model that cannot be saved)."""
-        if not self.enabled:
-            self.failed_calls += 1 if self.run_id is not None or self._mlflow is not None else 0
+        if not self._wanted:
             return None
-        try:
-            return fn()
-        except Exception as exc:  # tracking must never stop a stage
-            self.failed_calls += 1
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            if what:
-                log.warning("MLflow: could not log %s (%s); stage %s goes on.", what, reason, self.stage)
-                return None
-            self.enabled = False
-            log.warning("MLflow unavailable at %s (%s); stage %s goes on without tracking.",
-                        self.uri, reason, self.stage)
-            return None
+        return self._guard(fn, what)
 
     # -- logging ---------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:

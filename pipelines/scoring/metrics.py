@@ -15,11 +15,14 @@ import functools
 import logging
 import math
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import piq
 import torch
+
+from pipelines.imaging.tensors import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ HAARPSI_MIN_SIZE = 16  # piq's 3 Haar scales use a 16 px kernel
 # Which way is better, for the metrics that selection and reports compare.
 HIGHER_IS_BETTER = {"psnr_y": True, "ssim_y": True, "ms_ssim": True, "gmsd": False,
                     "haarpsi": True, "vgg_distance": False}
+# The metrics the GAN phase may pick its checkpoint by (train_gan.select_metric).
+SELECTABLE = Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y"]
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -142,11 +147,6 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> float | None:
                                       k1=SSIM_K1, k2=SSIM_K2))
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """RGB uint8 HxWx3 -> float32 1x3xHxW in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
-
-
 # LPIPS taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) as indices into vgg16_bn().features
 VGG_TAPS = (5, 12, 22, 32, 42)
 VGG_MIN_SIZE = 16  # four max-pools before the last tap
@@ -217,8 +217,8 @@ def score(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> dict[str, float]:
     """
     _check_pair(sr, hr)
     out = {"psnr_y": psnr_y(sr, hr, border), "ssim_y": ssim_y(sr, hr, border)}
-    x = to_tensor(crop_border(sr, border))
-    y = to_tensor(crop_border(hr, border))
+    x = to_tensor(crop_border(sr, border))[None]
+    y = to_tensor(crop_border(hr, border))[None]
     with torch.inference_mode():
         value = ms_ssim(x, y)
         if value is not None:

@@ -27,7 +27,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline_repo import dvc_cli, make_pipeline_repo
+from pipeline_repo import dvc_cli, make_pipeline_repo, tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -64,30 +64,23 @@ def _permission_drop() -> list[str]:
 PERMISSION_DROP = _permission_drop()
 PERMISSIONS_ENFORCED = os.geteuid() != 0 or bool(PERMISSION_DROP)
 
-# Tiny settings in the spirit of tests/test_stages.py's TINY, on small photos so that every
-# stage runs in seconds: scale 2, crop 32, resnet18 with 8 HR channels, a few steps.
+# The suite's tiny settings (tests/pipeline_repo.py) on a folder of small photos; the training
+# stages take a few more steps, so that a kill at a random step finds each of them mid-run.
 TRAIN_STEPS = {"pretrain_generator": 8, "pretrain_critic": 24, "train_gan": 8}
 
 
 def fault_params(folder: Path | str) -> dict:
-    return {
-        "base": {"seed": 11, "device": "cpu", "scale": 2, "crop": 32},
-        "download": {"source": "folder", "folder": str(folder), "valid_fraction": 0.2,
-                     "test_fraction": 0.2},
-        "crappify": {"workers": 1, "examples": 2},
+    return tiny_params({
+        "base": {"seed": 11},
+        "download": {"source": "folder", "folder": str(folder), "max_images": 0},
         "pretrain_generator": {
-            "model": {"encoder": "resnet18", "pretrained": "none", "hr_channels": 8},
             "phases": [{"steps": 4, "batch_size": 2, "lr": 0.001},
                        {"steps": 4, "batch_size": 2, "lr": 0.001, "crop": 48}],
-            "valid_crop": 48, "eval_every": 4, "checkpoint_every": 2, "log_every": 2,
-            "sample_every": 0},
-        # more, faster steps than the others: a kill at a random step must find it mid-run
-        "pretrain_critic": {"model": {"nf": 8, "n_blocks": 2}, "steps": 24, "batch_size": 2,
-                            "checkpoint_every": 3, "log_every": 3, "tile": 64},
-        "train_gan": {"steps": 8, "batch_size": 2, "checkpoint_every": 2, "valid_crop": 48,
-                      "max_critic_steps": 2, "log_every": 2},
-        "evaluate": {"grid_images": 2, "grid_crop": 64, "tile": 64, "overlap": 8},
-    }
+            "eval_every": 4, "checkpoint_every": 2, "log_every": 2, "sample_every": 0},
+        "pretrain_critic": {"steps": 24, "checkpoint_every": 3, "log_every": 3, "tile": 64},
+        "train_gan": {"steps": 8, "log_every": 2},
+        "evaluate": {"max_images": 0, "tile": 64, "overlap": 8},
+    })
 
 
 # -- the mixed folder --------------------------------------------------------------------------

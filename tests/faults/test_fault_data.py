@@ -14,7 +14,8 @@ import fault_kit
 from fault_kit import NON_UTF8, NON_UTF8_SHOWN, SMALL
 from pipelines.training import checkpoint
 from pipelines.core.config import load
-from pipelines.download import DownloadConfig, run, utf8_name
+from pipelines.datasets.photos import utf8_name
+from pipelines.download import DownloadConfig, run
 from pipelines.imaging.images import list_images, read_rgb
 
 

@@ -27,9 +27,9 @@ from fault_kit import (MODEL_FILES, TRAIN_STEPS, assert_same_weights, checkpoint
                        start, stray_temporaries, tree_digest, wait_for)
 from pipelines.training import checkpoint
 from pipelines.imaging.images import read_rgb
+from pipelines.running.stages import TRAINING
 
 SEED = int(os.environ.get("FAULT_SEED") or random.randrange(2**32))
-TRAINING = ("pretrain_generator", "pretrain_critic", "train_gan")
 
 
 def rng_for(test: str) -> random.Random:

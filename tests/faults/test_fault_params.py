@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from fault_kit import fault_params
+from pipelines.running.stages import STAGES
 
-STAGES = ["download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan", "evaluate"]
 
 # (stage, dotted key, bad value, message after "error: params.yaml: ")
 WRONG_TYPE = [

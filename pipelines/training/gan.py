@@ -1,0 +1,116 @@
+"""The GAN phase's pieces: the two network steps, the loop counters and checkpoint selection.
+
+The steps are written out as BasicSR does: the network that only serves as the loss is frozen
+and in eval mode while the other one steps. ``Gan`` holds what both steps need, so the stage and
+the benchmark run the same code.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from pipelines.core.runtime import autocast
+from pipelines.scoring.losses import Adversarial, critic_loss, generator_adv_loss
+from pipelines.scoring.metrics import HIGHER_IS_BETTER
+
+
+def requires_grad(model: nn.Module, flag: bool) -> None:
+    for p in model.parameters():
+        p.requires_grad_(flag)
+
+
+@dataclass
+class Gan:
+    """A generator and a critic with their optimizers. ``gen_t`` and ``critic_t`` are what
+    steps train through (DistributedDataParallel wrappers under torchrun); the bare networks
+    serve when the other one steps, so DDP never waits for gradients of a frozen network."""
+
+    gen: nn.Module
+    critic: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    content: nn.Module                        # content loss (pixel or feature)
+    adversarial: Adversarial = "bce"
+    adv_weight: float = 1.0
+    content_weight: float = 50.0
+    gen_t: nn.Module | None = None
+    critic_t: nn.Module | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype | None = None
+
+    @torch.no_grad()
+    def fakes(self, lr_img: torch.Tensor) -> torch.Tensor:
+        """The generator's outputs as the critic's negatives: eval mode, no gradients."""
+        self.gen.eval()
+        with autocast(self.device, self.dtype):
+            return self.gen(lr_img).float()
+
+    def critic_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        requires_grad(self.critic, True)
+        self.critic.train()
+        with autocast(self.device, self.dtype):
+            loss = critic_loss(self.adversarial, self.critic_t or self.critic, real, fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss
+
+    def generator_step(self, lr_img: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        requires_grad(self.critic, False)
+        self.critic.eval()
+        self.gen.train()
+        with autocast(self.device, self.dtype):
+            fake = (self.gen_t or self.gen)(lr_img).float()
+            adv = generator_adv_loss(self.adversarial, self.critic(fake))
+            content = self.content(fake, real)
+            loss = self.adv_weight * adv + self.content_weight * content
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        return {"gen_loss": loss, "adv_loss": adv, "content_loss": content}
+
+
+@dataclass
+class Counters:
+    """Where the GAN loop stands; saved in the rolling checkpoint as a plain dict.
+
+    The recipe's adaptive switch: the critic trains until its batch loss falls below the
+    threshold, or (beyond the recipe, so a critic stuck at chance cannot starve the generator)
+    for ``max_critic_steps`` in a row; then one generator step. Each batch feeds one step."""
+
+    generator_steps: int = 0
+    batches: int = 0
+    critic_steps: int = 0
+    critic_turn: bool = True
+    critic_run: int = 0
+
+    def after_critic(self, loss: float, threshold: float, max_run: int) -> None:
+        self.critic_steps += 1
+        self.critic_run += 1
+        if loss < threshold or self.critic_run >= max_run:
+            self.critic_turn, self.critic_run = False, 0
+
+    def after_generator(self) -> None:
+        self.generator_steps += 1
+        self.critic_turn = True
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Counters":
+        return cls(**state)
+
+
+def eligible(candidate: Mapping[str, float], start: Mapping[str, float], max_drop: float) -> bool:
+    """A candidate may cost at most ``max_drop`` dB of validation Y-PSNR against the start."""
+    return candidate["psnr_y"] >= start["psnr_y"] - max_drop
+
+
+def better(candidate: Mapping[str, float], best: Mapping[str, float], metric: str) -> bool:
+    if HIGHER_IS_BETTER[metric]:
+        return candidate[metric] > best[metric]
+    return candidate[metric] < best[metric]
