@@ -18,7 +18,8 @@ from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, sec
 from pipelines.crappify import CrappifyConfig
 from pipelines.datasets.pairs import EvalPairs, TrainPairs, lr_path_for, split_files, step_loader
 from pipelines.imaging.degradations import make_degrader
-from pipelines.core.files import write_csv, write_json
+from pipelines.core.files import write_csv
+from pipelines.core.results import write_results
 from pipelines.scoring.losses import build_content_loss
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
@@ -124,7 +125,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
 
     hr_manifest = Path(base.paths.hr) / "manifest.csv"
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [hr_manifest]), writer=ranks.main)
+                             fingerprint(as_dict(cfg), [hr_manifest], stage=STAGE), writer=ranks.main)
     state = ckpt.restore()
     step = 0
     if state is not None:
@@ -195,8 +196,9 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         return metrics
     # model.arch rebuilds the network without fetching pretrained weights again
     checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
-    write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    write_results(base, STAGE, metrics, ["train_images_per_s"])
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
+    write_csv(Path(base.paths.plots) / f"{STAGE}_loss.csv", steps_log.curve)
     if tracker is not None:
         tracker.log_image(sample_grid(model, valid, device), "samples/final.png")
         tracker.log_model(model, "generator")

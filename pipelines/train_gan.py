@@ -28,7 +28,8 @@ from pipelines.training import checkpoint, distributed
 from pipelines.core.config import BaseConfig, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
 from pipelines.datasets.pairs import EvalPairs, step_loader, to_image
-from pipelines.core.files import sha256_file, write_csv, write_json
+from pipelines.core.files import sha256_file, write_csv
+from pipelines.core.results import write_results
 from pipelines.scoring.losses import build_content_loss, critic_loss, generator_adv_loss
 from pipelines.scoring.metrics import HIGHER_IS_BETTER, score
 from pipelines.networks import build_critic, build_generator
@@ -39,7 +40,6 @@ from pipelines.core.runtime import autocast, autocast_dtype, make_deterministic,
 from pipelines.running.stage import stage_main
 from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
                                 sample_grid)
-from pipelines.imaging.visualize import line_plot
 
 log = logging.getLogger(__name__)
 STAGE = "train_gan"
@@ -127,7 +127,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                               weight_decay=cfg.weight_decay)
 
     ckpt_dir = Path(base.paths.checkpoints) / STAGE
-    ckpt = RollingCheckpoint(ckpt_dir, fingerprint(as_dict(cfg), [gen_file, critic_file]),
+    ckpt = RollingCheckpoint(ckpt_dir, fingerprint(as_dict(cfg), [gen_file, critic_file], stage=STAGE),
                              writer=ranks.main)
     best_file = ckpt_dir / "best.pt"
     state = ckpt.restore()
@@ -231,17 +231,15 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     checkpoint.save(out_file, {k: chosen[k] for k in ("kind", "arch", "model")})
     plots = Path(base.paths.plots)
     write_csv(plots / "gan_scores.csv", history)
-    metric_names = [k for k in history[0] if k != "step"]
-    line_plot([h["step"] for h in history], {k: [h[k] for h in history] for k in metric_names},
-              plots / "gan_scores.png", "GAN checkpoints on the validation split")
+    write_csv(plots / "gan_chosen.csv", [best])  # the chosen candidate, a series of its own
+    write_csv(plots / f"{STAGE}_loss.csv", steps_log.curve)
     metrics = {"generator_steps": g_steps, "critic_steps": n_critic, "batches": batches,
                "train_images_per_s": round(speed.rate, 2), "chosen_step": best["step"],
                "select_metric": cfg.select_metric,
                "chosen": {k: round(v, 5) for k, v in best.items() if k != "step"},
                "start": {k: round(v, 5) for k, v in start_scores.items() if k != "step"}}
-    write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    write_results(base, STAGE, metrics, ["train_images_per_s"])
     if tracker is not None:
-        tracker.log_artifact(plots / "gan_scores.png")
         final = build_generator(**chosen["arch"])
         final.load_state_dict(chosen["model"])
         # evaluate finds the registered version of the file it scores by this digest

@@ -20,6 +20,7 @@ GITIGNORE = """\
 /mlflow.db
 /mlruns/
 /checkpoints/
+/logs/
 """
 
 # The pipeline on a few of the sample photos, with settings that make every stage take
@@ -58,9 +59,20 @@ def dvc_cli(path: Path, *args: str, env: dict | None = None, prefix: Sequence[st
     return proc
 
 
+def with_defaults(params: dict, defaults: dict) -> dict:
+    """``params`` over ``defaults`` (nested mappings merged, any other value replaced)."""
+    out = dict(defaults)
+    for key, value in params.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = with_defaults(value, out[key]) if both else value
+    return out
+
+
 def make_pipeline_repo(path: Path, params: dict, parts: Sequence[str] = STAGE_CODE,
                        env: dict | None = None, prefix: Sequence[str] = ()) -> Path:
-    """A committed git + DVC repository with ``parts`` of this checkout, dvc.yaml and ``params``."""
+    """A committed git + DVC repository with ``parts`` of this checkout, dvc.yaml and ``params``
+    over this checkout's params.yaml (dvc.yaml names the keys each stage reads, so every key
+    must be present)."""
     path.mkdir(parents=True)
     for part in parts:
         if (ROOT / part).is_dir():
@@ -69,7 +81,10 @@ def make_pipeline_repo(path: Path, params: dict, parts: Sequence[str] = STAGE_CO
         else:
             shutil.copy2(ROOT / part, path / part)
     shutil.copy2(ROOT / "dvc.yaml", path / "dvc.yaml")
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy2(ROOT / ".dvcignore", path / ".dvcignore")
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (path / "params.yaml").write_text(yaml.safe_dump(with_defaults(params, defaults),
+                                                     sort_keys=False))
     (path / ".gitignore").write_text(GITIGNORE)
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "user.email", "tests@example.com")

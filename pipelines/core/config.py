@@ -178,6 +178,7 @@ class Paths:
     checkpoints: str = "checkpoints"
     metrics: str = "metrics"
     plots: str = "plots"
+    logs: str = "logs"  # timings and throughput of each run: git-ignored, not DVC metrics
 
 
 @dataclass(frozen=True)
