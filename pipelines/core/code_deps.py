@@ -30,9 +30,10 @@ def stage_module(stage: str) -> str:
     return f"pipelines.{stage}"
 
 
-def module_file(name: str, root: Path = ROOT) -> Path | None:
-    """The file of project module ``name`` below ``root``, or None when it is not one."""
-    base = root.joinpath(*name.split("."))
+def module_file(name: str, root: Path | None = None) -> Path | None:
+    """The file of project module ``name`` below ``root`` (default ``ROOT``), or None when it
+    is not one."""
+    base = (root or ROOT).joinpath(*name.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -64,12 +65,13 @@ def _with_packages(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def imported_modules(entry: str, root: Path = ROOT) -> dict[str, Path]:
+def imported_modules(entry: str, root: Path | None = None) -> dict[str, Path]:
     """Every project module that running module ``entry`` may execute, with its file.
 
     Includes ``entry`` and the non-empty packages above each module; a module on
     ``CANNOT_CHANGE_OUTPUTS`` is listed but not followed.
     """
+    root = root or ROOT
     found: dict[str, Path] = {}
     todo = [entry]
     while todo:
@@ -92,14 +94,15 @@ def imported_modules(entry: str, root: Path = ROOT) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def result_modules(entry: str, root: Path = ROOT) -> dict[str, Path]:
+def result_modules(entry: str, root: Path | None = None) -> dict[str, Path]:
     """The modules of ``imported_modules`` whose code can change the outputs."""
     return {m: p for m, p in imported_modules(entry, root).items()
             if m not in CANNOT_CHANGE_OUTPUTS}
 
 
-def code_digest(entry: str, root: Path = ROOT) -> str:
+def code_digest(entry: str, root: Path | None = None) -> str:
     """sha256 over the path and source of every module in ``result_modules(entry)``."""
+    root = root or ROOT
     h = hashlib.sha256()
     for path in result_modules(entry, root).values():
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
