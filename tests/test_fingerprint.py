@@ -48,6 +48,7 @@ def test_how_it_runs_leaves_the_fingerprint_and_results_change_it(stage):
     assert {"base.launcher", "base.tracking_uri"} <= set(changes)
     for dotted in changes:
         assert key(stage, {dotted: OTHER[dotted.rsplit(".", 1)[1]]}) == same, dotted
+    assert key(stage, {"base.paths.checkpoints": "elsewhere"}) == same  # where, not what
     assert key(stage, {"base.seed": 8}) != same
     assert key(stage, {"base.scale": 2, "base.crop": 64}) != same
 

@@ -30,10 +30,17 @@ HOW_IT_RUNS = frozenset({
 })
 
 
+# Where files are (base.paths) is no part of the fingerprint either: inputs count by content,
+# and an output's place does not change its bytes. It stays a DVC param (dvc.yaml's outputs are
+# those paths).
+WHERE = frozenset({"paths"})
+
+
 def what_it_computes(config: Any) -> Any:
-    """``config`` (a plain dict of a stage config) without the ``HOW_IT_RUNS`` keys."""
+    """``config`` (a plain dict of a stage config) without ``HOW_IT_RUNS`` and ``WHERE``."""
     if isinstance(config, Mapping):
-        return {k: what_it_computes(v) for k, v in config.items() if k not in HOW_IT_RUNS}
+        return {k: what_it_computes(v) for k, v in config.items()
+                if k not in HOW_IT_RUNS | WHERE}
     if isinstance(config, (list, tuple)):
         return [what_it_computes(v) for v in config]
     return config
