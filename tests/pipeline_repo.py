@@ -21,6 +21,7 @@ GITIGNORE = """\
 /mlruns/
 /checkpoints/
 /logs/
+/dvc_plots/
 """
 
 # The pipeline on a few of the sample photos, with settings that make every stage take

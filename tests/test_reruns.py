@@ -94,8 +94,8 @@ def test_metrics_show_is_the_evaluation_table(workspace):
     assert gan["psnr_y"] == summary["gan_generator"]["psnr_y"]
 
 
-def test_plots_show_renders_every_plot(workspace):
-    out = dvc_cli(workspace, "plots", "show", "--json").stdout
+def test_plots_show_renders_every_plot(workspace, tmp_path):
+    out = dvc_cli(workspace, "plots", "show", "--json", "-o", str(tmp_path)).stdout
     data = json.loads(out[out.index("{"):])
     rendered = set(data.get("data", data))
     assert {"pretrain_generator_loss", "pretrain_critic_loss", "train_gan_adversarial",
