@@ -137,7 +137,7 @@ def registered_versions(tracking_uri: str, model_file: Path | str,
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run_ids = {r.info.run_id for r in _runs_with_digest(client, sha256_file(model_file))}
-    return sorted((v.version for v in client.search_model_versions(f"name = '{name}'")
+    return sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")
                    if v.run_id in run_ids), key=int)
 
 
