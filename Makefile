@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# register: the registry and the champion alias follow the checkout even when DVC skipped
+# train_gan and evaluate (a fresh clone, an unchanged rerun)
 pipeline: setup
 	dvc repro
+	decrappify register
 	dvc metrics show
 
 test: setup

@@ -83,11 +83,12 @@ def run(args: argparse.Namespace) -> Report:
         for r in range(n_rounds + 1):  # round 0: warm-up (file caches, first imports)
             for name in names[r % len(names):] + names[:r % len(names)]:
                 launcher, n, extra = variants[name]
-                for out in ("checkpoints", "models", "metrics", "plots"):
+                for out in ("checkpoints", "models", "metrics", "plots", "logs"):
                     shutil.rmtree(scratch / out, ignore_errors=True)
                 wall = _run(scratch, "pretrain_generator", _params(steps, batch, crop, launcher, n),
                             {**env, **extra})
-                metrics = json.loads((scratch / "metrics/pretrain_generator.json").read_text())
+                # throughput is a number of the run, not a result: logs/, not metrics/
+                metrics = json.loads((scratch / "logs/pretrain_generator.json").read_text())
                 if r:
                     res[name]["images_per_s"].append(metrics["train_images_per_s"])
                     res[name]["wall_s"].append(wall)

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy(sub)
     add_worker(sub)
     add_restore(sub)
+    add_register(sub)
     return parser
 
 
@@ -186,6 +187,57 @@ def _restore(args: argparse.Namespace) -> int:
         return 2
     print(summary.line())
     return 1 if summary.failed else 0
+
+
+def add_register(sub) -> None:
+    p = sub.add_parser("register", help="register the trained generator and set the champion",
+                       description="Make the MLflow registry match the checkout, whichever "
+                                   "stages DVC skipped: log the GAN generator file as a version "
+                                   "of decrappify-generator unless one with its digest exists, "
+                                   "then apply the evaluation in metrics/evaluate.json (tags and "
+                                   "the champion alias). `make pipeline` runs it after `dvc repro`.")
+    p.add_argument("--root", type=Path, default=None,
+                   help="the DVC repository (default: $DECRAPPIFY_ROOT or the current one)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file, relative to the repository (default: params.yaml)")
+    p.set_defaults(handler=_register)
+
+
+def _register(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from pipelines.core.config import ConfigError, load
+    from pipelines.evaluate import EvaluateConfig, model_file, model_name
+    from pipelines.running import registry
+    from pipelines.running.tracking import resolve_tracking_uri
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    root = _root(args)
+    try:
+        cfg = load(EvaluateConfig, "evaluate", root / args.params)
+    except ConfigError as exc:
+        print(f"decrappify register: error: {root / args.params}: {exc}", file=sys.stderr)
+        return 2
+    base = cfg.base
+    uri = resolve_tracking_uri(base.tracking_uri, root)
+    summary_file = root / base.paths.metrics / "evaluate.json"
+    generator = root / base.paths.models / "gan_generator.pt"
+    for needed in (summary_file, generator):
+        if not needed.is_file():
+            print(f"decrappify register: error: {needed} missing (run `dvc repro` first)",
+                  file=sys.stderr)
+            return 2
+    if not registry.register_file(uri, base.experiment, generator):
+        return 1
+    results = json.loads(summary_file.read_text())
+    dataset = next(iter(results))
+    files = {model_name(m): root / model_file(m, base) for m in cfg.models}
+    champion = registry.record_evaluation(uri, dataset, results[dataset], files)
+    alias = f"models:/{registry.REGISTERED_MODEL}@{registry.CHAMPION}"
+    print(f"{alias} -> version {champion}" if champion else
+          f"{alias}: no version beats bicubic and the pretrained generator; alias not set")
+    return 0
 
 
 if __name__ == "__main__":

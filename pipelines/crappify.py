@@ -8,8 +8,9 @@ Resuming. A large HR set takes long enough that an interrupted run should not st
 and DVC deletes a stage's outputs before rerunning it unless they are ``persist: true``; so
 data/lr is persistent and this module, not DVC, decides what in it is still valid:
 - ``.crappify.json`` holds a fingerprint of everything that decides an output's bytes for a
-  given HR file: the degradation params, the seed, the source of the stage's code (this
-  module, degradations.py, images.py) and the OpenCV and NumPy versions. A different
+  given HR file (pipelines/core/fingerprint.py, shared with the training stages' checkpoints):
+  the params but those that only say how it runs, the source of every module the stage runs
+  and the OpenCV and NumPy versions. A different
   fingerprint (or none: a clear that was itself interrupted) clears data/lr first, so a
   param or code change never leaves old images beside new ones.
 - With the same fingerprint, an image is kept if its record (from the last complete
@@ -42,9 +43,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipelines.imaging import degradations, images
+from pipelines.core.code_deps import code_digest, stage_module
 from pipelines.core.config import BaseConfig, as_dict, bounded
 from pipelines.imaging.degradations import Degradation, crappify, rng_for
+from pipelines.core.fingerprint import fingerprint as shared_fingerprint
+from pipelines.core.results import write_results
 from pipelines.core.files import (atomic_path, remove_stale_temporaries, sha256_bytes, sha256_file,
                                   write_csv, write_json, write_text)
 from pipelines.imaging.images import contact_sheet, list_images, read_rgb
@@ -53,6 +56,8 @@ from pipelines.running.stage import stage_main
 
 log = logging.getLogger(__name__)
 
+# numbers of this run (how much an interrupted run left), not results: logs/, not DVC
+RUN_KEYS = ("processed", "reused", "seconds", "images_per_s")
 STATE = ".crappify.json"
 JOURNAL = ".crappify-journal.jsonl"
 MANIFEST = "manifest.csv"
@@ -67,14 +72,13 @@ def spec_of(cfg: CrappifyConfig) -> dict:
 
 
 def fingerprint(cfg: CrappifyConfig) -> dict:
-    """What decides the output bytes for a given HR file, and its sha256."""
-    # the stage's code deps in dvc.yaml: DVC reruns it when they change, and so must resume
-    code = b"".join(Path(m.__file__).read_bytes() for m in (degradations, images)) \
-        + Path(__file__).read_bytes()
+    """What decides the output bytes for a given HR file, and its hash (the shared resume
+    fingerprint: params but how-it-runs, the stage's code, the OpenCV and NumPy versions)."""
+    versions = {"opencv": cv2.__version__, "numpy": np.__version__}
     inputs = {"seed": cfg.base.seed, "spec": as_dict(Degradation(**spec_of(cfg))),
-              "code_sha256": sha256_bytes(code), "opencv": cv2.__version__,
-              "numpy": np.__version__}
-    return {"fingerprint": sha256_bytes(json.dumps(inputs, sort_keys=True).encode()), **inputs}
+              "code_sha256": code_digest(stage_module("crappify")), **versions}
+    return {"fingerprint": shared_fingerprint(as_dict(cfg), stage="crappify", extra=versions),
+            **inputs}
 
 
 def lr_name(source: str) -> str:
@@ -287,7 +291,7 @@ def run(cfg: CrappifyConfig, tracker=None) -> dict:
                "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else 0.0,
                "quality_min": int(quality.min()), "quality_mean": round(float(quality.mean()), 2),
                "quality_max": int(quality.max()), "splits": dict(sorted(splits.items()))}
-    write_json(Path(cfg.base.paths.metrics) / "crappify.json", metrics)
+    write_results(cfg.base, "crappify", metrics, RUN_KEYS)
     if tracker is not None and getattr(tracker, "enabled", True) and cfg.examples:
         tracker.log_image(example_grid(list(rows.values()), hr_root, lr_root, cfg.examples),
                           "crappify/examples.png")

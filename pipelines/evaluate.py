@@ -9,9 +9,10 @@ Two kinds of data sets:
 
 Every method (baselines, then models) restores the same LR image and is scored with
 ``metrics.score`` against the HR, ``base.scale`` border pixels cropped. Outputs: means per data
-set and method with the Y-PSNR gain of each model over OpenCV bicubic (metrics/evaluate.json,
-for ``dvc metrics``), one row per image and method (metrics/evaluate_images.csv), and a labelled
-grid of a few restorations (plots/evaluate_grid.png).
+set and method with the Y-PSNR gain of each model over OpenCV bicubic (metrics/evaluate.json),
+the table ``dvc metrics show`` prints (metrics/evaluate/<dataset>/<method>.json), one row per
+image and method (metrics/evaluate_images.csv), each model's gain per image
+(plots/evaluate_gains.csv) and a labelled grid of a few restorations (plots/evaluate_grid.png).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pipelines.core.config import BaseConfig, ConfigError, bounded
 from pipelines.datasets.pairs import aligned_lr, lr_path_for
 from pipelines.core.files import write_csv, write_json, write_text
 from pipelines.imaging.images import list_images, read_rgb, write_image
+from pipelines.scoring import report
 from pipelines.scoring.metrics import score
 from pipelines.inference.restore import load_generator, restore
 from pipelines.imaging.resize import benchmark_lr, upscale
@@ -194,6 +196,8 @@ def run(cfg: EvaluateConfig, tracker=None,
     metrics_dir, plots_dir = Path(base.paths.metrics), Path(base.paths.plots)
     write_json(metrics_dir / f"{STAGE}.json", results)
     write_rows(metrics_dir / f"{STAGE}_images.csv", rows)
+    report.write_method_tables(metrics_dir / STAGE, results, [*cfg.baselines, *models], REFERENCE)
+    report.write_image_gains(plots_dir / f"{STAGE}_gains.csv", rows, list(models), REFERENCE)
     picture = grid(grid_rows, ["LR (nearest)", REFERENCE, *models, "HR"])
     write_image(plots_dir / f"{STAGE}_grid.png", picture)
     if tracker is not None:

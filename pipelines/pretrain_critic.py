@@ -16,7 +16,8 @@ from pipelines.training import checkpoint, distributed, prelude
 from pipelines.core.config import BaseConfig, as_dict, bounded
 from pipelines.datasets.pairs import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader
 from pipelines.imaging.tensors import centre_crop, to_tensor
-from pipelines.core.files import atomic_dir, write_json
+from pipelines.core.files import atomic_dir, write_csv
+from pipelines.core.results import write_results
 from pipelines.imaging.images import read_rgb, write_image
 from pipelines.scoring.losses import Adversarial, critic_loss
 from pipelines.networks import build_critic
@@ -121,7 +122,8 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     critic = build_critic(**arch).to(device)
     crop = cfg.crop or base.crop
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [generator_file, Path(base.paths.hr) / "manifest.csv"]),
+                             fingerprint(as_dict(cfg), [generator_file, Path(base.paths.hr) / "manifest.csv"],
+                                         stage=STAGE),
                              writer=ranks.main)
     opt = adamw(critic.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.weight_decay)
@@ -162,7 +164,8 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     metrics = {"steps": step, "generated_images": generated, "train_images_per_s": round(speed.rate, 2),
                "train_loss": round(steps_log.ema or float("nan"), 6),
                **{f"valid_{k}": round(v, 4) for k, v in acc.items()}}
-    write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    write_results(base, STAGE, metrics, ["train_images_per_s"])
+    write_csv(Path(base.paths.plots) / f"{STAGE}_loss.csv", steps_log.curve)
     return metrics
 
 

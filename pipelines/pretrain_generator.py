@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 
 from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
-from pipelines.core.files import write_csv, write_json
+from pipelines.core.files import write_csv
+from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast
 from pipelines.datasets.degraded import train_dataset
 from pipelines.imaging.degradations import CrappifyConfig
@@ -121,7 +122,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     baseline = validate(Bicubic(base.scale), valid, device, None, base.scale)
     ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"]),
+                             fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"],
+                                         stage=STAGE),
                              writer=ranks.main)
     state = ckpt.restore()
     step = state["step"] if state else 0
@@ -193,8 +195,9 @@ def finish(cfg: PretrainGeneratorConfig, model: torch.nn.Module, history: list[d
         return metrics
     # model.arch rebuilds the network without fetching pretrained weights again
     checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
-    write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    write_results(base, STAGE, metrics, ["train_images_per_s"])
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
+    write_csv(Path(base.paths.plots) / f"{STAGE}_loss.csv", steps_log.curve)
     if tracker is not None:
         tracker.log_image(sample_grid(model, valid, session.device), "samples/final.png")
         tracker.log_model(model, "generator")

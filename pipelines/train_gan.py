@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 from pipelines.core.config import BaseConfig, as_dict, bounded, section
-from pipelines.core.files import sha256_file, write_csv, write_json
+from pipelines.core.files import sha256_file, write_csv
+from pipelines.core.results import write_results
 from pipelines.datasets.degraded import train_dataset
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.datasets.pairs import EvalPairs, step_loader
-from pipelines.imaging.visualize import line_plot
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
 from pipelines.running.registry import DIGEST_TAG, REGISTERED_MODEL
@@ -105,7 +105,8 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     models_dir, border = Path(base.paths.models), base.scale
     ckpt_dir = Path(base.paths.checkpoints) / STAGE
     ckpt = RollingCheckpoint(ckpt_dir, fingerprint(as_dict(cfg), [models_dir / "generator.pt",
-                                                                  models_dir / "critic.pt"]),
+                                                                  models_dir / "critic.pt"],
+                                                   stage=STAGE),
                              writer=ranks.main)
     best_file = ckpt_dir / "best.pt"
 
@@ -174,11 +175,11 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     steps_log.close()
     if not ranks.main:
         return {"generator_steps": loop.generator_steps, "chosen_step": best["step"]}
-    return finish(cfg, loop, history, best, best_file, speed, tracker)
+    return finish(cfg, loop, history, best, best_file, speed, steps_log, tracker)
 
 
 def finish(cfg: TrainGanConfig, loop: Counters, history: list[dict], best: dict, best_file: Path,
-           speed: Throughput, tracker) -> dict:
+           speed: Throughput, steps_log: StepLogger, tracker) -> dict:
     """The chosen candidate becomes the stage's model; scores, plots and the registry follow."""
     base = cfg.base
     chosen = checkpoint.load(best_file, kind="generator")
@@ -186,17 +187,15 @@ def finish(cfg: TrainGanConfig, loop: Counters, history: list[dict], best: dict,
     checkpoint.save(out_file, {k: chosen[k] for k in ("kind", "arch", "model")})
     plots = Path(base.paths.plots)
     write_csv(plots / "gan_scores.csv", history)
-    metric_names = [k for k in history[0] if k != "step"]
-    line_plot([h["step"] for h in history], {k: [h[k] for h in history] for k in metric_names},
-              plots / "gan_scores.png", "GAN checkpoints on the validation split")
+    write_csv(plots / "gan_chosen.csv", [best])  # the chosen candidate, a series of its own
+    write_csv(plots / f"{STAGE}_loss.csv", steps_log.curve)
     metrics = {"generator_steps": loop.generator_steps, "critic_steps": loop.critic_steps,
                "batches": loop.batches, "train_images_per_s": round(speed.rate, 2),
                "chosen_step": best["step"], "select_metric": cfg.select_metric,
                "chosen": {k: round(v, 5) for k, v in best.items() if k != "step"},
                "start": {k: round(v, 5) for k, v in history[0].items() if k != "step"}}
-    write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    write_results(base, STAGE, metrics, ["train_images_per_s"])
     if tracker is not None:
-        tracker.log_artifact(plots / "gan_scores.png")
         final = build_generator(**chosen["arch"])
         final.load_state_dict(chosen["model"])
         # evaluate finds the registered version of the file it scores by this digest

@@ -21,6 +21,8 @@ GITIGNORE = """\
 /mlflow.db
 /mlruns/
 /checkpoints/
+/logs/
+/dvc_plots/
 """
 
 # The pipeline on a few of the sample photos, with settings that make every stage take
@@ -43,15 +45,18 @@ TINY = {
 }
 
 
+def with_defaults(params: dict, defaults: dict) -> dict:
+    """``params`` over ``defaults`` (nested mappings merged, any other value replaced)."""
+    out = dict(defaults)
+    for key, value in params.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = with_defaults(value, out[key]) if both else value
+    return out
+
+
 def tiny_params(changes: dict | None = None) -> dict:
-    """``TINY`` with ``changes`` merged in, section by section (nested mappings merge too)."""
-    def merge(base: dict, extra: dict) -> dict:
-        out = dict(base)
-        for key, value in extra.items():
-            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(
-                base.get(key), dict) else value
-        return out
-    return merge(copy.deepcopy(TINY), changes or {})
+    """``TINY`` with ``changes`` merged in, section by section."""
+    return with_defaults(changes or {}, copy.deepcopy(TINY))
 
 
 def git(path: Path, *args: str) -> str:
@@ -98,7 +103,11 @@ def commit_repo(path: Path, files: dict[str, str], copies: Sequence[str] = (),
 
 def make_pipeline_repo(path: Path, params: dict, parts: Sequence[str] = STAGE_CODE,
                        env: dict | None = None, prefix: Sequence[str] = ()) -> Path:
-    """A repository with ``parts`` of this checkout, its dvc.yaml and ``params``."""
+    """A repository with ``parts`` of this checkout, its dvc.yaml and ``params`` over this
+    checkout's params.yaml (dvc.yaml names the keys each stage reads, so every key must be
+    present)."""
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
     files = {"dvc.yaml": (ROOT / "dvc.yaml").read_text(),
-             "params.yaml": yaml.safe_dump(params, sort_keys=False)}
+             ".dvcignore": (ROOT / ".dvcignore").read_text(),
+             "params.yaml": yaml.safe_dump(with_defaults(params, defaults), sort_keys=False)}
     return commit_repo(path, files, parts, env=env, prefix=prefix, message="pipeline workspace")

@@ -60,9 +60,17 @@ def test_pipeline_outputs(pipeline_dir):
     assert (folder / "data/generated/train").is_dir()
     gan = metrics["train_gan"]
     assert gan["generator_steps"] == 4 and gan["chosen_step"] in (0, 2, 4)
-    assert (folder / "plots/gan_scores.png").stat().st_size > 0
     rows = (folder / "plots/gan_scores.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and len(rows) == 1 + 3  # step 0, 2, 4
+    chosen = (folder / "plots/gan_chosen.csv").read_text().splitlines()
+    assert chosen[0] == rows[0] and chosen[1].startswith(f"{gan['chosen_step']},")
+    for stage, steps, losses in (("pretrain_generator", 6, ["loss"]),
+                                 ("pretrain_critic", 4, ["loss"]),
+                                 ("train_gan", 4, ["critic_loss", "gen_loss", "adv_loss",
+                                                   "content_loss"])):
+        curve = (folder / f"plots/{stage}_loss.csv").read_text().splitlines()
+        assert curve[0].split(",") == ["step", *losses], stage
+        assert [int(r.split(",")[0]) for r in curve[1:]] == list(range(1, steps + 1)), stage
     ev = (folder / "metrics/evaluate.json")
     assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
 
@@ -229,7 +237,8 @@ def test_how_a_run_executes_is_not_part_of_the_checkpoint_fingerprint():
 
     def key(**base):
         params = {**TINY, "base": {**TINY["base"], **base}}
-        return fingerprint(as_dict(load(PretrainGeneratorConfig, "pretrain_generator", params)))
+        return fingerprint(as_dict(load(PretrainGeneratorConfig, "pretrain_generator", params)),
+                           stage="pretrain_generator")
 
     same = key()
     assert key(launcher="torchrun", nproc=8) == same

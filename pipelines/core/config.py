@@ -6,6 +6,7 @@ rejected with a message naming the exact key (``crappify.jpeg_quality[1]``) and 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -178,6 +179,7 @@ class Paths:
     checkpoints: str = "checkpoints"
     metrics: str = "metrics"
     plots: str = "plots"
+    logs: str = "logs"  # timings and throughput of each run: git-ignored, not DVC metrics
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ def load(cls: type, section: str, params: Path | str | Mapping = DEFAULT_PARAMS,
 
     ``overrides`` maps dotted keys (``crappify.workers``) to values, as ``dvc exp run -S`` does.
     """
-    data = dict(params) if isinstance(params, Mapping) else read_params(params)
+    # a copy: overrides must not leak into the caller's mapping
+    data = copy.deepcopy(dict(params)) if isinstance(params, Mapping) else read_params(params)
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     if section not in data:

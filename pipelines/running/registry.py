@@ -15,6 +15,12 @@ qualifies. Gains are over bicubic on the images each version was evaluated on, s
 evaluated on different test splits compare only roughly: re-run evaluate after changing data.
 
 A registry that cannot be reached costs one warning; it never fails the stage.
+
+DVC skips stages whose outputs match dvc.lock (a fresh clone that pulled the models, a
+rerun that changed nothing), and then neither train_gan registers nor evaluate tags. So
+``decrappify register`` (``make pipeline`` runs it after ``dvc repro``) does both from the
+files in the checkout: ``register_file`` logs models/gan_generator.pt unless a version with its
+digest exists, and ``record_evaluation`` applies metrics/evaluate.json.
 """
 from __future__ import annotations
 
@@ -120,3 +126,42 @@ def _move_champion(client, name: str) -> str | None:
         log.info("model registry: %s@%s -> version %s (gain %s dB)", name, CHAMPION,
                  best.version, best.tags[GAIN_TAG])
     return str(best.version)
+
+
+def registered_versions(tracking_uri: str, model_file: Path | str,
+                        name: str = REGISTERED_MODEL) -> list[str]:
+    """Versions of ``name`` whose run carries the digest of ``model_file``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_ids = {r.info.run_id for r in _runs_with_digest(client, sha256_file(model_file))}
+    return sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")
+                   if v.run_id in run_ids), key=int)
+
+
+def register_file(tracking_uri: str, experiment: str, model_file: Path | str,
+                  name: str = REGISTERED_MODEL) -> list[str]:
+    """Make sure the generator in ``model_file`` is a version of ``name``: log it in a
+    ``register`` run tagged with its digest, unless a version with that digest exists.
+    Returns the versions holding it (empty: the registry was unavailable)."""
+    from pipelines.inference.restore import load_generator
+    from pipelines.running.tracking import Tracker
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        versions = registered_versions(tracking_uri, model_file, name)
+    except Exception as exc:  # as record_evaluation: a warning, results are on disk
+        log.warning("MLflow model registry unavailable at %s (%s); %s not registered.",
+                    tracking_uri, type(exc).__name__, model_file)
+        return []
+    if versions:
+        log.info("model registry: %s is already %s version %s", model_file, name, versions[-1])
+        return versions
+    import torch
+
+    with Tracker("register", tracking_uri, experiment) as tracker:
+        tracker.set_tags({DIGEST_TAG: sha256_file(model_file)})
+        tracker.log_model(load_generator(Path(model_file), torch.device("cpu")),
+                          Path(model_file).stem, registered_model_name=name)
+    return registered_versions(tracking_uri, model_file, name)

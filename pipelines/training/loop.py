@@ -2,54 +2,28 @@
 
 A training stage keeps one rolling checkpoint, ``<paths.checkpoints>/<stage>/last.pt`` (a
 persistent, uncached DVC output), holding the model(s), optimizer(s), the step, the torch RNG
-state and a fingerprint of the config and inputs. A rerun with the same fingerprint resumes
-where the last checkpoint left off; all data randomness is a function of the sample index,
-so a resumed run produces the same result as an uninterrupted one. A checkpoint whose
-fingerprint no longer matches (params or inputs changed) is discarded.
+state and a fingerprint (pipelines/core/fingerprint.py) of the params that change results,
+the inputs and the stage's code. A rerun with the same fingerprint resumes where the last
+checkpoint left off; all data randomness is a function of the sample index, so a resumed run
+produces the same result as an uninterrupted one. A checkpoint whose fingerprint no longer
+matches (params, inputs or code changed) is discarded and the stage trains from step 0.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from pipelines.training import checkpoint
 from pipelines.core.errors import DivergenceError
-from pipelines.core.files import sha256_file
+# one fingerprint for every resume (crappify's too): params that change results, inputs, code
+from pipelines.core.fingerprint import HOW_IT_RUNS, fingerprint  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-# base settings that say how a run executes, not what it computes: a checkpoint made under
-# one resumes under another (interrupted on 8 GPUs, resumed on 4 or on a CPU; another server).
-HOW_IT_RUNS = frozenset({"launcher", "nproc", "device", "tracking_uri", "experiment"})
-
-
-def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path | str] = ()) -> str:
-    """A hash of the config (except ``HOW_IT_RUNS`` in any ``base`` section it holds) and the
-    contents of the input files (directories: every file)."""
-    h = hashlib.sha256(json.dumps(_what_it_computes(config), sort_keys=True, default=str).encode())
-    for item in inputs:
-        path = Path(item)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-            h.update(sha256_file(f).encode() if f.exists() else b"missing")
-    return h.hexdigest()
-
-
-def _what_it_computes(config: Any) -> Any:
-    if not isinstance(config, Mapping):
-        return config
-    return {k: ({n: x for n, x in v.items() if n not in HOW_IT_RUNS}
-                if k == "base" and isinstance(v, Mapping) else _what_it_computes(v))
-            for k, v in config.items()}
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,7 +42,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 class RollingCheckpoint:
     """The stage's resumable state on disk; only rank 0 writes."""
 
-    def __init__(self, folder: Path | str, fingerprint: str, writer: bool = True):
+    def __init__(self, folder: Path | str, fingerprint: str, writer: bool = True):  # noqa: F811
         self.folder = Path(folder)
         self.path = self.folder / "last.pt"
         self.fingerprint = fingerprint
@@ -83,7 +57,7 @@ class RollingCheckpoint:
             log.warning("ignoring unusable checkpoint: %s", exc)
             return None
         if data.get("fingerprint") != self.fingerprint:
-            log.info("discarding %s: it was made with other params or inputs", self.path)
+            log.info("discarding %s: it was made with other params, inputs or code", self.path)
             if self.writer:
                 self.path.unlink(missing_ok=True)
             return None

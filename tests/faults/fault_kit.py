@@ -249,7 +249,7 @@ def copy_stage_files(src: Path, dst: Path) -> Path:
 
 
 GAN_OUTPUTS = ("models/gan_generator.pt", "checkpoints/train_gan", "metrics/train_gan.json",
-               "plots/gan_scores.csv", "plots/gan_scores.png")
+               "plots/gan_scores.csv", "plots/gan_chosen.csv", "plots/train_gan_loss.csv")
 
 
 def forget_stage(ws: Path, stage: str = "train_gan", outputs=GAN_OUTPUTS) -> None:

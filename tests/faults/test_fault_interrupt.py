@@ -80,7 +80,8 @@ def assert_same_results(ws: Path, ref: Path) -> None:
     for m in sorted((ref / "metrics").glob("*.json")):
         assert metrics_without_timing(ws / "metrics" / m.name) == metrics_without_timing(m), m.name
     for name in ("plots/pretrain_generator.csv", "plots/gan_scores.csv",
-                 "metrics/evaluate_images.csv"):
+                 "plots/pretrain_generator_loss.csv", "plots/pretrain_critic_loss.csv",
+                 "plots/train_gan_loss.csv", "metrics/evaluate_images.csv"):
         assert (ws / name).read_bytes() == (ref / name).read_bytes(), name
 
 
