@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines import crappify as stage
+from pipelines.datasets import crappified
 from pipelines.core.config import ConfigError, load
 from pipelines.crappify import run
 from pipelines.imaging.degradations import CrappifyConfig
@@ -103,10 +104,10 @@ def test_resumes_after_an_interruption_and_matches_a_clean_run(repo, monkeypatch
             raise KeyboardInterrupt
         return crappify(*args)
 
-    monkeypatch.setattr(stage, "crappify", dies_on_the_fourth)
+    monkeypatch.setattr(crappified, "crappify", dies_on_the_fourth)
     with pytest.raises(KeyboardInterrupt):
         run(config())
-    monkeypatch.setattr(stage, "crappify", crappify)
+    monkeypatch.setattr(crappified, "crappify", crappify)
     assert (Path("data/lr") / ".crappify-journal.jsonl").is_file()
     assert not (Path("data/lr") / "manifest.csv").exists()
     # a write killed before its rename leaves a temporary beside the output

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import crappify
+from pipelines.datasets import crappified as crappify
 from pipelines.core import code_deps
 from pipelines.core.config import as_dict, load, read_params
 from pipelines.core.fingerprint import HOW_IT_RUNS, fingerprint
