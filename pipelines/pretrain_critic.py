@@ -26,7 +26,8 @@ from pipelines.inference.restore import load_generator, restore
 from pipelines.core.runtime import autocast
 from pipelines.training.schedule import one_cycle
 from pipelines.running.stage import stage_main
-from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+from pipelines.core.fingerprint import fingerprint
+from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite,
                                 set_lr)
 
 log = logging.getLogger(__name__)

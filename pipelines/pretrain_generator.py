@@ -27,7 +27,8 @@ from pipelines.running.progress import StepLogger
 from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Content, build_content_loss
 from pipelines.training import checkpoint, distributed, prelude
-from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite, fingerprint,
+from pipelines.core.fingerprint import fingerprint
+from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite,
                                      set_lr)
 from pipelines.training.schedule import one_cycle, one_cycle_beta1
 from pipelines.training.validation import Bicubic, sample_grid, validate

@@ -36,7 +36,8 @@ from pipelines.scoring.losses import Adversarial, Content, build_content_loss
 from pipelines.scoring.metrics import SELECTABLE
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.gan import Counters, Gan, better, eligible
-from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite, fingerprint
+from pipelines.core.fingerprint import fingerprint
+from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
 from pipelines.training.validation import sample_grid, validate
 
 log = logging.getLogger(__name__)

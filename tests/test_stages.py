@@ -233,7 +233,7 @@ def test_two_processes_match_one_with_the_same_global_batch(pipeline_dir, tmp_pa
 
 def test_how_a_run_executes_is_not_part_of_the_checkpoint_fingerprint():
     from pipelines.pretrain_generator import PretrainGeneratorConfig
-    from pipelines.training.loop import fingerprint
+    from pipelines.core.fingerprint import fingerprint
 
     def key(**base):
         params = {**TINY, "base": {**TINY["base"], **base}}

@@ -20,8 +20,6 @@ import torch
 
 from pipelines.training import checkpoint
 from pipelines.core.errors import DivergenceError
-# one fingerprint for every resume (crappify's too): params that change results, inputs, code
-from pipelines.core.fingerprint import HOW_IT_RUNS, fingerprint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 class RollingCheckpoint:
     """The stage's resumable state on disk; only rank 0 writes."""
 
-    def __init__(self, folder: Path | str, fingerprint: str, writer: bool = True):  # noqa: F811
+    def __init__(self, folder: Path | str, fingerprint: str, writer: bool = True):
         self.folder = Path(folder)
         self.path = self.folder / "last.pt"
         self.fingerprint = fingerprint
