@@ -25,12 +25,12 @@ from typing import Literal
 import torch
 
 from pipelines.training import checkpoint, distributed
-from pipelines.core.config import BaseConfig, as_dict, bounded, section
+from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
 from pipelines.datasets.pairs import EvalPairs, step_loader, to_image
 from pipelines.core.files import sha256_file, write_csv, write_json
 from pipelines.scoring.losses import build_content_loss, critic_loss, generator_adv_loss
-from pipelines.scoring.metrics import HIGHER_IS_BETTER, score
+from pipelines.scoring.metrics import HIGHER_IS_BETTER, score, stlpips_available
 from pipelines.networks import build_critic, build_generator
 from pipelines.pretrain_generator import train_dataset
 from pipelines.running.progress import StepLogger
@@ -65,7 +65,7 @@ class TrainGanConfig:
     max_critic_steps: int = bounded(5, lo=1)
     checkpoint_every: int = bounded(20, lo=1)
     max_psnr_drop: float = bounded(0.5, lo=0)
-    select_metric: Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y"] = "haarpsi"
+    select_metric: Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y", "stlpips"] = "haarpsi"
     valid_crop: int = bounded(256, lo=0)
     lighting: float = bounded(0.1, lo=0, hi=1)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
@@ -75,6 +75,8 @@ class TrainGanConfig:
     def check(self) -> None:
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
+        if self.select_metric == "stlpips" and not stlpips_available():
+            raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
 
 
 @torch.no_grad()
