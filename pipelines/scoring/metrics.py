@@ -39,9 +39,11 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 HAARPSI_MIN_SIZE = 16  # piq's 3 Haar scales use a 16 px kernel
 STLPIPS_NET = "vgg"    # of the two trained trunks the wheel ships, the larger (AlexNet: cheaper)
 
-# Which way is better, for the metrics that selection and reports compare.
+# Which way is better, for the metrics that selection and reports compare (the last two are
+# evaluate's regional scores, pipelines/scoring/regions.py).
 HIGHER_IS_BETTER = {"psnr_y": True, "ssim_y": True, "ms_ssim": True, "gmsd": False,
-                    "haarpsi": True, "vgg_distance": False, "stlpips": False}
+                    "haarpsi": True, "vgg_distance": False, "stlpips": False,
+                    "mask_psnr_y": True, "edge_chroma_rmse": False}
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
