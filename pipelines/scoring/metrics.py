@@ -197,7 +197,8 @@ def vgg_weights_file() -> Path:
 def _vgg_distance_model() -> VggDistance | None:
     path = vgg_weights_file()
     if not path.is_file():
-        log.info("no ImageNet VGG weights at %s: the learned perceptual distance is not reported", path)
+        log.info("no ImageNet VGG weights at %s: vgg_distance (ImageNet VGG features) is not "
+                 "reported", path)
         return None
     from torchvision.models.vgg import cfgs, make_layers
 
