@@ -1,17 +1,22 @@
 """Stage: measure the generators against resampling baselines on held-out images.
 
-Two kinds of data sets:
-- the crappify stage's splits (``splits``): each HR image with its crappified LR file;
-- folders of HR images only (``hr_dirs``, e.g. Set5): the SR benchmark protocol, LR made by
-  MATLAB-style bicubic downscaling of the HR cropped to a multiple of the scale. These inputs are
-  clean, unlike the crappified ones the generators learn from, so they show how a generator
-  copes with a degradation it never saw.
+Two kinds of data sets, each under the ``degradations`` asked for (pipelines/datasets/evaluation.py):
+- the crappify stage's splits (``splits``): ``crappy`` is each HR image with its crappified LR
+  file (reported under the split's name, ``test``), ``clean`` the HR bicubic-downscaled
+  (``test/clean``);
+- folders of HR images only (``hr_dirs``, e.g. Set5): ``crappy`` LR made here by the crappify
+  section's seeded degradation (``Set5/crappy``), ``clean`` by the SR benchmark protocol,
+  MATLAB-style bicubic downscaling (``Set5/clean``). Clean inputs are unlike the crappified ones
+  the generators learn from, so they show whether a generator damages a photo that was only
+  downscaled.
 
 Every method (baselines, then models) restores the same LR image and is scored with
-``metrics.score`` against the HR, ``base.scale`` border pixels cropped. Outputs: means per data
-set and method with the Y-PSNR gain of each model over OpenCV bicubic (metrics/evaluate.json),
-the table ``dvc metrics show`` prints (metrics/evaluate/<dataset>/<method>.json), one row per
-image and method (metrics/evaluate_images.csv), each model's gain per image
+``metrics.score`` against the HR, ``base.scale`` border pixels cropped, and with the regional
+scores of pipelines/scoring/regions.py: Y-PSNR inside the watermark's mask (crappy inputs) and
+the chroma error near edges. Outputs: means per data set and method with the Y-PSNR gain of each
+model over OpenCV bicubic, whole-image and inside the mask (metrics/evaluate.json, for
+``dvc metrics``), the table ``dvc metrics show`` prints (metrics/evaluate/<dataset>/<method>.json),
+one row per image and method (metrics/evaluate_images.csv), each model's gain per image
 (plots/evaluate_gains.csv) and a labelled grid of a few restorations (plots/evaluate_grid.png).
 """
 from __future__ import annotations
@@ -19,23 +24,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 import numpy as np
 from torch import nn
 
 from pipelines.running import registry
-from pipelines.core.config import BaseConfig, ConfigError, bounded
-from pipelines.datasets.pairs import aligned_lr, lr_path_for
-from pipelines.core.files import write_csv, write_json, write_text
-from pipelines.imaging.images import list_images, read_rgb, write_image
-from pipelines.scoring import report
+from pipelines.core.config import BaseConfig, ConfigError, bounded, section
+from pipelines.datasets.evaluation import Kind, dataset_name, folder_images, split_images
+from pipelines.core.files import write_csv, write_json
+from pipelines.imaging.degradations import CrappifyConfig
+from pipelines.imaging.resize import upscale
+from pipelines.imaging.tensors import centre_crop
+from pipelines.imaging.images import write_image
 from pipelines.scoring.metrics import score
+from pipelines.scoring.regions import regional_scores
 from pipelines.inference.restore import load_generator, restore
-from pipelines.imaging.resize import benchmark_lr, upscale
+from pipelines.scoring import report
 from pipelines.core.runtime import autocast_dtype, pick_device
 from pipelines.running.stage import stage_main
-from pipelines.imaging.tensors import centre_crop
 from pipelines.imaging.visualize import grid
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,7 @@ Baseline = Literal["nearest", "bilinear", "bicubic", "lanczos", "matlab_bicubic"
 # Gains are measured against this baseline, so it is always evaluated.
 REFERENCE = "bicubic"
 GAIN_KEY = "gain_db"
+MASK_GAIN_KEY = "mask_gain_db"  # the same, of mask_psnr_y
 COUNT_KEY = "images"
 ROW_KEYS = ("dataset", "image", "method")
 DECIMALS = 4  # JSON means: 1e-4 dB / SSIM units is below any difference worth reading
@@ -53,12 +61,15 @@ DECIMALS = 4  # JSON means: 1e-4 dB / SSIM units is below any difference worth r
 @dataclass(frozen=True)
 class EvaluateConfig:
     base: BaseConfig
+    crappify: CrappifyConfig = section("crappify")  # the degradation of crappy folder inputs
     splits: tuple[str, ...] = ("test",)
     baselines: tuple[Baseline, ...] = ("bicubic", "bilinear")
     # model files; a bare name stands for <paths.models>/<name>.pt; reported under the file stem
     models: tuple[str, ...] = ("generator", "gan_generator")
-    # folders of HR images evaluated with bicubic-downscaled LR; reported under the folder name
+    # folders of HR images; their LR is made here, reported as <folder name>/<degradation>
     hr_dirs: tuple[str, ...] = ()
+    # crappy: the crappify section's degradation (a split's own LR files); clean: bicubic x1/scale
+    degradations: tuple[Kind, ...] = ("crappy", "clean")
     tile: int = bounded(256, lo=16)      # LR px per tile when restoring
     overlap: int = bounded(32, lo=0)     # LR px shared by neighbouring tiles
     max_images: int = bounded(0, lo=0)   # per data set; 0 = all
@@ -71,7 +82,7 @@ class EvaluateConfig:
         if 2 * self.overlap > self.tile:
             raise ConfigError(f"overlap: {self.overlap} is more than half the tile ({self.tile})")
         methods = list(self.baselines) + [model_name(m) for m in self.models]
-        clash = _first_duplicate(methods + [GAIN_KEY, COUNT_KEY])
+        clash = _first_duplicate(methods + [GAIN_KEY, MASK_GAIN_KEY, COUNT_KEY])
         if clash:
             raise ConfigError(f"models: {clash!r} names two methods (or a reserved key)")
         clash = _first_duplicate(list(self.splits) + [Path(d).name for d in self.hr_dirs])
@@ -79,6 +90,11 @@ class EvaluateConfig:
             raise ConfigError(f"hr_dirs: {clash!r} names two data sets")
         if not self.splits and not self.hr_dirs:
             raise ConfigError("splits: no data set to evaluate (give splits or hr_dirs)")
+        if not self.degradations:
+            raise ConfigError("degradations: give at least one of crappy, clean")
+        clash = _first_duplicate(list(self.degradations))
+        if clash:
+            raise ConfigError(f"degradations: {clash!r} is given twice")
 
 
 def _first_duplicate(names: list[str]) -> str | None:
@@ -98,46 +114,6 @@ def model_file(entry: str, base: BaseConfig) -> Path:
     return Path(entry) if entry.endswith(".pt") else Path(base.paths.models) / f"{entry}.pt"
 
 
-Pairs = Iterator[tuple[str, np.ndarray, np.ndarray]]
-
-
-def split_pairs(base: BaseConfig, split: str, limit: int) -> Pairs:
-    """(name, LR, HR) of a crappify split, HR cropped to the region the LR covers.
-
-    Missing files are reported now, before any image is restored; pixels are read lazily.
-    """
-    hr_root, lr_root = Path(base.paths.hr), Path(base.paths.lr)
-    hr_files = list_images(hr_root / split)[:limit or None]
-    if not hr_files:
-        raise FileNotFoundError(f"{hr_root / split}: no images (run the earlier stages first)")
-    lr_files = [lr_path_for(f, hr_root, lr_root) for f in hr_files]
-    for hr_file, lr_file in zip(hr_files, lr_files):
-        if not lr_file.is_file():
-            raise FileNotFoundError(f"{lr_file}: LR image of {hr_file} missing (rerun crappify)")
-
-    def pairs() -> Pairs:
-        resized = 0
-        for hr_file, lr_file in zip(hr_files, lr_files):
-            lr, hr = read_rgb(lr_file), read_rgb(hr_file)
-            if lr.shape[:2] != (hr.shape[0] // base.scale, hr.shape[1] // base.scale):
-                resized += 1
-            lr, hr = aligned_lr(lr, hr, base.scale)
-            yield str(hr_file.relative_to(hr_root / split)), lr, hr
-        if resized:
-            log.info("%s: %d LR image(s) not at 1/%d of their HR (short-side crappify) were "
-                     "resized to HR/%d with area interpolation", split, resized, base.scale,
-                     base.scale)
-    return pairs()
-
-
-def folder_pairs(folder: Path, scale: int, limit: int) -> Pairs:
-    """(name, LR, HR) of a benchmark folder: LR = MATLAB-style bicubic downscale of the HR."""
-    files = list_images(folder)[:limit or None]
-    if not files:
-        raise FileNotFoundError(f"{folder}: no images")
-    return ((str(f.relative_to(folder)), *benchmark_lr(read_rgb(f), scale)) for f in files)
-
-
 def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict:
     """Means per method over the rows of one data set, and each model's Y-PSNR gain over bicubic."""
     out: dict = {COUNT_KEY: len({r["image"] for r in rows})}
@@ -148,11 +124,18 @@ def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict
         out[method] = {k: round(float(np.mean([r[k] for r in mine if k in r])), DECIMALS)
                        for k in keys}
     if models:
-        # Mean of per-image gains = difference of the means; rounded after subtracting.
-        ref = np.mean([r["psnr_y"] for r in rows if r["method"] == REFERENCE])
-        out[GAIN_KEY] = {m: round(float(np.mean([r["psnr_y"] for r in rows if r["method"] == m])
-                                        - ref), DECIMALS) for m in models}
+        out[GAIN_KEY] = _gains(rows, models, "psnr_y")
+        if any("mask_psnr_y" in r for r in rows):
+            out[MASK_GAIN_KEY] = _gains(rows, models, "mask_psnr_y")
     return out
+
+
+def _gains(rows: list[dict], models: list[str], key: str) -> dict[str, float]:
+    """Each model's mean ``key`` minus bicubic's, over the images that have it."""
+    # Mean of per-image gains = difference of the means; rounded after subtracting.
+    ref = np.mean([r[key] for r in rows if r["method"] == REFERENCE and key in r])
+    return {m: round(float(np.mean([r[key] for r in rows if r["method"] == m and key in r])
+                           - ref), DECIMALS) for m in models}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -168,22 +151,28 @@ def run(cfg: EvaluateConfig, tracker=None,
     dtype = autocast_dtype(device, base.precision)
     models = {model_name(m): load_generator(model_file(m, base), device, builder)
               for m in cfg.models}
-    datasets = [(s, split_pairs(base, s, cfg.max_images)) for s in cfg.splits]
-    datasets += [(Path(d).name, folder_pairs(Path(d), base.scale, cfg.max_images))
-                 for d in cfg.hr_dirs]
+    datasets = [(dataset_name(s, kind, split=True),
+                 split_images(base, cfg.crappify, s, kind, cfg.max_images))
+                for s in cfg.splits for kind in cfg.degradations]
+    datasets += [(dataset_name(Path(d).name, kind, split=False),
+                  folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images))
+                 for d in cfg.hr_dirs for kind in cfg.degradations]
 
     results: dict = {}
     rows: list[dict] = []
     grid_rows: list[list[np.ndarray]] = []
     for i, (dataset, pairs) in enumerate(datasets):
         mine: list[dict] = []
-        for name, lr, hr in pairs:
+        for image in pairs:
+            lr, hr = image.lr, image.hr
             outputs = {b: upscale(lr, base.scale, b) for b in cfg.baselines}
             for mname, model in models.items():
                 outputs[mname] = restore(model, lr, cfg.tile, cfg.overlap, device, dtype)
             for method, sr in outputs.items():
-                mine.append({"dataset": dataset, "image": name, "method": method,
-                             **score(sr, hr, border=base.scale)})
+                mine.append({"dataset": dataset, "image": image.name, "method": method,
+                             **score(sr, hr, border=base.scale),
+                             **regional_scores(sr, hr, border=base.scale, radius=base.scale,
+                                               watermark=image.watermark)})
             if i == 0 and len(grid_rows) < cfg.grid_images:
                 cells = [upscale(lr, base.scale, "nearest"), outputs[REFERENCE],
                          *(outputs[m] for m in models), hr]

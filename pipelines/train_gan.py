@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pipelines.core.config import BaseConfig, as_dict, bounded, section
+from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.core.files import sha256_file, write_csv
 from pipelines.core.results import write_results
 from pipelines.datasets.degraded import train_dataset
@@ -33,7 +33,7 @@ from pipelines.running.progress import StepLogger
 from pipelines.running.registry import DIGEST_TAG, REGISTERED_MODEL
 from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Adversarial, Content, build_content_loss
-from pipelines.scoring.metrics import SELECTABLE
+from pipelines.scoring.metrics import SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.gan import Counters, Gan, better, eligible
 from pipelines.core.fingerprint import fingerprint
@@ -74,6 +74,10 @@ class TrainGanConfig:
     def check(self) -> None:
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
+        if self.select_metric == "stlpips" and not stlpips_available():
+            raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
+        if self.select_metric == "stlpips" and not stlpips_available():
+            raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
 
 
 def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:

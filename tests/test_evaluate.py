@@ -66,7 +66,8 @@ def workspace(tmp_path, monkeypatch):
 
 def config(**section):
     section.setdefault("models", ["models/bicubic_net.pt", "models/nearest_net.pt"])
-    return load(EvaluateConfig, "evaluate", {"base": {"device": "cpu"}, "evaluate": section})
+    return load(EvaluateConfig, "evaluate",
+                {"base": {"device": "cpu"}, "crappify": {}, "evaluate": section})
 
 
 def test_a_generator_that_is_bicubic_gains_exactly_nothing(workspace):
@@ -82,13 +83,21 @@ def test_a_generator_that_is_bicubic_gains_exactly_nothing(workspace):
     assert test["gain_db"]["nearest_net"] == pytest.approx(
         test["nearest"]["psnr_y"] - test["bicubic"]["psnr_y"], abs=2e-4)
     assert test["gain_db"]["nearest_net"] < 0
-    assert set(test["bicubic"]) == {"psnr_y", "ssim_y", "ms_ssim", "gmsd", "haarpsi"}
+    assert set(test["bicubic"]) >= {"psnr_y", "ssim_y", "ms_ssim", "gmsd", "haarpsi", "stlpips"}
+    # these LR files are no output of crappify: no watermark mask is claimed for them
+    assert "mask_psnr_y" not in test["bicubic"] and "mask_gain_db" not in test
+    # the same split bicubic-downscaled, beside the crappify files
+    clean = results["test/clean"]
+    assert list(results) == ["test", "test/clean"] and clean["images"] == 2
+    assert clean["gain_db"]["bicubic_net"] == pytest.approx(0.0, abs=1e-6)
+    assert clean["bicubic"]["psnr_y"] != test["bicubic"]["psnr_y"]
 
     assert json.loads((workspace / "metrics/evaluate.json").read_text()) == results
     with open(workspace / "metrics/evaluate_images.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 5
+    assert len(rows) == 2 * 2 * 5
     assert {r["image"] for r in rows} == {"a.png", "sub/b.png"}
+    assert {r["dataset"] for r in rows} == {"test", "test/clean"}
     picture = read_rgb(workspace / "plots/evaluate_grid.png")
     # columns: LR, bicubic, 2 models, HR, each 101*... wide at least; rows: 2 images of 83+ px
     assert picture.shape[1] > 5 * 88 and picture.shape[0] > 2 * 83
@@ -100,13 +109,76 @@ def test_benchmark_folder_uses_bicubic_downscaled_lr(workspace):
     for name in ("bird.png", "head.png"):
         shutil.copy(f"{SET5}/{name}", folder / name)
     cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"],
-                 baselines=["bicubic", "matlab_bicubic"], max_images=1, grid_images=1)
+                 baselines=["bicubic", "matlab_bicubic"], max_images=1, grid_images=1,
+                 degradations=["clean"])
     results = evaluate.run(cfg, builder=Resampler)
-    assert list(results) == ["Set5"] and results["Set5"]["images"] == 1
-    assert results["Set5"]["gain_db"] == {"bicubic_net": 0.0}
+    assert list(results) == ["Set5/clean"] and results["Set5/clean"]["images"] == 1
+    assert results["Set5/clean"]["gain_db"] == {"bicubic_net": 0.0}
     lr, hr = benchmark_lr(read_rgb(folder / "bird.png"), 4)
     expected = psnr_y(upscale(lr, 4, "matlab_bicubic"), hr, 4)
-    assert results["Set5"]["matlab_bicubic"]["psnr_y"] == pytest.approx(expected, abs=1e-4)
+    assert results["Set5/clean"]["matlab_bicubic"]["psnr_y"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_benchmark_folder_crappy_and_clean(workspace):
+    """Set5 photos under our own seeded crappify and under bicubic downscaling, side by side."""
+    folder = workspace / "Set5"
+    folder.mkdir()
+    for name in ("bird.png", "woman.png"):  # 288x288 and 228x344: crops to 4 px multiples
+        shutil.copy(f"{SET5}/{name}", folder / name)
+    cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"],
+                 grid_images=1)
+    results = evaluate.run(cfg, builder=Resampler)
+    assert list(results) == ["Set5/crappy", "Set5/clean"]
+    crappy, clean = results["Set5/crappy"], results["Set5/clean"]
+    assert crappy["images"] == clean["images"] == 2
+    for r in (crappy, clean):
+        assert r["gain_db"]["bicubic_net"] == pytest.approx(0.0, abs=1e-6)
+        assert "edge_chroma_rmse" in r["bicubic"] and "stlpips" in r["bicubic"]
+    # JPEG at quality 10-70 and a watermark cost far more than bicubic downscaling alone
+    assert crappy["bicubic"]["psnr_y"] < clean["bicubic"]["psnr_y"] - 1
+    assert crappy["bicubic"]["stlpips"] > clean["bicubic"]["stlpips"]
+    # the watermark's own mask: scored on crappy inputs only, and worse than the whole image
+    assert "mask_psnr_y" in crappy["bicubic"] and "mask_psnr_y" not in clean["bicubic"]
+    assert crappy["bicubic"]["mask_psnr_y"] < crappy["bicubic"]["psnr_y"]
+    assert crappy["mask_gain_db"]["bicubic_net"] == pytest.approx(0.0, abs=1e-6)
+    assert "mask_gain_db" not in clean
+
+    # the crappy LR is crappify's, seeded by base.seed and the file name: the same every run
+    from pipelines.imaging.degradations import crappify, rng_for
+    base = cfg.base
+    lr, _, _ = crappify(read_rgb(folder / "woman.png"), cfg.crappify, rng_for(base.seed, "woman.png"))
+    with open(workspace / "metrics/evaluate_images.csv") as f:
+        rows = [r for r in csv.DictReader(f)
+                if r["dataset"] == "Set5/crappy" and r["image"] == "woman.png"
+                and r["method"] == "bicubic"]
+    hr = read_rgb(folder / "woman.png")[: lr.shape[0] * 4, : lr.shape[1] * 4]
+    assert float(rows[0]["psnr_y"]) == pytest.approx(psnr_y(upscale(lr, 4, "bicubic"), hr, 4),
+                                                     abs=1e-5)
+    assert evaluate.run(cfg, builder=Resampler) == results
+
+
+def test_split_masks_come_from_the_crappify_stage_draw(workspace, caplog):
+    """LR files that crappify made get the watermark mask; a file it did not make gets none."""
+    from pipelines.imaging.degradations import crappify, rng_for
+    cfg = config(models=["models/bicubic_net.pt"], degradations=["crappy"], grid_images=1)
+    for rel in ("a.png", "sub/b.png"):
+        hr = read_rgb(workspace / "data/hr/test" / rel)
+        _, data, _ = crappify(hr, cfg.crappify, rng_for(cfg.base.seed, f"test/{rel}"))
+        (workspace / "data/lr/test" / rel).with_suffix(".jpg").write_bytes(data)
+    results = evaluate.run(cfg, builder=Resampler)
+    assert list(results) == ["test"] and "mask_psnr_y" in results["test"]["bicubic"]
+    with open(workspace / "metrics/evaluate_images.csv") as f:
+        masked = {r["image"] for r in csv.DictReader(f) if r["mask_psnr_y"]}
+    assert masked == {"a.png", "sub/b.png"}
+
+    hr = read_rgb(workspace / "data/hr/test/a.png")
+    write_image(workspace / "data/lr/test/a.jpg", cv2.resize(hr, (22, 18)), jpeg_quality=60)
+    with caplog.at_level("WARNING"):
+        evaluate.run(cfg, builder=Resampler)
+    assert "1 LR file(s) differ" in caplog.text
+    with open(workspace / "metrics/evaluate_images.csv") as f:
+        masked = {r["image"] for r in csv.DictReader(f) if r["mask_psnr_y"]}
+    assert masked == {"sub/b.png"}
 
 
 def test_short_side_lr_is_resized_to_the_hr_grid(workspace, caplog):
@@ -135,6 +207,12 @@ def test_config_is_checked_before_any_work():
         config(tile=32, overlap=20)
     with pytest.raises(ConfigError, match="evaluate.baselines"):
         config(baselines=["bicubic", "magic"])
+    with pytest.raises(ConfigError, match="degradations"):
+        config(degradations=[])
+    with pytest.raises(ConfigError, match="degradations"):
+        config(degradations=["clean", "clean"])
+    with pytest.raises(ConfigError, match="evaluate.degradations"):
+        config(degradations=["noisy"])
     assert evaluate.model_file("gan_generator", config().base).as_posix() == "models/gan_generator.pt"
 
 
@@ -144,7 +222,8 @@ def test_stage_command_with_a_real_untrained_unet(workspace):
     checkpoint.save(workspace / "models/generator.pt",
                     checkpoint.model_payload("generator", net.arch, net))
     (workspace / "params.yaml").write_text(
-        "base: {device: cpu}\nevaluate: {models: [generator], max_images: 1, grid_images: 1}\n")
+        "base: {device: cpu}\ncrappify: {}\n"
+        "evaluate: {models: [generator], max_images: 1, grid_images: 1}\n")
     assert evaluate.main(["--params", "params.yaml", "--no-tracking"]) == 0
     gain = json.loads((workspace / "metrics/evaluate.json").read_text())["test"]["gain_db"]
     # an untrained U-Net outputs its bicubic skip (torch's float bicubic vs OpenCV's)

@@ -132,7 +132,8 @@ def test_evaluate_tags_the_version_of_the_file_it_scored(store, tmp_path, monkey
     checkpoint.save(tmp_path / "models" / "generator.pt",
                     checkpoint.model_payload("generator", pre.arch, pre))
     cfg = load(EvaluateConfig, "evaluate",
-               {"base": {"device": "cpu", "scale": 2}, "evaluate": {"grid_crop": 0}})
+               {"base": {"device": "cpu", "scale": 2}, "crappify": {},
+                "evaluate": {"grid_crop": 0}})
     with Tracker("evaluate", store) as tracker:
         results = evaluate.run(cfg, tracker)
     tags = MlflowClient(tracking_uri=store).get_model_version(REGISTERED_MODEL, version).tags

@@ -131,6 +131,17 @@ def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
               opacity: tuple[float, float] = (1.0, 1.0),
               color: Literal["white", "random"] = "white",
               ref_side: int | None = None) -> tuple[np.ndarray, dict]:
+    """``watermark_with_mask`` without the mask: (the new image, the record)."""
+    out, record, _ = watermark_with_mask(img, text, rng, height=height, opacity=opacity,
+                                         color=color, ref_side=ref_side)
+    return out, record
+
+
+def watermark_with_mask(img: np.ndarray, text: str, rng: np.random.Generator, *,
+                        height: tuple[float, float] = (0.08, 0.16),
+                        opacity: tuple[float, float] = (1.0, 1.0),
+                        color: Literal["white", "random"] = "white",
+                        ref_side: int | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
     """Alpha-blend ``text`` in an OpenCV Hershey font at a random place, size, colour, opacity.
 
     As in the original, the text box's top-left corner is uniform in the image's top-left
@@ -140,7 +151,9 @@ def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
     bitmap font on a 96 px image is about 0.11).
     ``ref_side`` replaces the shorter side in that fraction: a training crop passes its whole
     image's, so crops carry text of the size seen on whole images.
-    Returns (the new image, the record); an empty ``text`` draws nothing.
+    Returns (the new image, the record, the mask): the mask is an HxW uint8 image of the
+    text's anti-aliased coverage (0-255, before opacity), 0 wherever nothing was drawn, so an
+    evaluation can score a restoration inside the text. An empty ``text`` draws nothing.
     """
     _check_rgb(img)
     h, w = img.shape[:2]
@@ -151,8 +164,9 @@ def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
     fx, fy = rng.random(2)
     record = {"text": text, "x": 0, "y": 0, "box_w": 0, "box_h": 0, "font_scale": 0.0,
               "thickness": 0, "color": [int(c) for c in rgb], "opacity": round(alpha, 4)}
+    full = np.zeros((h, w), np.uint8)
     if not text:
-        return img.copy(), record
+        return img.copy(), record, full
     scale, thickness, pad, th, bw, bh = _fit_text(text, frac * (ref_side or min(w, h)), w, h)
     # the corner is uniform over the top-left quadrant, clamped so the box stays inside
     x = min(int(fx * (w // 2 + 1)), w - bw)
@@ -166,7 +180,8 @@ def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
     out[y:y + bh, x:x + bw] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     record.update(x=int(x), y=int(y), box_w=int(bw), box_h=int(bh),
                   font_scale=round(float(scale), 4), thickness=int(thickness))
-    return out, record
+    full[y:y + bh, x:x + bw] = mask
+    return out, record, full
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,7 +248,15 @@ def rng_for(seed: int, key: str) -> np.random.Generator:
 
 def crappify(hr: np.ndarray, spec: Degradation, rng: np.random.Generator,
              ref_side: int | None = None) -> tuple[np.ndarray, bytes, dict]:
-    """Degrade one HR image: (LR as decoded RGB uint8, its JPEG bytes, the record of draws).
+    """Degrade one HR image: (LR as decoded RGB uint8, its JPEG bytes, the record of draws)."""
+    lr, data, record, _ = crappify_with_mask(hr, spec, rng, ref_side)
+    return lr, data, record
+
+
+def crappify_with_mask(hr: np.ndarray, spec: Degradation, rng: np.random.Generator,
+                       ref_side: int | None = None
+                       ) -> tuple[np.ndarray, bytes, dict, np.ndarray]:
+    """``crappify`` plus the watermark's mask at LR size (see ``watermark_with_mask``).
 
     The LR array is the decoded JPEG, bit for bit what a reader of the written bytes gets.
     Every random number is drawn in a fixed order whatever options are on, so switching blur
@@ -257,16 +280,16 @@ def crappify(hr: np.ndarray, spec: Degradation, rng: np.random.Generator,
     if noise_on:
         img = gaussian_noise(img, noise_sigma, noise_rng)
     text = {"quality": str(quality), "fixed": spec.watermark_text, "none": ""}[spec.watermark]
-    img, mark = watermark(img, text, mark_rng, height=spec.watermark_height,
-                          opacity=spec.watermark_opacity, color=spec.watermark_color,
-                          ref_side=ref_side)
+    img, mark, mask = watermark_with_mask(img, text, mark_rng, height=spec.watermark_height,
+                                          opacity=spec.watermark_opacity,
+                                          color=spec.watermark_color, ref_side=ref_side)
     lr, data = jpeg(img, quality)
     record = {"quality": quality, **mark,
               "blur_sigma": round(blur_sigma, 4) if blur_on else 0.0,
               "noise_sigma": round(noise_sigma, 4) if noise_on else 0.0,
               "grayscale": spec.grayscale,
               "lr_width": int(lr.shape[1]), "lr_height": int(lr.shape[0])}
-    return lr, data, record
+    return lr, data, record, mask
 
 
 def make_degrader(spec: Degradation) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:

@@ -4,8 +4,10 @@ PSNR and SSIM follow the protocol of the SR literature (and of BasicSR / the MAT
 the luma channel of ITU-R BT.601 as MATLAB ``rgb2ycbcr`` computes it, kept as floats in
 [16, 235], after cropping ``border`` pixels (usually the scale factor) from every side, because
 the outermost pixels depend on how each method pads. MS-SSIM, GMSD and HaarPSI come from piq and
-need no learned weights. A learned (VGG feature) distance is reported only when real ImageNet VGG
-weights are on disk: a distance between features of random weights measures nothing.
+need no learned weights. ST-LPIPS (pipelines/scoring/stlpips.py), a learned perceptual distance,
+uses the trained networks that the stlpips-pytorch wheel ships, so it works offline. The
+ImageNet VGG feature distance is reported only when real ImageNet VGG weights are on disk. Either
+is left out without its weights: a distance between features of random weights measures nothing.
 
 Every function takes RGB uint8 HxWx3 arrays of the same shape.
 """
@@ -23,6 +25,7 @@ import piq
 import torch
 
 from pipelines.imaging.tensors import to_tensor
+from pipelines.scoring import stlpips
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,15 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 HAARPSI_MIN_SIZE = 16  # piq's 3 Haar scales use a 16 px kernel
+STLPIPS_NET = "vgg"    # of the two trained trunks the wheel ships, the larger (AlexNet: cheaper)
 
-# Which way is better, for the metrics that selection and reports compare.
+# Which way is better, for the metrics that selection and reports compare (the last two are
+# evaluate's regional scores, pipelines/scoring/regions.py).
 HIGHER_IS_BETTER = {"psnr_y": True, "ssim_y": True, "ms_ssim": True, "gmsd": False,
-                    "haarpsi": True, "vgg_distance": False}
+                    "haarpsi": True, "vgg_distance": False, "stlpips": False,
+                    "mask_psnr_y": True, "edge_chroma_rmse": False}
 # The metrics the GAN phase may pick its checkpoint by (train_gan.select_metric).
-SELECTABLE = Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y"]
+SELECTABLE = Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y", "stlpips"]
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -190,7 +196,8 @@ def vgg_weights_file() -> Path:
 def _vgg_distance_model() -> VggDistance | None:
     path = vgg_weights_file()
     if not path.is_file():
-        log.info("no ImageNet VGG weights at %s: the learned perceptual distance is not reported", path)
+        log.info("no ImageNet VGG weights at %s: vgg_distance (ImageNet VGG features) is not "
+                 "reported", path)
         return None
     from torchvision.models.vgg import cfgs, make_layers
 
@@ -207,12 +214,18 @@ def perceptual_available() -> bool:
     return _vgg_distance_model() is not None
 
 
+def stlpips_available() -> bool:
+    """True when the ST-LPIPS weights are installed, so ``score`` reports ``stlpips``."""
+    return stlpips.cached(STLPIPS_NET) is not None
+
+
 def score(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> dict[str, float]:
     """All full-reference metrics of one restored image against its reference.
 
     ``border`` pixels are cropped from every side first (the scale factor, by convention).
     Keys: psnr_y, ssim_y (higher better), ms_ssim (higher; absent under 21 px), gmsd (lower),
-    haarpsi (higher; absent under 16 px), vgg_distance (lower; only with ImageNet VGG weights).
+    haarpsi (higher; absent under 16 px), stlpips (lower; absent under 18 px or without the
+    stlpips-pytorch weights), vgg_distance (lower; only with ImageNet VGG weights).
     MS-SSIM and HaarPSI see colour (RGB, YIQ); GMSD, like PSNR and SSIM, only luma.
     """
     _check_pair(sr, hr)
@@ -226,6 +239,9 @@ def score(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> dict[str, float]:
         out["gmsd"] = float(piq.gmsd(x, y, data_range=1.0))
         if min(x.shape[-2:]) >= HAARPSI_MIN_SIZE:
             out["haarpsi"] = float(piq.haarpsi(x, y, data_range=1.0))
+        st = stlpips.cached(STLPIPS_NET)
+        if st is not None and min(x.shape[-2:]) >= st.min_size:
+            out["stlpips"] = float(st(x, y)[0])
         distance = _vgg_distance_model()
         if distance is not None and min(x.shape[-2:]) >= VGG_MIN_SIZE:
             out["vgg_distance"] = float(distance(x, y))
