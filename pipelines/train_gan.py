@@ -221,7 +221,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                       loop={"batches": batches, "critic_turn": critic_turn, "critic_run": critic_run,
                             "critic_steps": n_critic})
             if tracker is not None:
-                tracker.log_image(sample_grid(gen, valid, device), f"samples/step_{g_steps:06d}.png")
+                tracker.log_image(sample_grid(gen, valid, device), key="samples", step=g_steps)
             speed.resume()
     steps_log.close()
     if not ranks.main:

@@ -21,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.process import run_streaming
+from tasks.stage_progress import StageProgress
 
 # Stages that need the accelerator. One `gpu` tag concurrency limit on the Prefect server
 # (`prefect concurrency-limit create gpu 1`) then runs at most one of them at a time.
@@ -81,14 +82,16 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
         ran = ran or line.strip() == running_line
         logger.info("%s", line)
 
+    progress = StageProgress(stage, logger)  # bar refreshes move an artifact, not the log
     with workspace_lock(workspace, logger):
         before = _lock_entry(workspace, stage)
         code = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
                              cwd=workspace, env=stage_environment(env), on_line=on_line,
-                             timeout=timeout)
+                             timeout=timeout, on_progress=progress)
         after = _lock_entry(workspace, stage)
     if code != 0:
         raise StageFailed(stage, code, list(tail))
+    progress.finish()
     outcome: Outcome = "ran" if ran else ("restored" if after != before else "up to date")
     seconds = time.monotonic() - started
     logger.info("stage %s: %s (%.1f s)", stage, outcome, seconds)
