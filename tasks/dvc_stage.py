@@ -80,7 +80,8 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
         nonlocal ran
         tail.append(line)
         ran = ran or line.strip() == running_line
-        logger.info("%s", line)
+        if line.strip():  # DVC spaces its hints with blank lines: no use in a log
+            logger.info("%s", line)
 
     progress = StageProgress(stage, logger)  # bar refreshes move an artifact, not the log
     with workspace_lock(workspace, logger):
