@@ -55,6 +55,18 @@ def resolve_tracking_uri(configured: str = "", root: Path | None = None) -> str:
     return uri
 
 
+def project_tracking_uri(root: Path | None = None) -> str:
+    """The store the stages of the repository ``root`` log to: as ``resolve_tracking_uri``,
+    with ``base.tracking_uri`` read from its params.yaml (what ``make ui`` opens)."""
+    import yaml
+
+    root = Path(root) if root is not None else repo_root()
+    params = root / "params.yaml"
+    data = (yaml.safe_load(params.read_text()) or {}) if params.exists() else {}
+    configured = str(((data.get("base") or {}).get("tracking_uri")) or "")
+    return resolve_tracking_uri(configured, root=root)
+
+
 class Tracker:
     """A stage's MLflow run. Every method swallows tracking errors after warning once."""
 
