@@ -167,6 +167,7 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
                "train_loss": round(steps_log.ema or float("nan"), 6),
                **{f"valid_{k}": round(v, 4) for k, v in acc.items()}}
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
+    steps_log.write_losses(Path(base.paths.plots) / f"{STAGE}_losses.csv")
     return metrics
 
 

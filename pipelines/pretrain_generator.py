@@ -197,6 +197,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
+    steps_log.write_losses(Path(base.paths.plots) / f"{STAGE}_losses.csv")
     if tracker is not None:
         tracker.log_image(sample_grid(model, valid, device), "samples/final.png")
         tracker.log_model(model, "generator")

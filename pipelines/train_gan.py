@@ -231,6 +231,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     checkpoint.save(out_file, {k: chosen[k] for k in ("kind", "arch", "model")})
     plots = Path(base.paths.plots)
     write_csv(plots / "gan_scores.csv", history)
+    steps_log.write_losses(plots / f"{STAGE}_losses.csv")
     metric_names = [k for k in history[0] if k != "step"]
     line_plot([h["step"] for h in history], {k: [h[k] for h in history] for k in metric_names},
               plots / "gan_scores.png", "GAN checkpoints on the validation split")

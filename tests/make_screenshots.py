@@ -8,6 +8,7 @@ photographs the Prefect flow-run page with its artifacts and the run's report pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,14 +30,18 @@ SET5 = HERE.parents[1] / "shared" / "benchmarks" / "Set5"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for prefect-run.png and report.png")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="work in DIR (must not exist) and keep it: the workspace, stores, logs")
     args = parser.parse_args()
     reason = ensure_chromium()
     if reason:
         print(f"no screenshots: {reason}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="decrappify-shots-") as tmp:
+    with (contextlib.nullcontext(str(args.keep)) if args.keep
+          else tempfile.TemporaryDirectory(prefix="decrappify-shots-")) as tmp:
         tmp = Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         params = {k: dict(v) for k, v in TINY_SAMPLE.items()}
         if SET5.is_dir():
             params["evaluate"]["hr_dirs"] = [str(SET5)]

@@ -9,6 +9,7 @@ Set REPORT_SCREENSHOT=path/to.png to keep the screenshot (docs/report.png comes 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def test_report_page_in_a_browser(browser_ready, evaluated, tmp_path):
         slider = page.evaluate("+document.querySelector('#sample-0 .slider').value")
         assert slider == pytest.approx(20, abs=1.5)
         clip = page.evaluate("document.querySelector('#sample-0 .over').style.clipPath")
-        assert clip.startswith("inset(0px 0px 0px 2") or clip.startswith("inset(0 0 0 2"), clip
+        assert re.fullmatch(r"inset\(0(px)? 0(px)? 0(px)? [\d.]+%\)", clip), clip
+        assert float(clip.split()[-1].rstrip("%)")) == pytest.approx(20, abs=1.5)
         # the toggle flips to one side, then to the other
         page.evaluate("document.querySelector('#sample-0 .toggle').click()")
         assert page.evaluate("+document.querySelector('#sample-0 .slider').value") == 100

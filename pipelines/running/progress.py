@@ -1,23 +1,29 @@
 """Progress bar and step metrics for training loops: one call per step."""
 from __future__ import annotations
 
+import math
 import sys
+from pathlib import Path
 from typing import Mapping
 
 from tqdm import tqdm
+
+from pipelines.core.files import write_csv
 
 EMA_BETA = 0.98  # the recipe's smoothing of logged losses
 
 
 class StepLogger:
     """Shows loss EMAs and images/s in a tqdm bar; sends step metrics to the tracker every
-    ``every`` steps (the tracker may be None)."""
+    ``every`` steps (the tracker may be None) and keeps the smoothed losses of those steps,
+    which ``write_losses`` writes for DVC plots and the report."""
 
     def __init__(self, stage: str, total: int, tracker=None, every: int = 10, start: int = 0,
                  quiet: bool = False):
         self.tracker, self.every = tracker, every
         self.emas: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        self.losses: list[dict[str, float]] = []
         self.bar = tqdm(total=total, initial=start, desc=stage, unit="step", dynamic_ncols=True,
                         file=sys.stderr, mininterval=1.0, disable=quiet)
 
@@ -33,8 +39,11 @@ class StepLogger:
         self.bar.update(1)
         self.bar.set_postfix({**{k: f"{v:.4g}" for k, v in smooth.items()}, "img/s": f"{images_per_s:.1f}"},
                              refresh=False)
-        if self.tracker is not None and step % self.every == 0:
-            self.tracker.log_metrics({**smooth, "images_per_s": images_per_s}, step=step)
+        if step % self.every == 0:
+            self.losses.append({"step": step, **{k: self._smoothed(k) for k in self.emas
+                                                 if "loss" in k}})
+            if self.tracker is not None:
+                self.tracker.log_metrics({**smooth, "images_per_s": images_per_s}, step=step)
 
     def emas_only(self, values: Mapping[str, float]) -> None:
         """Smooth losses of steps that do not advance the bar (the GAN's critic steps)."""
@@ -47,6 +56,14 @@ class StepLogger:
         if self.tracker is not None:
             self.tracker.log_metrics(values, step=step)
 
+    def _smoothed(self, name: str) -> float:
+        return self.emas[name] / (1 - EMA_BETA ** self._counts[name])
+
+    def write_losses(self, path: Path | str) -> None:
+        """The smoothed losses every ``every`` steps as CSV (a loss not seen yet: nan)."""
+        names = list(dict.fromkeys(k for row in self.losses for k in row))
+        write_csv(path, [{k: row.get(k, math.nan) for k in names} for row in self.losses])
+
     @property
     def ema(self) -> float | None:
         """The smoothed value of the first loss logged."""
@@ -57,11 +74,13 @@ class StepLogger:
 
     def state(self) -> dict:
         """The EMAs, saved in checkpoints so a resumed run logs what an uninterrupted one would."""
-        return {"emas": dict(self.emas), "counts": dict(self._counts)}
+        return {"emas": dict(self.emas), "counts": dict(self._counts),
+                "losses": [dict(row) for row in self.losses]}
 
     def load_state(self, state: Mapping | None) -> None:
         if state:
             self.emas, self._counts = dict(state["emas"]), dict(state["counts"])
+            self.losses = [dict(row) for row in state.get("losses", [])]
 
     def close(self) -> None:
         self.bar.close()
