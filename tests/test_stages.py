@@ -82,6 +82,14 @@ def test_pipeline_outputs(pipeline_dir):
     assert rows[0].startswith("step,") and len(rows) == 1 + 3  # step 0, 2, 4
     ev = (folder / "metrics/evaluate.json")
     assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
+    # smoothed losses of the last step at least (log_every 10 > the steps here)
+    for stage, columns, last in (("pretrain_generator", "step,loss", 6),
+                                 ("pretrain_critic", "step,loss", 4),
+                                 ("train_gan", "step,gen_loss,adv_loss,content_loss", 4)):
+        lines = (folder / f"plots/{stage}_losses.csv").read_text().splitlines()
+        assert lines[0].startswith(columns) and lines[-1].startswith(f"{last},"), (stage, lines)
+    report = (folder / "reports/index.html").read_text()
+    assert "train_gan_losses: gen_loss" in report and "pretrain_critic_losses: loss" in report
 
 
 def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):
@@ -143,7 +151,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, o
         params[stage]["phases"][1]["steps"] = 12
     else:
         params[stage]["steps"] = 12
-    runs = {}
+    runs, losses = {}, {}
     for name in ("straight", "resumed"):
         work = tmp_path / name
         copy_inputs(folder, work)
@@ -158,6 +166,8 @@ def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, o
         if name == "resumed":
             assert "resuming from" in out
         runs[name] = checkpoint.load(work / output)["model"]
+        losses[name] = (work / f"plots/{stage}_losses.csv").read_text()
+    assert losses["straight"] == losses["resumed"]  # the loss history is resumed too
     assert runs["straight"].keys() == runs["resumed"].keys()
     for key in runs["straight"]:
         assert torch.equal(runs["straight"][key], runs["resumed"][key]), key

@@ -8,7 +8,7 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from pipelines.core.files import write_csv
+from pipelines.core.files import write_csv, write_text
 
 EMA_BETA = 0.98  # the recipe's smoothing of logged losses
 
@@ -20,7 +20,7 @@ class StepLogger:
 
     def __init__(self, stage: str, total: int, tracker=None, every: int = 10, start: int = 0,
                  quiet: bool = False):
-        self.tracker, self.every = tracker, every
+        self.tracker, self.every, self.total = tracker, every, total
         self.emas: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self.losses: list[dict[str, float]] = []
@@ -39,7 +39,7 @@ class StepLogger:
         self.bar.update(1)
         self.bar.set_postfix({**{k: f"{v:.4g}" for k, v in smooth.items()}, "img/s": f"{images_per_s:.1f}"},
                              refresh=False)
-        if step % self.every == 0:
+        if step % self.every == 0 or step == self.total:  # the last step: a short run has one
             self.losses.append({"step": step, **{k: self._smoothed(k) for k in self.emas
                                                  if "loss" in k}})
             if self.tracker is not None:
@@ -62,6 +62,9 @@ class StepLogger:
     def write_losses(self, path: Path | str) -> None:
         """The smoothed losses every ``every`` steps as CSV (a loss not seen yet: nan)."""
         names = list(dict.fromkeys(k for row in self.losses for k in row))
+        if not names:
+            write_text(path, "step\n")  # DVC expects the output of every run
+            return
         write_csv(path, [{k: row.get(k, math.nan) for k in names} for row in self.losses])
 
     @property
