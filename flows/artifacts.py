@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -48,8 +49,11 @@ def mlflow_run_url(tracking_uri: str, experiment_id: str | None, run_id: str) ->
 def publish(workspace: Path, outcomes: Mapping[str, str], logger, *, tracking_uri: str = "",
             experiment_id: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
     """Make the run's artifacts; returns what was made, by key (the artifact ids)."""
-    from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
-                                   create_table_artifact)
+    from prefect.artifacts import (
+        create_link_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+    )
 
     made: dict[str, Any] = {}
     try:

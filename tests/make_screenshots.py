@@ -20,9 +20,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from browser import chromium, ensure_chromium, open_file  # noqa: E402
-from local_servers import free_port, service  # noqa: E402
-from pipeline_repo import TINY_SAMPLE, make_pipeline_repo  # noqa: E402
+from browser import chromium, ensure_chromium, open_file
+from local_servers import free_port, service
+from pipeline_repo import TINY_SAMPLE, make_pipeline_repo
 
 SET5 = HERE.parents[1] / "shared" / "benchmarks" / "Set5"
 

@@ -12,13 +12,19 @@ import sys
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
-                                            FlowRunFilterId, LogFilter, LogFilterTaskRunId)
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterTaskRunId,
+)
 from prefect.logging.handlers import APILogHandler
+from tiny_dvc_repo import make_repo
 
 from flows.training import training
 from tasks.process import run_streaming
-from tiny_dvc_repo import make_repo
 
 REFRESHES = 300      # bar refreshes the training stage draws
 EVAL_LINES = 3       # real lines it prints between refreshes (tqdm.write, as StepLogger.metrics)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from browser import chromium, ensure_chromium, open_file
 from pipeline_repo import TINY_SAMPLE, dvc_cli, make_pipeline_repo
+
 from pipelines.imaging.images import read_rgb
 from pipelines.reporting.results import methods_of, metrics_of, read_evaluation
 

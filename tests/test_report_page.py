@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,13 @@ import yaml
 
 from flows.cli import main
 from pipelines.reporting import charts
-from pipelines.reporting.page import REPORT_FILE, Samples, build_page, samples_table, write_report
+from pipelines.reporting.page import (
+    REPORT_FILE,
+    Samples,
+    build_page,
+    samples_table,
+    write_report,
+)
 from pipelines.reporting.provenance import changed_params
 from pipelines.reporting.results import read_evaluation, table_rows
 

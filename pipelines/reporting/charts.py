@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
 X_COLUMN = "step"
 WIDTH, HEIGHT = 360, 200

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,8 +22,13 @@ import numpy as np
 from pipelines.core.files import write_text
 from pipelines.imaging.images import encode_png
 from pipelines.reporting import charts, provenance
-from pipelines.reporting.results import (GAIN_KEY, LOWER_IS_BETTER, REFERENCE, metrics_of,
-                                         methods_of)
+from pipelines.reporting.results import (
+    GAIN_KEY,
+    LOWER_IS_BETTER,
+    REFERENCE,
+    methods_of,
+    metrics_of,
+)
 
 REPORT_FILE = Path("reports") / "index.html"
 CROP = 512             # HR px of each image region shown at full resolution

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.config import BaseConfig, ConfigError, as_dict, build, flatten, read_params
+from pipelines.core.config import (
+    BaseConfig,
+    ConfigError,
+    as_dict,
+    build,
+    flatten,
+    read_params,
+)
 
 
 @dataclass(frozen=True)

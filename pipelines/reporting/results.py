@@ -8,8 +8,9 @@ gain over bicubic). Methods and metrics are taken as they come: nothing here nam
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 EVALUATION_FILE = "evaluate.json"
 GAIN_KEY = "gain_db"
