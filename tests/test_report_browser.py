@@ -122,7 +122,8 @@ def test_report_page_in_a_browser(browser_ready, evaluated, tmp_path):
 
         # -- training curves as SVG, the chosen GAN step marked; provenance ------------------
         charts = page.evaluate("Array.from(document.querySelectorAll('.curves')).map(c => c.dataset.name)")
-        assert charts == ["gan_scores", "pretrain_generator"]
+        assert charts == ["gan_scores", "pretrain_critic_losses", "pretrain_generator",
+                          "pretrain_generator_losses", "train_gan_losses"]
         assert page.evaluate("document.querySelectorAll('.curves[data-name=gan_scores] .chart-marker').length") > 0
         provenance = page.evaluate("document.querySelector('#provenance').textContent")
         assert "git commit" in provenance and "dvc.lock sha256" in provenance
