@@ -31,7 +31,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for prefect-run.png and report.png")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
-                        help="work in DIR (must not exist) and keep it: the workspace, stores, logs")
+                        help="work in DIR and keep it (the workspace, stores, logs); given a "
+                             "DIR kept before, photograph its run again")
     args = parser.parse_args()
     reason = ensure_chromium()
     if reason:
@@ -50,22 +51,32 @@ def main() -> int:
         env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_API_URL": api,
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-        (tmp / "prefect").mkdir()
-        repo = make_pipeline_repo(tmp / "repo", params, env=env)
+        repo = tmp / "repo"
+        done = (repo / "reports" / "index.html").exists()  # a kept run: photograph it again
+        if not done:
+            (tmp / "prefect").mkdir()
+            make_pipeline_repo(repo, params, env=env)
         with service([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                       "--port", str(port)], tmp / "prefect", f"{api}/health", env, timeout=180):
-            started = time.monotonic()
-            subprocess.run([sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
-                           cwd=HERE.parent, env=env, check=True, timeout=3600)
-            print(f"flow run: {time.monotonic() - started:.0f} s")
+            if not done:
+                started = time.monotonic()
+                subprocess.run([sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
+                               cwd=HERE.parent, env=env, check=True, timeout=3600)
+                print(f"flow run: {time.monotonic() - started:.0f} s")
             flow_run_id = _last_flow_run(api)
-            with chromium(1440, 1500) as page:
-                page.send("Page.navigate", url=f"http://127.0.0.1:{port}/runs/flow-run/"
-                                               f"{flow_run_id}?tab=Artifacts")
+            with chromium(1440, 1700) as page:
+                page.send("Page.navigate", url=f"http://127.0.0.1:{port}/runs/flow-run/{flow_run_id}")
                 page.wait_for("Page.loadEventFired")
-                time.sleep(12)  # the UI renders the graph and the artifact cards after loading
+                tab = ("[...document.querySelectorAll('*')].filter(e => !e.children.length"
+                       " && e.textContent.trim() === 'Artifacts')")
+                end = time.monotonic() + 60  # the UI renders after loading
+                while not page.evaluate(f"{tab}.length") and time.monotonic() < end:
+                    time.sleep(1)
+                time.sleep(5)  # the run graph
+                page.evaluate(f"{tab}.forEach(e => e.click())")
+                time.sleep(6)  # the artifact cards
                 page.screenshot(args.out / "prefect-run.png", full_page=False)
-            with chromium(1280, 900) as page:
+            with chromium(1280, 1500) as page:
                 open_file(page, repo / "reports" / "index.html")
                 page.screenshot(args.out / "report.png", full_page=False)
     print(f"wrote {args.out / 'prefect-run.png'} and {args.out / 'report.png'}")

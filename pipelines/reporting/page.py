@@ -151,7 +151,9 @@ def _evaluation_table(dataset: str, res: Mapping[str, Any]) -> str:
             best[metric] = min(values) if metric in LOWER_IS_BETTER else max(values)
     head = "".join(f'<th data-metric="{escape(m)}">{escape(m)}'
                    f'{" &darr;" if m in LOWER_IS_BETTER else ""}</th>' for m in metrics)
-    lines = [f'<h3>{escape(dataset)} <small>({escape(str(res.get("images", "?")))} images)</small></h3>',
+    count = res.get("images", "?")
+    lines = [f'<h3>{escape(dataset)} <small>({escape(str(count))} image{"" if count == 1 else "s"})'
+             '</small></h3>',
              f'<table class="evaluation" data-dataset="{escape(dataset)}"><thead><tr><th>method</th>'
              f'{head}<th data-metric="{GAIN_KEY}">Y-PSNR gain, dB</th></tr></thead><tbody>']
     for method in methods:
