@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup pipeline test test-fast bench clean
+.PHONY: setup pipeline test test-fast bench clean ui
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # all benchmarks (~15 min on 2 cores), results in bench/results/; BENCH_ARGS="NAME --quick" etc.
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+UI_PORT ?= 5000
+# The MLflow UI over the store the stages log to (the same absolute URI), on loopback only.
+ui: setup
+	@uri=$$($(BIN)/python -c "from pipelines.running.tracking import project_tracking_uri; print(project_tracking_uri())"); \
+	case "$$uri" in http*) echo "the runs are on the tracking server $$uri: open it"; exit 0;; esac; \
+	echo "MLflow UI on http://127.0.0.1:$(UI_PORT) over $$uri (Ctrl-C stops it)"; \
+	exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(UI_PORT)
 
 clean:
 	rm -rf $(VENV)

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker(sub)
     add_restore(sub)
     add_register(sub)
+    add_report(sub)
     return parser
 
 
@@ -129,7 +130,8 @@ def add_worker(sub) -> None:
 
     p = sub.add_parser("worker", help="start a process worker in this checkout",
                        description="Start a Prefect process worker whose flow runs execute in "
-                                   "this repository (run it on the GPU machine).")
+                                   "this repository (run it on the GPU machine). It polls the "
+                                   "work queue `checkout`; with --git-url, `from-git`.")
     p.add_argument("--root", type=Path, default=None, help="the repository checkout")
     p.add_argument("--pool", default=WORK_POOL, help=f"work pool (default: {WORK_POOL})")
     p.add_argument("--run-once", action="store_true",
@@ -237,6 +239,32 @@ def _register(args: argparse.Namespace) -> int:
     alias = f"models:/{registry.REGISTERED_MODEL}@{registry.CHAMPION}"
     print(f"{alias} -> version {champion}" if champion else
           f"{alias}: no version beats bicubic and the pretrained generator; alias not set")
+# -- looking at results ------------------------------------------------------------------------
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="print the path of the last evaluation's report page",
+                       description="The report page the evaluate stage writes (evaluation "
+                                   "table, restorations, training curves, provenance): print "
+                                   "its path, or open it in a browser with --open.")
+    p.add_argument("--root", type=Path, default=None, help="the DVC repository")
+    p.add_argument("--open", action="store_true", help="open it in the default browser")
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipelines.reporting.page import REPORT_FILE
+
+    path = (_root(args) / REPORT_FILE).resolve()
+    if not path.is_file():
+        print(f"decrappify report: {path} does not exist yet: run the evaluate stage "
+              "(`dvc repro` or `decrappify run`)", file=sys.stderr)
+        return 1
+    print(path)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.as_uri()):
+            print(f"decrappify report: no browser found; open {path.as_uri()}", file=sys.stderr)
+            return 1
     return 0
 
 

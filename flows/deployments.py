@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 WORK_POOL = "decrappify"
+# The work queues of prefect.yaml's deployments: runs in a checkout, runs that clone from git.
+CHECKOUT_QUEUE, GIT_QUEUE = "checkout", "from-git"
 GIT_URL_ENV = "DECRAPPIFY_GIT_URL"
 PREFECT = [sys.executable, "-m", "prefect"]
 
@@ -49,7 +51,9 @@ def start_worker(root: Path, pool: str = WORK_POOL, run_once: bool = False,
     """Replace this process with a process worker for ``pool`` serving the checkout ``root``.
 
     The pull step of ``nightly`` changes into ``$DECRAPPIFY_ROOT``, exported here; with
-    ``git_url``, the worker serves ``from-git`` instead, whose runs clone ``git_url``.
+    ``git_url``, the worker serves ``from-git`` instead, whose runs clone ``git_url``. Each
+    kind polls only its own work queue: a checkout worker never takes a run that needs
+    ``$DECRAPPIFY_GIT_URL``, nor a cloning worker one that needs a checkout.
     """
     env = dict(os.environ)
     if git_url:
@@ -58,7 +62,8 @@ def start_worker(root: Path, pool: str = WORK_POOL, run_once: bool = False,
         env[GIT_URL_ENV] = git_url
     else:
         env["DECRAPPIFY_ROOT"] = str(Path(root).resolve())
-    cmd = [*PREFECT, "worker", "start", "--pool", pool, "--type", "process"]
+    queue = GIT_QUEUE if git_url else CHECKOUT_QUEUE
+    cmd = [*PREFECT, "worker", "start", "--pool", pool, "--work-queue", queue, "--type", "process"]
     if run_once:
         cmd.append("--run-once")
     os.execve(sys.executable, cmd, env)

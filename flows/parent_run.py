@@ -18,6 +18,7 @@ class ParentRun:
         self.uri, self.experiment, self.run_name, self.logger = (
             tracking_uri, experiment, run_name, logger)
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self._client = None
         self._call = NeverStop(lambda why: self.logger.warning(
             "MLflow unavailable at %s (%s); the flow goes on without tracking", self.uri, why))
@@ -29,7 +30,8 @@ class ParentRun:
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri)
-            run = self._client.create_run(self._experiment_id(), run_name=self.run_name,
+            self.experiment_id = self._experiment_id()
+            run = self._client.create_run(self.experiment_id, run_name=self.run_name,
                                           tags={"decrappify.kind": "flow"})
             self.run_id = run.info.run_id
         self._call(start)

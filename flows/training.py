@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from tasks.workspace import (experiment_workspace, git_commit, git_dirty, lock_digest,
                                  save_experiment, select_stages, stage_order)
+from flows.artifacts import publish
 from flows.parent_run import ParentRun
 from pipelines.running.tracking import (EXPERIMENT_ENV, PARENT_RUN_ENV, ROOT_ENV, repo_root,
                                 resolve_tracking_uri)
@@ -68,15 +69,22 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
             with _workspace(repo, name, overrides, logger) as workspace:
                 env[ROOT_ENV] = str(workspace)
                 try:
+                    previous = None  # each stage waits for the one before: a chain in the graph
                     for stage in selected:
                         try:
-                            result = stage_task(stage)(stage, str(workspace), env, stage_timeout)
+                            state = stage_task(stage)(stage, str(workspace), env, stage_timeout,
+                                                      wait_for=[previous] if previous else None,
+                                                      return_state=True)
+                            result = state.result()
                         except BaseException:
                             outcomes[stage] = "failed"
                             raise
                         outcomes[stage] = result.outcome
+                        previous = state
                 finally:
                     facts["dvc.lock.sha256"] = lock_digest(workspace)
+                    publish(workspace, outcomes, logger, tracking_uri=uri,
+                            experiment_id=parent.experiment_id, parent_run_id=parent.run_id)
             if overrides:
                 facts["dvc.experiment"] = name  # reached once `dvc exp save` succeeded
             if dvc_remote:

@@ -40,8 +40,9 @@ from pipelines.imaging.images import write_image
 from pipelines.scoring.metrics import score
 from pipelines.scoring.regions import regional_scores
 from pipelines.inference.restore import load_generator, restore
-from pipelines.scoring import report
+from pipelines.reporting import dvc_views
 from pipelines.core.runtime import autocast_dtype, pick_device
+from pipelines.reporting.page import REPORT_FILE, Samples, samples_table, write_report
 from pipelines.running.stage import stage_main
 from pipelines.imaging.visualize import grid
 
@@ -161,6 +162,7 @@ def run(cfg: EvaluateConfig, tracker=None,
     results: dict = {}
     rows: list[dict] = []
     grid_rows: list[list[np.ndarray]] = []
+    samples = Samples(base.scale)  # the report's image regions, taken as they are restored
     for i, (dataset, pairs) in enumerate(datasets):
         mine: list[dict] = []
         for image in pairs:
@@ -177,6 +179,7 @@ def run(cfg: EvaluateConfig, tracker=None,
                 cells = [upscale(lr, base.scale, "nearest"), outputs[REFERENCE],
                          *(outputs[m] for m in models), hr]
                 grid_rows.append([centre_crop(c, cfg.grid_crop) for c in cells])
+            samples.add(dataset, image.name, lr, outputs, hr)
         results[dataset] = summarise(mine, list(cfg.baselines), list(models))
         log.info("%s (%d images): %s", dataset, results[dataset][COUNT_KEY],
                  {m: results[dataset][m]["psnr_y"] for m in [*cfg.baselines, *models]})
@@ -185,13 +188,17 @@ def run(cfg: EvaluateConfig, tracker=None,
     metrics_dir, plots_dir = Path(base.paths.metrics), Path(base.paths.plots)
     write_json(metrics_dir / f"{STAGE}.json", results)
     write_rows(metrics_dir / f"{STAGE}_images.csv", rows)
-    report.write_method_tables(metrics_dir / STAGE, results, [*cfg.baselines, *models], REFERENCE)
-    report.write_image_gains(plots_dir / f"{STAGE}_gains.csv", rows, list(models), REFERENCE)
+    dvc_views.write_method_tables(metrics_dir / STAGE, results, [*cfg.baselines, *models], REFERENCE)
+    dvc_views.write_image_gains(plots_dir / f"{STAGE}_gains.csv", rows, list(models), REFERENCE)
     picture = grid(grid_rows, ["LR (nearest)", REFERENCE, *models, "HR"])
     write_image(plots_dir / f"{STAGE}_grid.png", picture)
+    page = write_report(REPORT_FILE, results, samples, rows, plots_dir=base.paths.plots,
+                        metrics_dir=base.paths.metrics)
     if tracker is not None:
         tracker.log_image(picture, f"{STAGE}_grid.png")
         tracker.log_artifact(metrics_dir / f"{STAGE}_images.csv")
+        tracker.log_artifact(page)
+        tracker.log_table(samples_table(samples, rows), f"{STAGE}_images.json")
         if tracker.enabled and tracker.run_id:
             # scores and the champion alias on the registered versions of the evaluated files
             first = datasets[0][0]

@@ -173,7 +173,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                               model=model.state_dict(), history=history, log=steps_log.state(),
                               **mid_phase)
                 if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
-                    tracker.log_image(sample_grid(model, valid, device), f"samples/step_{step:06d}.png")
+                    tracker.log_image(sample_grid(model, valid, device), key="samples", step=step)
                 speed.resume()
             state = None
         phase_start = phase_end

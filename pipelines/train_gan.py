@@ -175,7 +175,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                       opt_g=gan.opt_g.state_dict(), opt_d=gan.opt_d.state_dict(), history=history,
                       best=best, log=steps_log.state(), loop=loop.state())
             if tracker is not None:
-                tracker.log_image(sample_grid(gan.gen, valid, device), f"samples/step_{step:06d}.png")
+                tracker.log_image(sample_grid(gan.gen, valid, device), key="samples", step=step)
             speed.resume()
     steps_log.close()
     if not ranks.main:

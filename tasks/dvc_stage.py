@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.process import run_streaming
 from pipelines.running.stages import ACCELERATED
+from tasks.stage_progress import StageProgress
 
 # Stages that need the accelerator. One `gpu` tag concurrency limit on the Prefect server
 # (`prefect concurrency-limit create gpu 1`) then runs at most one of them at a time.
@@ -79,16 +80,19 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
         nonlocal ran
         tail.append(line)
         ran = ran or line.strip() == running_line
-        logger.info("%s", line)
+        if line.strip():  # DVC spaces its hints with blank lines: no use in a log
+            logger.info("%s", line)
 
+    progress = StageProgress(stage, logger)  # bar refreshes move an artifact, not the log
     with workspace_lock(workspace, logger):
         before = _lock_entry(workspace, stage)
         code = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
                              cwd=workspace, env=stage_environment(env), on_line=on_line,
-                             timeout=timeout)
+                             timeout=timeout, on_progress=progress)
         after = _lock_entry(workspace, stage)
     if code != 0:
         raise StageFailed(stage, code, list(tail))
+    progress.finish()
     outcome: Outcome = "ran" if ran else ("restored" if after != before else "up to date")
     seconds = time.monotonic() - started
     logger.info("stage %s: %s (%.1f s)", stage, outcome, seconds)

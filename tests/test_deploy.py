@@ -87,6 +87,32 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(server, tmp_path):
         "directory": "{{ $DECRAPPIFY_ROOT }}"}}]
 
 
+def test_deployment_artifact_queues_keep_from_git_runs_away_from_a_checkout_worker(server, tmp_path):
+    """Each deployment has its own work queue: a checkout worker takes `nightly` runs and
+    leaves a `from-git` run waiting, which needs $DECRAPPIFY_GIT_URL that it does not have."""
+    url, env = server
+    repo = make_repo(tmp_path / "repo")
+    prefect = [sys.executable, "-m", "prefect"]
+    decrappify = [sys.executable, "-m", "flows.cli"]
+    cli(env, *prefect, "work-pool", "create", "queue-pool", "--type", "process")
+    cli(env, *decrappify, "deploy", "--", "--name", "nightly", "--pool", "queue-pool",
+        "--param", f"root={repo}")
+    cli(env, *decrappify, "deploy", "--", "--name", "from-git", "--pool", "queue-pool")
+    ids = {}
+    for name in ("from-git", "nightly"):  # the from-git run first: it would be taken first
+        out = cli(env, *prefect, "deployment", "run", f"training/{name}")
+        ids[name] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    cli(env, *decrappify, "worker", "--root", str(CODE), "--pool", "queue-pool", "--run-once",
+        timeout=300)
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        runs = {name: client.read_flow_run(i) for name, i in ids.items()}
+    assert runs["nightly"].state.is_completed(), runs["nightly"].state.message
+    assert runs["nightly"].work_queue_name == "checkout"
+    assert runs["from-git"].work_queue_name == "from-git"
+    assert runs["from-git"].state.is_scheduled(), runs["from-git"].state
+    assert runs["from-git"].start_time is None  # never started by the checkout worker
+
+
 @flow
 def two_training_stages(roots: list[str]) -> None:
     futures = [stage_task("train_gan").submit("train_gan", root) for root in roots]

@@ -286,6 +286,7 @@ def test_worker_exports_the_checkout_or_the_git_url_never_both(monkeypatch, tmp_
     assert main(["worker", "--root", str(tmp_path), "--pool", "p", "--run-once"]) == 0
     assert main(["worker", "--pool", "p", "--git-url", "https://example.org/r.git"]) == 0
     (cmd, env), (cmd2, env2) = started
-    assert cmd[-4:] == ["p", "--type", "process", "--run-once"] and "--run-once" not in cmd2
+    assert cmd[-6:] == ["p", "--work-queue", "checkout", "--type", "process", "--run-once"]
+    assert cmd2[-5:] == ["p", "--work-queue", "from-git", "--type", "process"]
     assert env["DECRAPPIFY_ROOT"] == str(tmp_path.resolve()) and "DECRAPPIFY_GIT_URL" not in env
     assert "DECRAPPIFY_ROOT" not in env2 and env2["DECRAPPIFY_GIT_URL"] == "https://example.org/r.git"

@@ -73,6 +73,8 @@ def test_pipeline_outputs(pipeline_dir):
         assert [int(r.split(",")[0]) for r in curve[1:]] == list(range(1, steps + 1)), stage
     ev = (folder / "metrics/evaluate.json")
     assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
+    report = (folder / "reports/index.html").read_text()
+    assert "train_gan_loss: gen_loss" in report and "pretrain_critic_loss: loss" in report
 
 
 def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):
@@ -134,7 +136,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, o
         params[stage]["phases"][1]["steps"] = 12
     else:
         params[stage]["steps"] = 12
-    runs = {}
+    runs, losses = {}, {}
     for name in ("straight", "resumed"):
         work = tmp_path / name
         copy_inputs(folder, work)
@@ -149,6 +151,8 @@ def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, o
         if name == "resumed":
             assert "resuming from" in out
         runs[name] = checkpoint.load(work / output)["model"]
+        losses[name] = (work / f"plots/{stage}_loss.csv").read_text()
+    assert losses["straight"] == losses["resumed"]  # the loss history is resumed too
     assert runs["straight"].keys() == runs["resumed"].keys()
     for key in runs["straight"]:
         assert torch.equal(runs["straight"][key], runs["resumed"][key]), key

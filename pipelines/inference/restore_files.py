@@ -32,7 +32,7 @@ from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, w
 from pipelines.networks.unet import MIN_SIZE
 from pipelines.inference.restore import load_generator, restore
 from pipelines.core.runtime import autocast_dtype, pick_device
-from pipelines.running.tracking import fail_fast, repo_root, resolve_tracking_uri
+from pipelines.running.tracking import fail_fast, project_tracking_uri, repo_root
 from pipelines.imaging.visualize import grid
 
 DEFAULT_MODEL = Path("models") / "gan_generator.pt"
@@ -182,24 +182,12 @@ def load_model(spec: str | None, device: torch.device) -> nn.Module:
     return load_generator(path, device)
 
 
-def tracking_uri() -> str:
-    """The store the pipeline's stages log to: params.yaml's ``base.tracking_uri``, resolved."""
-    root = repo_root()
-    configured = ""
-    try:
-        configured = str((read_params(root / "params.yaml").get("base") or {})
-                         .get("tracking_uri") or "")
-    except ConfigError:
-        pass  # no params here: the default store of the repository root
-    return resolve_tracking_uri(configured, root)
-
-
 def _load_mlflow(uri: str, device: torch.device) -> nn.Module:
     fail_fast()
     import mlflow
     import mlflow.pytorch
 
-    store = tracking_uri()
+    store = project_tracking_uri()
     mlflow.set_tracking_uri(store)
     try:
         model = mlflow.pytorch.load_model(uri, map_location=device)

@@ -15,13 +15,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipelines.core.config import flatten
+from pipelines.core.config import ConfigError, flatten, read_params
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "DECRAPPIFY_PARENT_RUN_ID"
 EXPERIMENT_ENV = "DECRAPPIFY_EXPERIMENT"
 ROOT_ENV = "DECRAPPIFY_ROOT"
+# Stages whose runs also record CPU, memory (and with nvidia-ml-py GPU) use over time.
+SYSTEM_METRICS_STAGES = frozenset({"pretrain_generator", "pretrain_critic", "train_gan"})
 
 
 def repo_root() -> Path:
@@ -93,6 +95,19 @@ class NeverStop:
             return None
 
 
+def project_tracking_uri(root: Path | None = None) -> str:
+    """The store the stages of the repository ``root`` log to: params.yaml's
+    ``base.tracking_uri``, resolved (what ``make ui`` and ``decrappify restore`` open)."""
+    root = Path(root) if root is not None else repo_root()
+    configured = ""
+    try:
+        configured = str((read_params(root / "params.yaml").get("base") or {})
+                         .get("tracking_uri") or "")
+    except ConfigError:
+        pass  # no params here: the default store of the repository root
+    return resolve_tracking_uri(configured, root=root)
+
+
 class Tracker:
     """A stage's MLflow run. Every method swallows tracking errors after warning once."""
 
@@ -124,7 +139,8 @@ class Tracker:
             mlflow.set_experiment(self.experiment)
             parent = os.environ.get(PARENT_RUN_ENV) or None
             run = mlflow.start_run(run_name=self.stage, parent_run_id=parent,
-                                   tags={"decrappify.stage": self.stage})
+                                   tags={"decrappify.stage": self.stage},
+                                   log_system_metrics=self.stage in SYSTEM_METRICS_STAGES)
             self.run_id = run.info.run_id
         self._call(start)
         return self
@@ -170,9 +186,24 @@ class Tracker:
         if clean:
             self._call(lambda: self._mlflow.log_metrics(clean, step=step))
 
-    def log_image(self, image: np.ndarray, name: str) -> None:
-        """``image``: HxWx3 uint8 RGB."""
-        self._call(lambda: self._mlflow.log_image(image, artifact_file=name))
+    def log_image(self, image: np.ndarray, name: str | None = None, *, key: str | None = None,
+                  step: int | None = None) -> None:
+        """``image``: HxWx3 uint8 RGB, as the file ``name``, or with ``key`` as one step of an
+        image series (the MLflow UI shows a slider over the steps of a key)."""
+        if key is not None:
+            self._call(lambda: self._mlflow.log_image(image, key=key, step=step or 0))
+        else:
+            self._call(lambda: self._mlflow.log_image(image, artifact_file=name))
+
+    def log_table(self, columns: Mapping[str, list], name: str) -> None:
+        """A table (column -> values) as the JSON artifact ``name``; RGB arrays become images."""
+        def do():
+            images = {k for k, v in columns.items() if any(isinstance(x, np.ndarray) for x in v)}
+            data = {k: ([self._mlflow.Image(x) if isinstance(x, np.ndarray) else x for x in v]
+                        if k in images else v) for k, v in columns.items()}
+            self._mlflow.log_table(data=data, artifact_file=name)
+        if columns:
+            self._call(do, what=f"table {name}")
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._call(lambda: self._mlflow.log_artifact(str(path), artifact_path=artifact_path))

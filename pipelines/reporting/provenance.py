@@ -1,0 +1,120 @@
+"""Where a run's results come from: the git commit, the dvc.lock digest, and the params that
+differ from the defaults of the stage configs (the dataclasses, not params.yaml's comments)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import subprocess
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.core.config import (
+    BaseConfig,
+    ConfigError,
+    as_dict,
+    build,
+    flatten,
+    read_params,
+)
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    key: str        # dotted, as `dvc exp run -S` takes it
+    default: Any
+    value: Any
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the repository at ``root``, or None outside git."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def git_dirty(root: Path) -> bool | None:
+    """Whether tracked files differ from HEAD."""
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def lock_digest(root: Path) -> str | None:
+    """sha256 of ``root``/dvc.lock, None when there is none yet."""
+    path = Path(root) / "dvc.lock"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def stage_config_class(stage: str) -> type | None:
+    """The typed config of ``pipelines.<stage>``: its dataclass with a ``base`` field."""
+    try:
+        module = importlib.import_module(f"pipelines.{stage}")
+    except ImportError:
+        return None
+    for value in vars(module).values():
+        if (dataclasses.is_dataclass(value) and isinstance(value, type)
+                and value.__module__ == module.__name__
+                and any(f.name == "base" for f in dataclasses.fields(value))):
+            return value
+    return None
+
+
+def _own_fields(cfg: Any) -> dict:
+    """A stage config as a flat dict, without ``base`` and sections borrowed from others."""
+    own = {f.name for f in dataclasses.fields(cfg)
+           if f.name != "base" and not f.metadata.get("section") and f.init}
+    return flatten({k: v for k, v in as_dict(cfg).items() if k in own})
+
+
+def changed_params(params_path: Path | str) -> list[ParamChange]:
+    """Every key of params.yaml whose value differs from its config's default.
+
+    ``base`` is compared with ``BaseConfig()``; a stage section with the defaults of its
+    stage's config class. A section without a stage module is listed whole.
+    """
+    data = read_params(params_path)
+    changes: list[ParamChange] = []
+    base = build(BaseConfig, data.get("base"), "base")
+    defaults = flatten(as_dict(BaseConfig()))
+    for key, value in flatten(as_dict(base)).items():
+        if value != defaults.get(key):
+            changes.append(ParamChange(f"base.{key}", defaults.get(key), value))
+    blank_base = BaseConfig()
+    for section, given in data.items():
+        if section == "base":
+            continue
+        cls = stage_config_class(section)
+        if cls is None:
+            changes += [ParamChange(f"{section}.{k}", None, v)
+                        for k, v in flatten(given or {}).items()]
+            continue
+        try:
+            actual = _own_fields(_load(cls, section, given, base, data))
+            default = _own_fields(_load(cls, section, {}, blank_base, {}))
+        except ConfigError as exc:
+            changes.append(ParamChange(section, None, f"not readable: {exc}"))
+            continue
+        for key, value in actual.items():
+            if value != default.get(key):
+                changes.append(ParamChange(f"{section}.{key}", default.get(key), value))
+    return changes
+
+
+def _load(cls: type, section: str, given: Any, base: BaseConfig, data: dict) -> Any:
+    borrowed: dict[str, Any] = {"base": base}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        other = f.metadata.get("section")
+        if other:
+            borrowed[f.name] = build(hints[f.name], data.get(other) or {}, other,
+                                     given={"base": base})
+    return build(cls, given or {}, section, given=borrowed)
