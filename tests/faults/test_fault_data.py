@@ -91,7 +91,9 @@ def test_every_later_stage_processes_every_good_photo(reference, mixed):
     ev = metrics(ws, "evaluate")
     assert ev["test"]["images"] == d["test"]
     rows = manifest(ws / "metrics/evaluate_images.csv")
-    assert len(rows) == d["test"] * 4  # bicubic, bilinear, generator, gan_generator
+    # bicubic, bilinear, generator, gan_generator; with crappify's LR and bicubic-downscaled
+    assert len(rows) == d["test"] * 4 * 2
+    assert ev["test/clean"]["images"] == d["test"]
     for name in fault_kit.MODEL_FILES:
         assert checkpoint.load(ws / name)["kind"] in ("generator", "critic")
     assert "Data and pipelines are up to date" in fault_kit.dvc(ws, "status").stdout
