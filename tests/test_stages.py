@@ -73,6 +73,12 @@ def test_pipeline_outputs(pipeline_dir):
         assert [int(r.split(",")[0]) for r in curve[1:]] == list(range(1, steps + 1)), stage
     ev = (folder / "metrics/evaluate.json")
     assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
+    exported = sorted(p.name for p in (folder / "models/export").iterdir())
+    assert exported == ["gan_generator.card.json", "gan_generator.md", "gan_generator.onnx",
+                        "gan_generator.safetensors"]
+    assert metrics["export"]["onnx_max_abs_diff"] <= 1e-3
+    card = json.loads((folder / "models/export/gan_generator.card.json").read_text())
+    assert card["evaluation"] == json.loads(ev.read_text()) and card["scale"] == 2
 
 
 def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):
