@@ -4,7 +4,8 @@ The generator is the default params.yaml architecture (weights random: speed doe
 on them). Measured:
 
 - images/s at 256 and 512 px LR input (1024 and 2048 px output), each in one pass (the tile
-  holds the image), fp32 (the CPU default) and bf16 autocast;
+  holds the image): PyTorch fp32 (the CPU default) and bf16 autocast, and the same network
+  exported to ONNX (``pipelines.exporting.onnx_file``) run by ONNX Runtime on the CPU;
 - tiling overhead: an image that fits in one 512 px tile (480 px) restored in one pass and
   with the default tiles (256 px, 32 px overlap: 2 x 2 tiles, 13.8% more pixels computed);
 - a large photo (default 1000x750 LR -> 4000x3000; ``--photo 4000x3000`` for a camera-sized
@@ -17,6 +18,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +60,21 @@ def build_model() -> torch.nn.Module:
 
     torch.manual_seed(0)
     return build_generator(**generator_arch()).eval()
+
+
+def onnx_runner(model: torch.nn.Module, folder: Path):
+    """``model`` exported as ``decrappify export`` exports it (parity-checked), loaded as the
+    tile runner ``decrappify restore --model x.onnx`` uses."""
+    from pipelines.exporting import metadata, onnx_file
+    from pipelines.training.checkpoint import plain_copy
+
+    net = plain_copy(model)
+    meta = metadata.build(net.arch, net.arch["scale"], commit="bench", data_md5="none",
+                          params={}, source="bench", min_size=onnx_file.size_rule(net)[0])
+    data, diff = onnx_file.to_onnx(net, meta)
+    path = folder / "bench.onnx"
+    path.write_bytes(data)
+    return onnx_file.OnnxRunner(path), diff
 
 
 def photo(width: int, height: int) -> np.ndarray:
@@ -135,27 +152,38 @@ def run(args: argparse.Namespace) -> Report:
     scale = arch["scale"]
     images = {s: photo(s, s) for s in sizes + [fit]}
 
+    with tempfile.TemporaryDirectory() as tmp:
+        runner, diff = onnx_runner(model, Path(tmp))
+    report.data["onnx_max_abs_diff"] = diff
     variants = {}
     for s in sizes:
         for dt, label in ((None, "fp32"), (torch.bfloat16, "bf16")):
             variants[f"{s} px {label}"] = clock(
                 lambda s=s, dt=dt: restore(model, images[s], tile=s, overlap=OVERLAP, dtype=dt))
+        variants[f"{s} px onnx"] = clock(
+            lambda s=s: restore(runner, images[s], tile=s, overlap=OVERLAP))
     small = photo(64, 64)
     for dt in (None, torch.bfloat16):  # first-call costs out of the way, cheaply
         restore(model, small, tile=64, overlap=OVERLAP // 2, dtype=dt)
+    restore(runner, small, tile=64, overlap=OVERLAP // 2)
     res = interleave(variants, n_rounds, warmup=0, progress="throughput")
     rows = []
     for s in sizes:
         fp32, bf16 = rates(res[f"{s} px fp32"], 1), rates(res[f"{s} px bf16"], 1)
+        ort = rates(res[f"{s} px onnx"], 1)
         mpx = (s * scale) ** 2 / 1e6
         rows.append([f"{s} -> {s * scale}", fmt(fp32, 2), fmt([r * mpx for r in fp32], 2),
                      fmt(bf16, 2), fmt([r * mpx for r in bf16], 2),
-                     fmt(ratios(bf16, fp32), 2) + "x"])
+                     fmt(ratios(bf16, fp32), 2) + "x", fmt(ort, 2),
+                     fmt([r * mpx for r in ort], 2), fmt(ratios(ort, fp32), 2) + "x"])
         report.data[f"{s}px"] = {"fp32_images_per_s": summary(fp32),
-                                 "bf16_images_per_s": summary(bf16)}
-    report.table(f"one pass, images/s and output Mpx/s, median [min-max] of {n_rounds} rounds",
+                                 "bf16_images_per_s": summary(bf16),
+                                 "onnxruntime_images_per_s": summary(ort)}
+    report.table(f"one pass on the CPU, images/s and output Mpx/s, median [min-max] of "
+                 f"{n_rounds} rounds: PyTorch fp32 and bf16 autocast, ONNX Runtime fp32",
                  ["LR -> HR px", "fp32 img/s", "fp32 Mpx/s", "bf16 img/s", "bf16 Mpx/s",
-                  "bf16 / fp32"], rows)
+                  "bf16 / fp32", "onnxruntime img/s", "onnxruntime Mpx/s",
+                  "onnxruntime / fp32"], rows)
 
     n_tiles = len(tile_starts(fit, tile, overlap)) ** 2
     extra = n_tiles * tile * tile / fit**2 - 1

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_restore(sub)
     add_register(sub)
     add_report(sub)
+    add_export(sub)
     return parser
 
 
@@ -161,7 +162,8 @@ def add_restore(sub) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="output folder: <DIR>/<path below the input><suffix>.png")
     p.add_argument("--model", default=None, metavar="PATH|URI",
-                   help="generator checkpoint, or MLflow model URI such as "
+                   help="generator checkpoint, exported .onnx (run with onnxruntime) or "
+                        ".safetensors file, or MLflow model URI such as "
                         "models:/decrappify-generator@champion or runs:/<run id>/gan_generator "
                         "(default: models/gan_generator.pt of the repository)")
     p.add_argument("--compare", action="store_true",
@@ -265,6 +267,56 @@ def _report(args: argparse.Namespace) -> int:
         if not webbrowser.open(path.as_uri()):
             print(f"decrappify report: no browser found; open {path.as_uri()}", file=sys.stderr)
             return 1
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a generator as safetensors, ONNX and a model card",
+                       description="Write <name>.safetensors, <name>.onnx (checked against "
+                                   "PyTorch first), optionally <name>.fp16.onnx, and the model "
+                                   "card <name>.md / <name>.card.json into DIR. The metadata "
+                                   "and card read params.yaml, dvc.lock and "
+                                   "metrics/evaluate.json of the repository. Exit status 2 when "
+                                   "nothing could be exported.")
+    p.add_argument("--model", default=None, metavar="PATH|URI",
+                   help="generator checkpoint (.pt), exported .safetensors, or MLflow model URI "
+                        "(default: models/gan_generator.pt of the repository)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="the repository whose params, dvc.lock and evaluation describe the "
+                        "model (default: $DECRAPPIFY_ROOT or the current one)")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from pipelines.core.config import ConfigError, read_params
+    from pipelines.core.errors import StageError
+    from pipelines.exporting.exports import ExportSettings, export_generator, load_source
+
+    root = _root(args)
+    settings = replace(ExportSettings(), fp16=args.fp16,
+                       **({"opset": args.opset} if args.opset else {}))
+    try:
+        params = read_params(root / "params.yaml")
+    except ConfigError:
+        params = None
+    evaluation_file = root / "metrics" / "evaluate.json"
+    evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else None
+    try:
+        source = load_source(args.model or str(root / "models" / "gan_generator.pt"))
+        result = export_generator(source, args.out, root=root, params=params,
+                                  evaluation=evaluation, settings=settings)
+    except (StageError, OSError) as exc:  # nothing was written
+        print(f"decrappify export: error: {exc}", file=sys.stderr)
+        return 2
+    for f in result["files"]:
+        print(args.out / f)
+    print(f"ONNX Runtime vs PyTorch: max abs difference {result['onnx_max_abs_diff']:.2g}")
     return 0
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from torch import nn
 
+from pipelines.inference.restore import Network
 from pipelines.inference.restore_files import Job, Outcome, Settings, restore_file, restore_paths
 
 
 # Outputs are files the task writes itself; Prefect caching would skip them on a rerun.
 @task(name="restore-image", cache_policy=NO_CACHE, task_run_name="restore {job.source.name}")
-def restore_image(job: Job, model: nn.Module, settings: Settings) -> Outcome:
+def restore_image(job: Job, model: Network, settings: Settings) -> Outcome:
     return restore_file(job, model, settings)
 
 
@@ -28,8 +28,9 @@ def restoration(inputs: list[str], out: str, model: str | None = None, compare: 
     """Restore ``inputs`` (files, folders, glob patterns) into ``out``; returns the summary:
     ``restored`` inputs, ``failed`` {input: reason}, ``seconds`` and ``images_per_s``.
 
-    ``model``: a checkpoint file, an MLflow model URI (``models:/decrappify-generator@champion``)
-    or None for the repository's ``models/gan_generator.pt``.
+    ``model``: a checkpoint file, an exported ``.onnx`` or ``.safetensors`` file, an MLflow
+    model URI (``models:/decrappify-generator@champion``) or None for the repository's
+    ``models/gan_generator.pt``.
     """
     logger = get_run_logger()
     summary = restore_paths(inputs, out, model, compare=compare, tile=tile, overlap=overlap,

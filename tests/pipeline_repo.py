@@ -42,6 +42,7 @@ TINY = {
     "train_gan": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "valid_crop": 48,
                   "max_critic_steps": 2, "log_every": 1},
     "evaluate": {"max_images": 2, "grid_images": 2, "grid_crop": 64},
+    "export": {"check_sizes": [[21, 27]]},
 }
 
 

@@ -163,7 +163,7 @@ def _artifacts(url: str, run_id: str, path: str = "") -> list[str]:
 def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
         server, mlflow_server, tmp_path):
     """The `from-git` deployment on a worker with no checkout, as on another machine: the run
-    clones the repository, takes from the DVC remote what is there, runs the six real stages on
+    clones the repository, takes from the DVC remote what is there, runs the real stages on
     the sample photos, logs them to the MLflow server, and pushes itself back as a DVC
     experiment that a third clone gets without recomputing anything."""
     url, env = server
@@ -219,6 +219,9 @@ def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
     images = {name: [a for a in _artifacts(mlflow_server, c["info"]["run_id"]) if a.endswith(".png")]
               for name, c in children.items()}
     assert images["crappify"] and images["pretrain_generator"] and images["evaluate"], images
+    exports = _artifacts(mlflow_server, children["export"]["info"]["run_id"])
+    assert {"export/gan_generator.onnx", "export/gan_generator.safetensors",
+            "export/gan_generator.md"} <= set(exports), exports
     with urllib.request.urlopen(f"{mlflow_server}/get-artifact?path={images['evaluate'][0]}"
                                 f"&run_uuid={children['evaluate']['info']['run_id']}") as r:
         assert r.read(8) == b"\x89PNG\r\n\x1a\n"

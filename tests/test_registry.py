@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import socket
 
-import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
@@ -16,7 +15,6 @@ from pipelines.training import checkpoint
 from pipelines import evaluate
 
 from pipelines.running import registry
-from pipelines.training.checkpoint import plain_copy
 from flows.cli import main
 from pipelines.core.config import load
 from pipelines.evaluate import EvaluateConfig
@@ -52,11 +50,7 @@ def train_gan_like(store: str, folder, seed: int) -> tuple[str, object]:
     checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
     with Tracker("train_gan", store) as tracker:
         tracker.set_tags({DIGEST_TAG: sha256_file(path)})
-        # As Tracker.log_model (tests/test_tracking.py), but with the requirements given: their
-        # inference loads the model in a subprocess, seconds per version.
-        info = mlflow.pytorch.log_model(plain_copy(model), name="gan_generator",
-                                        serialization_format="pickle", pip_requirements=["torch"],
-                                        registered_model_name=REGISTERED_MODEL)
+        info = tracker.log_model(model, "gan_generator", registered_model_name=REGISTERED_MODEL)
     assert tracker.failed_calls == 0
     return path, info.registered_model_version
 

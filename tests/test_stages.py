@@ -75,6 +75,12 @@ def test_pipeline_outputs(pipeline_dir):
     assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
     report = (folder / "reports/index.html").read_text()
     assert "train_gan_loss: gen_loss" in report and "pretrain_critic_loss: loss" in report
+    exported = sorted(p.name for p in (folder / "models/export").iterdir())
+    assert exported == ["gan_generator.card.json", "gan_generator.md", "gan_generator.onnx",
+                        "gan_generator.safetensors"]
+    assert metrics["export"]["onnx_max_abs_diff"] <= 1e-3
+    card = json.loads((folder / "models/export/gan_generator.card.json").read_text())
+    assert card["evaluation"] == json.loads(ev.read_text()) and card["scale"] == 2
 
 
 def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):

@@ -58,9 +58,11 @@ def test_parametrized_models_are_logged_as_plain_modules(store):
     with Tracker("train_gan", experiment="t") as tracker:
         info = tracker.log_model(gen, "gan_generator", registered_model_name="t-gen")
     assert info is not None and tracker.failed_calls == 0
-    loaded = mlflow.pytorch.load_model("models:/t-gen/1")
+    # an ONNX model, not a pickle: the pyfunc flavour runs it with onnxruntime
+    loaded = mlflow.pyfunc.load_model("models:/t-gen/1")
+    assert "onnx" in loaded.metadata.flavors and "pytorch" not in loaded.metadata.flavors
     with torch.no_grad():
-        assert torch.allclose(loaded(x), gen(x), atol=1e-5)
+        assert np.abs(loaded.predict(x.numpy())["output"] - gen(x).numpy()).max() <= 1e-4
 
 
 def test_unreachable_store_warns_once_and_the_stage_goes_on(monkeypatch, caplog):

@@ -7,6 +7,10 @@ weighted sum is divided by the summed weights. With a network whose receptive ra
 that margin (a quarter of the overlap, in LR px) the tiled result equals a single pass; with a
 larger one the ramps hide the seams.
 
+The network is either a PyTorch module or any callable on one numpy tile (RGB uint8 LR in,
+float32 RGB HR in [0, 1] out), such as an ONNX Runtime session: the tiling and blending are
+numpy, so an ONNX model runs without torch in the loop.
+
 The tiles are processed one row of tiles at a time into a float32 band as wide as the HR image
 and one tile high; rows no later tile reaches are normalised into the uint8 result at once. A
 window is the product of a row ramp and a column ramp, so the summed weights are the outer
@@ -16,8 +20,9 @@ uint8 result and one band on the host: a 4000x3000 photo at x4 needs about 0.6 G
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import cv2
 import numpy as np
@@ -26,6 +31,10 @@ from torch import nn
 
 from pipelines.training import checkpoint
 from pipelines.core.runtime import autocast
+
+# one LR tile (RGB uint8, HxWx3) -> its HR output (RGB float32 in [0, 1], (sH)x(sW)x3)
+TileRunner = Callable[[np.ndarray], np.ndarray]
+Network = Union[nn.Module, TileRunner]
 
 def load_generator(path: Path | str, device: torch.device | str = "cpu",
                    builder: Callable[..., nn.Module] | None = None) -> nn.Module:
@@ -108,18 +117,28 @@ def to_uint8(rgb01: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb01 * 255.0), 0, 255).astype(np.uint8)
 
 
-def restore(model: nn.Module, lr: np.ndarray, tile: int = 256, overlap: int = 32,
+def tile_runner(model: Network, device: torch.device | str = "cpu",
+                dtype: torch.dtype | None = None) -> TileRunner:
+    """``model`` as a function of one numpy tile: a module runs on ``device`` under autocast
+    ``dtype``; anything else is taken to be a tile runner already."""
+    if isinstance(model, nn.Module):
+        return partial(_run, model, device=torch.device(device), dtype=dtype)
+    return model
+
+
+def restore(model: Network, lr: np.ndarray, tile: int = 256, overlap: int = 32,
             device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> np.ndarray:
     """Restore the RGB uint8 image ``lr`` with ``model``; returns its RGB uint8 HR output.
 
+    ``model``: a PyTorch module, or a ``TileRunner`` (``device`` and ``dtype`` then unused).
     ``tile`` and ``overlap`` are in LR px; an image within one tile is a single pass. The scale
     is read off the network's output. ``dtype`` is an autocast dtype (None = fp32).
     """
     _check_restore_args(lr, tile, overlap)
-    device = torch.device(device)
+    run = tile_runner(model, device, dtype)
     h, w = lr.shape[:2]
     if h <= tile and w <= tile:
-        out = _run(model, lr, device, dtype)
+        out = run(lr)
         _scale_of(out.shape, lr.shape)
         return to_uint8(out)
 
@@ -128,7 +147,7 @@ def restore(model: nn.Module, lr: np.ndarray, tile: int = 256, overlap: int = 32
     hr = band = None
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
-            out = _run(model, lr[y0:y0 + th, x0:x0 + tw], device, dtype)
+            out = run(lr[y0:y0 + th, x0:x0 + tw])
             if hr is None:
                 scale = _scale_of(out.shape, (th, tw))
                 row_w = [edge_ramp(th * scale, overlap * scale, k > 0, k < len(ys) - 1)

@@ -24,13 +24,12 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from pipelines.core.config import ConfigError, read_params
 from pipelines.core.errors import StageError
 from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, write_image
 from pipelines.networks.unet import MIN_SIZE
-from pipelines.inference.restore import load_generator, restore
+from pipelines.exporting.metadata import ExportError
+from pipelines.inference.restore import Network, load_generator, restore
 from pipelines.core.runtime import autocast_dtype, pick_device
 from pipelines.running.tracking import fail_fast, project_tracking_uri, repo_root
 from pipelines.imaging.visualize import grid
@@ -99,10 +98,11 @@ def restore_paths(inputs: Sequence[str], out: Path | str, model: str | None = No
                   compare: bool = False, tile: int = 256, overlap: int = 32,
                   device: str = "auto", suffix: str = "_restored",
                   report: Report = _stderr, progress: Report | None = None,
-                  run_one: Callable[[Job, nn.Module, Settings], Outcome] | None = None) -> Summary:
+                  run_one: Callable[[Job, Network, Settings], Outcome] | None = None) -> Summary:
     """Restore every image ``inputs`` name into ``out``; see the module docstring.
 
-    ``model``: a checkpoint file, an MLflow model URI (``models:/<name>@<alias>``,
+    ``model``: a checkpoint file, an exported ``.onnx`` (run by ONNX Runtime) or
+    ``.safetensors`` file, an MLflow model URI (``models:/<name>@<alias>``,
     ``runs:/<id>/<path>``) or None for the repository's ``models/gan_generator.pt``.
     ``report`` gets one line per bad input, ``progress`` one per restored image. ``run_one``
     restores one job (default ``restore_file``; the flow passes a task). Model loading is not
@@ -170,8 +170,9 @@ def prepare_output(out: Path) -> Path:
 
 
 # -- the model ---------------------------------------------------------------------------------
-def load_model(spec: str | None, device: torch.device) -> nn.Module:
-    """The generator named by ``spec`` (see ``restore_paths``), in eval mode on ``device``."""
+def load_model(spec: str | None, device: torch.device) -> Network:
+    """The generator named by ``spec`` (see ``restore_paths``), ready for ``restore``: a module
+    in eval mode on ``device``, or for an ONNX file an ONNX Runtime tile runner (CPU)."""
     if spec and (spec.startswith(MLFLOW_SCHEMES) or "://" in spec):
         return _load_mlflow(spec, device)
     path = Path(spec) if spec else repo_root() / DEFAULT_MODEL
@@ -179,24 +180,45 @@ def load_model(spec: str | None, device: torch.device) -> nn.Module:
         what = "model file" if spec else "default model"
         raise RestoreError(f"{path}: {what} not found; train one with `dvc repro train_gan` "
                            "(or pass --model PATH|models:/NAME@ALIAS)")
+    try:
+        if path.suffix == ".onnx":
+            from pipelines.exporting.onnx_file import OnnxRunner
+
+            return OnnxRunner(path)
+        if path.suffix == ".safetensors":
+            from pipelines.exporting.safetensors_file import load_generator as load_weights
+
+            return load_weights(path, device)
+    except ExportError as exc:
+        raise RestoreError(str(exc)) from None
     return load_generator(path, device)
 
 
-def _load_mlflow(uri: str, device: torch.device) -> nn.Module:
+def _load_mlflow(uri: str, device: torch.device) -> Network:
+    """A registered or logged model: its ONNX graph (see ``Tracker.log_model``), run with
+    ONNX Runtime. Models logged as pickles are refused: loading one could run any code."""
     fail_fast()
     import mlflow
-    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from pipelines.exporting.onnx_file import OnnxRunner
 
     store = project_tracking_uri()
     mlflow.set_tracking_uri(store)
     try:
-        model = mlflow.pytorch.load_model(uri, map_location=device)
-    except Exception as exc:  # MLflow raises its own, OSError or torch errors, all told the same
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+        flavors = Model.load(str(local)).flavors
+    except Exception as exc:  # MLflow raises its own, OSError or yaml errors, all told the same
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RestoreError(f"{uri}: cannot load the model from MLflow at {store}: {text}") from None
-    if not isinstance(model, nn.Module):
-        raise RestoreError(f"{uri}: is a {type(model).__name__}, not a PyTorch module")
-    return model.to(device).eval()
+    if "onnx" not in flavors:
+        raise RestoreError(f"{uri}: an MLflow model of flavour(s) {', '.join(flavors)}; expected "
+                           "the ONNX flavour that train_gan logs (older pickled models are not "
+                           "loaded: register a newly trained generator)")
+    try:
+        return OnnxRunner(local / flavors["onnx"]["data"])
+    except ExportError as exc:
+        raise RestoreError(f"{uri}: {exc}") from None
 
 
 # -- the inputs --------------------------------------------------------------------------------
@@ -258,7 +280,7 @@ def _expand(item: str) -> tuple[list[tuple[Path, Path]], str | None]:
 
 
 # -- one image ---------------------------------------------------------------------------------
-def restore_file(job: Job, model: nn.Module, settings: Settings) -> Outcome:
+def restore_file(job: Job, model: Network, settings: Settings) -> Outcome:
     """Check, restore and write one image; failures come back as ``Outcome.error``."""
     start = time.perf_counter()
     source = str(job.source)

@@ -213,20 +213,10 @@ class Tracker:
 
     def log_model(self, model, name: str, input_example: np.ndarray | None = None,
                   registered_model_name: str | None = None) -> Any:
-        """Log ``model`` as an MLflow model (weight/spectral-norm parametrizations folded in,
-        since parametrized modules cannot be pickled)."""
+        """Log the generator ``model`` as an MLflow model in the ONNX flavour, with its
+        safetensors weights: no pickle, and it loads where only mlflow and onnxruntime are
+        installed (see ``pipelines.exporting.mlflow_model``)."""
         def do():
-            import mlflow.pytorch
-            from pipelines.training.checkpoint import plain_copy
-            model_ = plain_copy(model)
-            kwargs = {}
-            if input_example is not None:
-                from mlflow.models import infer_signature
-                import torch
-                with torch.no_grad():
-                    out = model_(torch.from_numpy(input_example)).numpy()
-                kwargs["signature"] = infer_signature(input_example, out)
-                kwargs["input_example"] = input_example
-            return mlflow.pytorch.log_model(model_, name=name, serialization_format="pickle",
-                                            registered_model_name=registered_model_name, **kwargs)
+            from pipelines.exporting import mlflow_model
+            return mlflow_model.log(model, name, registered_model_name, input_example)
         return self._call(do, what=f"model {name}")

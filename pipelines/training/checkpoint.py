@@ -107,9 +107,19 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
 
     source = unwrap(model)
     model = type(source)(**source.arch)
+    if not any(parametrize.is_parametrized(m) for m in source.modules()):
+        fold_parametrizations(model)   # a plain source (already folded) has the plain keys
     model.load_state_dict(source.state_dict())
     model.eval()
+    return fold_parametrizations(model)
+
+
+def fold_parametrizations(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every weight/spectral-norm parametrization of ``model`` by the plain weight it
+    computes now (in place); returns ``model``. Its state dict then has the plain keys."""
+    from torch.nn.utils import parametrize
+
     for module in [m for m in model.modules() if parametrize.is_parametrized(m)]:
         for name in list(module.parametrizations):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model

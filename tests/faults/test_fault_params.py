@@ -26,6 +26,7 @@ WRONG_TYPE = [
     ("train_gan", "train_gan.lr", "fast", "train_gan.lr: expected a number, got 'fast'"),
     ("evaluate", "evaluate.tile", [256], "evaluate.tile: expected an integer, got [256]"),
     ("train_gan", "base.seed", "forty-two", "base.seed: expected an integer, got 'forty-two'"),
+    ("export", "export.fp16", "yes", "export.fp16: expected true or false, got 'yes'"),
 ]
 OUT_OF_RANGE = [
     ("download", "download.valid_fraction", 0.9, "download.valid_fraction: 0.9 is out of range [0.0, 0.5]"),
@@ -37,6 +38,7 @@ OUT_OF_RANGE = [
     ("train_gan", "train_gan.max_critic_steps", 0, "train_gan.max_critic_steps: 0 is out of range [1, inf]"),
     ("evaluate", "evaluate.overlap", -1, "evaluate.overlap: -1 is out of range [0, inf]"),
     ("pretrain_generator", "base.scale", 16, "base.scale: 16 is out of range [1, 8]"),
+    ("export", "export.opset", 9, "export.opset: 9 is out of range [13, 20]"),
 ]
 CROP_NOT_DIVISIBLE = [
     (stage, "base.crop", 30, "base.crop: 30 is not divisible by scale 4") for stage in STAGES
