@@ -1,4 +1,4 @@
-"""Stage: pretrain the U-Net generator to undo the crappification.
+"""Stage: pretrain the generator (U-Net or residual network) to undo the crappification.
 
 Phases run one after another, each with its own one-cycle schedule (the recipe's
 ``fit_one_cycle`` calls): optionally frozen encoder first, then unfrozen with discriminative
@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 from pipelines.training import checkpoint, distributed
+from pipelines.training.ema import ModelEMA
 from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.crappify import CrappifyConfig
-from pipelines.datasets.pairs import EvalPairs, TrainPairs, lr_path_for, split_files, step_loader
+from pipelines.datasets.pairs import (CLEAN_RESAMPLE, EvalPairs, TrainPairs, lr_path_for,
+                                     split_files, step_loader)
 from pipelines.imaging.degradations import make_degrader
 from pipelines.core.files import write_csv, write_json
 from pipelines.scoring.losses import build_content_loss
@@ -34,6 +36,10 @@ STAGE = "pretrain_generator"
 
 @dataclass(frozen=True)
 class GeneratorModel:
+    # unet: the U-Net on a ResNet encoder (the recipe); srresnet: residual blocks at the input
+    # resolution, then pixel shuffles (pipelines/networks/srresnet.py)
+    kind: Literal["unet", "srresnet"] = "unet"
+    # unet only
     encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
     # imagenet | none | a path to a state dict
     pretrained: str = "imagenet"
@@ -43,9 +49,18 @@ class GeneratorModel:
     norm: Literal["weight", "spectral", "none"] = "weight"
     hr_channels: int = bounded(32, lo=8)  # channels of the blocks above the input resolution
     lr_cross: bool = True                 # input merged into the features at input resolution
+    # srresnet only
+    channels: int = bounded(64, lo=4)
+    blocks: int = bounded(16, lo=0)
 
     def arch(self, scale: int) -> dict:
-        return {**as_dict(self), "scale": scale}
+        """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key, as before it
+        existed, so its model files and checkpoints stay as they were."""
+        if self.kind == "srresnet":
+            return {"kind": "srresnet", "scale": scale, "channels": self.channels,
+                    "blocks": self.blocks}
+        unet = {k: v for k, v in as_dict(self).items() if k not in ("kind", "channels", "blocks")}
+        return {**unet, "scale": scale}
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,7 @@ class PretrainGeneratorConfig:
     base: BaseConfig
     crappify: CrappifyConfig = section("crappify")
     model: GeneratorModel = field(default_factory=GeneratorModel)
-    loss: Literal["mse", "l1", "feature"] = "l1"
+    loss: Literal["mse", "l1", "charbonnier", "feature"] = "l1"
     # fresh: a new degradation per crop; fixed: crops of the crappify stage's files (the recipe)
     data: Literal["fresh", "fixed"] = "fresh"
     phases: tuple[Phase, ...] = (Phase(),)
@@ -73,6 +88,11 @@ class PretrainGeneratorConfig:
     lighting: float = bounded(0.1, lo=0, hi=1)
     # share of fresh training crops that are only downscaled (no JPEG, no watermark)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
+    # their downscale kernel, drawn per crop from this list (pipelines.datasets.pairs.CLEAN_RESAMPLE)
+    clean_resample: tuple[str, ...] = ("area",)
+    # decay of the exponential moving average of the weights that is validated and saved;
+    # 0 = none (the last weights)
+    ema: float = bounded(0.0, lo=0, hi=0.99999)
     workers: int = bounded(0, lo=0)
     valid_crop: int = bounded(256, lo=0)  # centre crop of validation images, 0 = whole image
     eval_every: int = bounded(100, lo=1)
@@ -86,6 +106,13 @@ class PretrainGeneratorConfig:
         for i, p in enumerate(self.phases):
             self.base.check_crop(f"phases[{i}].crop", p.crop or self.base.crop)
         self.base.check_crop("valid_crop", self.valid_crop)
+        if self.model.kind != "unet" and any(p.frozen for p in self.phases):
+            raise ConfigError(f"phases: frozen needs an encoder; model.kind {self.model.kind!r} "
+                              "has none")
+        unknown = [k for k in self.clean_resample if k not in CLEAN_RESAMPLE]
+        if not self.clean_resample or unknown:
+            raise ConfigError(f"clean_resample: {list(self.clean_resample)!r} must be a non-empty "
+                              f"list of {', '.join(CLEAN_RESAMPLE)}")
 
     @property
     def total_steps(self) -> int:
@@ -97,13 +124,14 @@ def model_path(base: BaseConfig) -> Path:
 
 
 def train_dataset(base: BaseConfig, data_mode: str, crappify: CrappifyConfig, crop: int,
-                  lighting: float, clean_prob: float) -> TrainPairs:
+                  lighting: float, clean_prob: float,
+                  clean_resample: tuple[str, ...] = ("area",)) -> TrainPairs:
     """The (LR, HR) training crops shared by generator pretraining and the GAN phase."""
     hr_root = Path(base.paths.hr)
     hr_files = split_files(hr_root, "train")
     if data_mode == "fresh":
         return TrainPairs(hr_files, crop, base.scale, base.seed, degrade=make_degrader(crappify),
-                          lighting=lighting, clean_prob=clean_prob)
+                          lighting=lighting, clean_prob=clean_prob, clean_resample=clean_resample)
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)
 
@@ -117,6 +145,9 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     dtype = autocast_dtype(device, base.precision)
     arch = cfg.model.arch(base.scale)
     model = build_generator(**arch).to(device)
+    ema = ModelEMA(model, cfg.ema) if cfg.ema else None
+    # what is validated and saved: the average when there is one
+    kept = ema.model if ema is not None else model
     loss_fn = build_content_loss(cfg.loss).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     border = base.scale
@@ -129,6 +160,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         step = state["step"]
 
     steps_log = StepLogger(STAGE, cfg.total_steps, tracker, cfg.log_every, start=step,
@@ -149,7 +182,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
             if state is not None and state.get("phase") == index and "optimizer" in state:
                 opt.load_state_dict(state["optimizer"])
             dataset = train_dataset(base, cfg.data, crappify, phase.crop or base.crop, cfg.lighting,
-                                    cfg.clean_prob)
+                                    cfg.clean_prob, cfg.clean_resample)
             loader = step_loader(dataset, step - phase_start, phase.steps, phase.batch_size,
                                  cfg.workers, ranks.rank, ranks.world, offset=samples_before)
             speed.resume()
@@ -163,12 +196,14 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 check_finite({"generator": loss}, step, ckpt)
                 speed.tick(lr_img.shape[0] * ranks.world)
                 steps_log.step(step, {"loss": loss.item(), "lr": peak}, speed.rate)
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                    scores = validate(model, valid, device, dtype, border)
+                    scores = validate(kept, valid, device, dtype, border)
                     scores["gain_db"] = scores["psnr_y"] - baseline["psnr_y"]
                     history.append({"step": step, **scores})
                     steps_log.metrics(step, {f"valid_{k}": v for k, v in scores.items()})
@@ -177,9 +212,9 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                     mid_phase = {"optimizer": opt.state_dict()} if step < phase_end else {}
                     ckpt.save(step, phase=index if step < phase_end else index + 1,
                               model=model.state_dict(), history=history, log=steps_log.state(),
-                              **mid_phase)
+                              **mid_phase, **({"ema": ema.state_dict()} if ema else {}))
                 if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
-                    tracker.log_image(sample_grid(model, valid, device), f"samples/step_{step:06d}.png")
+                    tracker.log_image(sample_grid(kept, valid, device), f"samples/step_{step:06d}.png")
                 speed.resume()
             state = None
         phase_start = phase_end
@@ -194,12 +229,12 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     if not ranks.main:
         return metrics
     # model.arch rebuilds the network without fetching pretrained weights again
-    checkpoint.save(model_path(base), checkpoint.model_payload("generator", model.arch, model))
+    checkpoint.save(model_path(base), checkpoint.model_payload("generator", kept.arch, kept))
     write_json(Path(base.paths.metrics) / f"{STAGE}.json", metrics)
     write_csv(Path(base.paths.plots) / f"{STAGE}.csv", history)
     if tracker is not None:
-        tracker.log_image(sample_grid(model, valid, device), "samples/final.png")
-        tracker.log_model(model, "generator")
+        tracker.log_image(sample_grid(kept, valid, device), "samples/final.png")
+        tracker.log_model(kept, "generator")
     return metrics
 
 

@@ -59,7 +59,7 @@ class TrainGanConfig:
     weight_decay: float = bounded(1e-3, lo=0)
     adversarial: Literal["bce", "wgan-gp"] = "bce"
     adv_weight: float = bounded(1.0, lo=0)
-    content: Literal["mse", "l1", "feature"] = "l1"
+    content: Literal["mse", "l1", "charbonnier", "feature"] = "l1"
     content_weight: float = bounded(50.0, lo=0)
     threshold: float = 0.65                          # critic trains until its loss is below this
     max_critic_steps: int = bounded(5, lo=1)
@@ -69,6 +69,7 @@ class TrainGanConfig:
     valid_crop: int = bounded(256, lo=0)
     lighting: float = bounded(0.1, lo=0, hi=1)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
+    clean_resample: tuple[str, ...] = ("area",)   # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -153,7 +154,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     start_scores = history[0]
 
     dataset = train_dataset(base, cfg.data, cfg.crappify, cfg.crop or base.crop, cfg.lighting,
-                            cfg.clean_prob)
+                            cfg.clean_prob, cfg.clean_resample)
     # Enough batches for the worst case of max_critic_steps critic steps per generator step.
     max_batches = cfg.steps * (cfg.max_critic_steps + 1)
     loader = step_loader(dataset, batches, max_batches, cfg.batch_size, cfg.workers,
