@@ -95,6 +95,25 @@ def run_stages(params_file: Path, until: str, workdir: Path) -> dict[str, float]
     return seconds
 
 
+def last_weights(workdir: Path) -> Path | None:
+    """With an EMA, generator.pt holds the average; the rolling checkpoint still holds the
+    trained weights of the last step. Written as a model file, so both are scored side by side
+    (the same run: the EMA does not change training)."""
+    from pipelines.training import checkpoint
+
+    ckpt = workdir / "checkpoints" / "pretrain_generator" / "last.pt"
+    gen = workdir / "models" / "generator.pt"
+    if not ckpt.exists() or not gen.exists():
+        return None
+    state = checkpoint.load(ckpt, kind="training_state")
+    if "ema" not in state:
+        return None
+    path = workdir / "models" / "generator_last_weights.pt"
+    arch = checkpoint.load(gen, kind="generator")["arch"]
+    checkpoint.save(path, {"kind": "generator", "arch": arch, "model": state["model"]})
+    return path
+
+
 def eval_sets(params: dict, workdir: Path, hr_dirs: list[str]) -> dict[str, list]:
     """name -> [(lr, hr)] for the test split and each HR folder, crappy and clean."""
     from pipelines.core.config import load
@@ -171,6 +190,9 @@ def run(args: argparse.Namespace) -> Report:
         report.data["stage_seconds"] = seconds
     models = {m: workdir / "models" / f"{m}.pt" for m in MODELS
               if (workdir / "models" / f"{m}.pt").exists()}
+    raw = last_weights(workdir)
+    if raw is not None:
+        models = {"generator (last weights, no EMA)": raw, **models}
     if not models:
         raise RuntimeError(f"{workdir / 'models'}: no model files to score")
     scale = int(params["base"].get("scale", 4))
