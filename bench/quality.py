@@ -4,11 +4,12 @@
 
 In a scratch workspace (``--workdir``, default ``/tmp/decrappify-quality-<tag>``; the project's
 data/, models/ and checkpoints/ are never touched) the stages download, crappify,
-pretrain_generator, pretrain_critic and train_gan run one after another as
+pretrain_generator, pretrain_critic, train_gan and evaluate (``make pipeline``'s) run one after
+another as
 ``python -m pipelines.<stage> --params <workdir>/params.yaml --no-tracking``, from a copy of the
 params file whose ``base.paths`` point into the workspace (``download.folder`` stays relative
-to the repository root, as under DVC). Checkpoints of an earlier run are deleted first, so
-every figure comes from a run that trained. ``--eval-only`` scores the models already in the
+to the repository root, as under DVC). The checkpoints and model files of the stages to run are
+deleted first, so every figure comes from a run that trained. ``--eval-only`` scores the models already in the
 workspace.
 
 Every model file then restores, through ``pipelines.inference.restore.restore`` (tiled as the
@@ -25,6 +26,7 @@ Y-SSIM gain, ``scale`` border px excluded, with the stage times.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -37,8 +39,10 @@ from bench.common import ROOT, Report
 
 NAME = "quality"
 TITLE = "Restoration quality: gain over bicubic (Y-PSNR dB, Y-SSIM)"
-STAGES = ("download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan")
+STAGES = ("download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan", "evaluate")
 MODELS = ("generator", "gan_generator")
+MADE_BY = {"pretrain_generator": ("generator", "generator_last_weights"),
+           "pretrain_critic": ("critic",), "train_gan": ("gan_generator",)}
 DEFAULT_HR_DIRS = ("/work/shared/benchmarks/Set5",)
 
 
@@ -50,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quality: override a param, as the stages' -S (repeatable)")
     g.add_argument("--until", choices=STAGES, default=STAGES[-1],
                    help="quality: last stage to run (pretrain_generator: no GAN)")
+    g.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0],
+                   help="quality: first stage to run; the earlier ones' outputs in the workspace "
+                        "are kept (continue a run made with --until)")
     g.add_argument("--hr-dir", dest="hr_dirs", action="append", default=None, metavar="DIR",
                    help="quality: folder of clean HR benchmark images (repeatable; default Set5)")
     g.add_argument("--workdir", type=Path, default=None,
@@ -77,11 +84,11 @@ def workspace_params(params: Path, workdir: Path, overrides: list[str]) -> dict:
     return data
 
 
-def run_stages(params_file: Path, until: str, workdir: Path) -> dict[str, float]:
+def run_stages(params_file: Path, first: str, until: str, workdir: Path) -> dict[str, float]:
     seconds: dict[str, float] = {}
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES[:STAGES.index(until) + 1]:
+    for stage in STAGES[STAGES.index(first):STAGES.index(until) + 1]:
         start = time.perf_counter()
         with open(logs / f"{stage}.log", "w") as log:
             code = subprocess.call([sys.executable, "-m", f"pipelines.{stage}", "--params",
@@ -176,7 +183,8 @@ def run(args: argparse.Namespace) -> Report:
     workdir = (args.workdir or Path(f"/tmp/decrappify-quality-{tag or 'run'}")).resolve()
     hr_dirs = args.hr_dirs or [d for d in DEFAULT_HR_DIRS if Path(d).is_dir()]
     report = Report(f"{NAME}-{tag}" if tag else NAME, TITLE,
-                    {"params": str(args.params), "overrides": args.overrides, "until": args.until,
+                    {"params": str(args.params), "overrides": args.overrides, "from": args.first,
+                     "until": args.until,
                      "hr_dirs": hr_dirs, "workdir": str(workdir), "eval_only": args.eval_only})
     workdir.mkdir(parents=True, exist_ok=True)
     params = workspace_params(args.params, workdir, args.overrides)
@@ -184,9 +192,18 @@ def run(args: argparse.Namespace) -> Report:
     seconds: dict[str, float] = {}
     if not args.eval_only:
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        for stale in ("checkpoints", "models", "metrics"):
-            shutil.rmtree(workdir / stale, ignore_errors=True)
-        seconds = run_stages(params_file, args.until, workdir)
+        # what the stages to run make: an earlier run's checkpoints would be resumed, not
+        # trained, and its model files scored as if this run had made them
+        for stage in STAGES[STAGES.index(args.first):]:
+            shutil.rmtree(workdir / "checkpoints" / stage, ignore_errors=True)
+            for name in MADE_BY.get(stage, ()):
+                (workdir / "models" / f"{name}.pt").unlink(missing_ok=True)
+        # the times of earlier stages kept in the workspace (a run continued with --from)
+        times_file = workdir / "stage_seconds.json"
+        kept = json.loads(times_file.read_text()) if times_file.exists() else {}
+        kept = {k: v for k, v in kept.items() if STAGES.index(k) < STAGES.index(args.first)}
+        seconds = {**kept, **run_stages(params_file, args.first, args.until, workdir)}
+        times_file.write_text(json.dumps(seconds, indent=1))
         report.data["stage_seconds"] = seconds
     models = {m: workdir / "models" / f"{m}.pt" for m in MODELS
               if (workdir / "models" / f"{m}.pt").exists()}
@@ -201,7 +218,7 @@ def run(args: argparse.Namespace) -> Report:
     report.data["scores"] = results
     report.data["eval_seconds"] = time.perf_counter() - start
     for path in sorted((workdir / "metrics").glob("*.json")):
-        report.data.setdefault("stage_metrics", {})[path.stem] = __import__("json").loads(
+        report.data.setdefault("stage_metrics", {})[path.stem] = json.loads(
             path.read_text())
     headers = ["model"] + [f"{s} (n={r['images']['count']})" for s, r in results.items()]
     rows = [[name] + [f"{r[name]['gain_db']:+.2f} dB / {r[name]['ssim_gain']:+.3f}"

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from pipelines.core.config import load
+from pipelines.networks import build_generator
 from pipelines.training import checkpoint
 from pipelines.training.ema import ModelEMA
 from pipelines.training.loop import RollingCheckpoint
-from pipelines.networks import build_generator
 
 
 def small():
@@ -102,7 +102,7 @@ def test_resume_equals_uninterrupted_bitwise(data_dir, tmp_path, monkeypatch, cr
         if name == "resumed":
             save = RollingCheckpoint.save
 
-            def crash_after(self, step, **state):
+            def crash_after(self, step, save=save, **state):
                 save(self, step, **state)
                 if step == crash_at:
                     raise Crash

@@ -5,7 +5,12 @@ import torch
 
 from pipelines.core.config import ConfigError, load
 from pipelines.inference.restore import bicubic_upscale, load_generator, restore
-from pipelines.networks import SRResNetGenerator, build_generator, freeze_encoder, param_groups
+from pipelines.networks import (
+    SRResNetGenerator,
+    build_generator,
+    freeze_encoder,
+    param_groups,
+)
 from pipelines.networks.unet import upsample
 from pipelines.pretrain_generator import PretrainGeneratorConfig
 from pipelines.training import checkpoint
@@ -78,6 +83,8 @@ def test_arch_rebuilds_the_network_and_a_model_file_loads(tmp_path):
     x = torch.rand(1, 3, 10, 14)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
+        # the copy MLflow pickles is rebuilt from arch too
+        assert torch.equal(checkpoint.plain_copy(model)(x), loaded(x))
 
 
 def test_one_parameter_group_for_the_learning_rate_and_no_encoder_to_freeze():

@@ -52,7 +52,7 @@ class SRResNetGenerator(nn.Module):
         if blocks < 0:
             raise ValueError(f"blocks: {blocks} is negative")
         self.scale = scale
-        self.arch = dict(kind=KIND, scale=scale, channels=channels, blocks=blocks)
+        self.arch = {"kind": KIND, "scale": scale, "channels": channels, "blocks": blocks}
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
         self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
