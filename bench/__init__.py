@@ -21,4 +21,7 @@ BENCHMARKS = {
     "restore": "bench.restore",
     "distributed": "bench.distributed",
     "pipeline": "bench.pipeline",
+    "quality": "bench.quality",
 }
+# run only when named: each trains the whole pipeline (``make pipeline``'s budget)
+ON_REQUEST = ("quality",)

@@ -1,8 +1,9 @@
 """``python -m bench [NAME ...] [--quick] [--repeats N] [options]``.
 
-One NAME runs in this process. Several (or none: all of them) run one after another, each in
-its own process, so that one benchmark's memory, threads and child processes cannot touch the
-next one's figures; a benchmark that fails is reported and the others still run.
+One NAME runs in this process. Several (or none: all but the ON_REQUEST ones, which train the
+whole pipeline) run one after another, each in its own process, so that one benchmark's
+memory, threads and child processes cannot touch the next one's figures; a benchmark that
+fails is reported and the others still run.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from bench import BENCHMARKS
+from bench import BENCHMARKS, ON_REQUEST
 from bench.common import base_parser
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     options = [a for a in argv if a not in BENCHMARKS]
     failed = []
     start = time.time()
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or [n for n in BENCHMARKS if n not in ON_REQUEST]:
         code = subprocess.call([sys.executable, "-m", "bench", name, *options])
         if code:
             failed.append(name)

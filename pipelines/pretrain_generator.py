@@ -1,4 +1,4 @@
-"""Stage: pretrain the U-Net generator to undo the crappification.
+"""Stage: pretrain the generator (U-Net or residual network) to undo the crappification.
 
 Phases run one after another, each with its own one-cycle schedule (the recipe's
 ``fit_one_cycle`` calls): optionally frozen encoder first, then unfrozen with discriminative
@@ -21,12 +21,13 @@ from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast
 from pipelines.datasets.degraded import train_dataset
 from pipelines.imaging.degradations import CrappifyConfig
-from pipelines.datasets.pairs import EvalPairs, step_loader
+from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, step_loader
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
 from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Content, build_content_loss
 from pipelines.training import checkpoint, distributed, prelude
+from pipelines.training.ema import ModelEMA
 from pipelines.core.fingerprint import fingerprint
 from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite,
                                      set_lr)
@@ -39,6 +40,10 @@ STAGE = "pretrain_generator"
 
 @dataclass(frozen=True)
 class GeneratorModel:
+    # unet: the U-Net on a ResNet encoder (the recipe); srresnet: residual blocks at the input
+    # resolution, then pixel shuffles (pipelines/networks/srresnet.py)
+    kind: Literal["unet", "srresnet"] = "unet"
+    # unet only
     encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
     # imagenet | none | a path to a state dict
     pretrained: str = "imagenet"
@@ -48,9 +53,18 @@ class GeneratorModel:
     norm: Literal["weight", "spectral", "none"] = "weight"
     hr_channels: int = bounded(32, lo=8)  # channels of the blocks above the input resolution
     lr_cross: bool = True                 # input merged into the features at input resolution
+    # srresnet only
+    channels: int = bounded(64, lo=4)
+    blocks: int = bounded(16, lo=0)
 
     def arch(self, scale: int) -> dict:
-        return {**as_dict(self), "scale": scale}
+        """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key, as before it
+        existed, so its model files and checkpoints stay as they were."""
+        if self.kind == "srresnet":
+            return {"kind": "srresnet", "scale": scale, "channels": self.channels,
+                    "blocks": self.blocks}
+        unet = {k: v for k, v in as_dict(self).items() if k not in ("kind", "channels", "blocks")}
+        return {**unet, "scale": scale}
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,11 @@ class PretrainGeneratorConfig:
     lighting: float = bounded(0.1, lo=0, hi=1)
     # share of fresh training crops that are only downscaled (no JPEG, no watermark)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
+    # their downscale kernel, drawn per crop from this list (pipelines.datasets.pairs.CLEAN_RESAMPLE)
+    clean_resample: tuple[str, ...] = ("area",)
+    # decay of the exponential moving average of the weights that is validated and saved;
+    # 0 = none (the last weights)
+    ema: float = bounded(0.0, lo=0, hi=0.99999)
     workers: int = bounded(0, lo=0)
     valid_crop: int = bounded(256, lo=0)  # centre crop of validation images, 0 = whole image
     eval_every: int = bounded(100, lo=1)
@@ -91,6 +110,13 @@ class PretrainGeneratorConfig:
         for i, p in enumerate(self.phases):
             self.base.check_crop(f"phases[{i}].crop", p.crop or self.base.crop)
         self.base.check_crop("valid_crop", self.valid_crop)
+        if self.model.kind != "unet" and any(p.frozen for p in self.phases):
+            raise ConfigError(f"phases: frozen needs an encoder; model.kind {self.model.kind!r} "
+                              "has none")
+        unknown = [k for k in self.clean_resample if k not in CLEAN_RESAMPLE]
+        if not self.clean_resample or unknown:
+            raise ConfigError(f"clean_resample: {list(self.clean_resample)!r} must be a non-empty "
+                              f"list of {', '.join(CLEAN_RESAMPLE)}")
 
     @property
     def total_steps(self) -> int:
@@ -119,6 +145,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     session = prelude.start(base)
     device, ranks, dtype = session.device, session.ranks, session.dtype
     model = build_generator(**cfg.model.arch(base.scale)).to(device)
+    ema = ModelEMA(model, cfg.ema) if cfg.ema else None
+    kept = ema.model if ema is not None else model  # validated and saved: the average, if any
     loss_fn = build_content_loss(cfg.loss).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     baseline = validate(Bicubic(base.scale), valid, device, None, base.scale)
@@ -130,6 +158,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     step = state["step"] if state else 0
     if state is not None:
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
     steps_log = StepLogger(STAGE, cfg.total_steps, tracker, cfg.log_every, start=step,
                            quiet=not ranks.main)
     steps_log.load_state(state.get("log") if state else None)
@@ -142,7 +172,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
             opt, ratios = phase_optimizer(cfg, model, index, state)
             trained = distributed.wrap(model, ranks, device, base.sync_batchnorm)
             dataset = train_dataset(base, cfg.data, cfg.crappify, phase.crop or base.crop,
-                                    cfg.lighting, cfg.clean_prob)
+                                    cfg.lighting, cfg.clean_prob, cfg.clean_resample)
             loader = step_loader(dataset, step - phase_start, phase.steps, phase.batch_size,
                                  cfg.workers, ranks.rank, ranks.world, offset=samples_before)
             speed.resume()
@@ -157,12 +187,14 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update(model)
                 step += 1
                 check_finite({"generator": loss}, step, ckpt)
                 speed.tick(lr_img.shape[0] * ranks.world)
                 steps_log.step(step, {"loss": loss.item(), "lr": peak}, speed.rate)
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                    scores = validate(model, valid, device, dtype, base.scale)
+                    scores = validate(kept, valid, device, dtype, base.scale)
                     scores["gain_db"] = scores["psnr_y"] - baseline["psnr_y"]
                     history.append({"step": step, **scores})
                     steps_log.metrics(step, {f"valid_{k}": v for k, v in scores.items()})
@@ -171,15 +203,15 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                     mid_phase = {"optimizer": opt.state_dict()} if step < phase_end else {}
                     ckpt.save(step, phase=index if step < phase_end else index + 1,
                               model=model.state_dict(), history=history, log=steps_log.state(),
-                              **mid_phase)
+                              **mid_phase, **({"ema": ema.state_dict()} if ema else {}))
                 if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
-                    tracker.log_image(sample_grid(model, valid, device), key="samples", step=step)
+                    tracker.log_image(sample_grid(kept, valid, device), key="samples", step=step)
                 speed.resume()
             state = None
         phase_start = phase_end
         samples_before += phase.steps * phase.batch_size
     steps_log.close()
-    return finish(cfg, model, history, baseline, steps_log, speed, valid, session, tracker)
+    return finish(cfg, kept, history, baseline, steps_log, speed, valid, session, tracker)
 
 
 def finish(cfg: PretrainGeneratorConfig, model: torch.nn.Module, history: list[dict],

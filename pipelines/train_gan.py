@@ -68,6 +68,7 @@ class TrainGanConfig:
     valid_crop: int = bounded(256, lo=0)
     lighting: float = bounded(0.1, lo=0, hi=1)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
+    clean_resample: tuple[str, ...] = ("area",)   # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -137,7 +138,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         keep_best()
 
     dataset = train_dataset(base, cfg.data, cfg.crappify, cfg.crop or base.crop, cfg.lighting,
-                            cfg.clean_prob)
+                            cfg.clean_prob, cfg.clean_resample)
     # Enough batches for the worst case of max_critic_steps critic steps per generator step.
     loader = step_loader(dataset, loop.batches, cfg.steps * (cfg.max_critic_steps + 1),
                          cfg.batch_size, cfg.workers, ranks.rank, ranks.world)

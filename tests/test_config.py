@@ -121,3 +121,14 @@ def test_cli_overrides_read_exponent_floats_like_dvc_writes_them():
     from pipelines.running.stage import parse_overrides
     assert parse_overrides(["train_gan.lr=1e-05", "a.b=[1, 2]", "c=text"]) == {
         "train_gan.lr": 1e-05, "a.b": [1, 2], "c": "text"}
+
+
+def test_sun80_params_file_is_the_defaults_on_a_folder(repo_root):
+    import yaml
+    data = yaml.safe_load((repo_root / "params-sun80.yaml").read_text())
+    defaults = yaml.safe_load((repo_root / "params.yaml").read_text())
+    assert {k: v for k, v in data.items() if k != "download"} == \
+        {k: v for k, v in defaults.items() if k != "download"}
+    assert data["download"]["source"] == "folder"
+    # relative to the repository root, where DVC runs the stages
+    assert data["download"]["folder"] == "../shared/datasets/Sun80"

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipelines.core.errors import StageError
+from pipelines.imaging.resize import RESAMPLERS, imresize_matlab
 from pipelines.imaging.images import list_images, read_rgb
 from pipelines.core.runtime import hash_seed
 from pipelines.imaging.tensors import centre_box, to_tensor
@@ -102,13 +103,26 @@ def fitting(files: Sequence[Path], crop: int) -> list[int]:
     return keep
 
 
+# kernels of the clean (only downscaled) training inputs: OpenCV's, and MATLAB's antialiased
+# bicubic (imresize), which the super-resolution benchmarks' LR images are made with
+CLEAN_RESAMPLE = ("area", "bilinear", "bicubic", "lanczos", "matlab_bicubic")
+
+
+def shrink(hr: np.ndarray, size: int, kernel: str) -> np.ndarray:
+    """A square HR crop shrunk to ``size`` px by ``kernel`` (one of CLEAN_RESAMPLE)."""
+    if kernel == "matlab_bicubic":
+        return imresize_matlab(hr, (size, size))
+    return cv2.resize(hr, (size, size), interpolation=RESAMPLERS[kernel])
+
+
 class TrainPairs(Dataset):
     """Random aligned (LR, HR) crops. ``degrade`` given: LR made fresh from each HR crop
     (a new degradation for every sample); else LR cropped from the crappify stage's files."""
 
     def __init__(self, hr_files: Sequence[Path], crop: int, scale: int, seed: int,
                  degrade: Degrader | None = None, lr_files: Sequence[Path] | None = None,
-                 augment: bool = True, lighting: float = 0.1, clean_prob: float = 0.0):
+                 augment: bool = True, lighting: float = 0.1, clean_prob: float = 0.0,
+                 clean_resample: Sequence[str] = ("area",)):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
         hr_files, lr_files = list(hr_files), (list(lr_files) if lr_files else None)
@@ -119,6 +133,13 @@ class TrainPairs(Dataset):
         self.degrade = degrade
         # share of fresh samples that are only downscaled: a restorer must not damage clean input
         self.clean_prob = clean_prob
+        # ...by one of these kernels, drawn per crop: a model trained blind over several is no
+        # stranger to a photo shrunk by any of them (benchmarks use MATLAB's bicubic)
+        unknown = [k for k in clean_resample if k not in CLEAN_RESAMPLE]
+        if not clean_resample or unknown:
+            raise ValueError(f"clean_resample: {list(clean_resample)!r} must be a non-empty list "
+                             f"of {', '.join(CLEAN_RESAMPLE)}")
+        self.clean_resample = tuple(clean_resample)
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -147,7 +168,10 @@ class TrainPairs(Dataset):
             lr_crop = out["lr"] if lr_crop is not None else None
         if lr_crop is None:
             if rng.random() < self.clean_prob:
-                lr_crop = cv2.resize(hr_crop, (self.crop // self.scale,) * 2, interpolation=cv2.INTER_AREA)
+                # one kernel draws nothing, so the default stream is the same as before kernels
+                kernel = (self.clean_resample[int(rng.integers(len(self.clean_resample)))]
+                          if len(self.clean_resample) > 1 else self.clean_resample[0])
+                lr_crop = shrink(hr_crop, self.crop // self.scale, kernel)
             else:
                 lr_crop = self.degrade(hr_crop, rng, min(hr.shape[:2]) // self.scale)
         return to_tensor(lr_crop), to_tensor(hr_crop)

@@ -18,7 +18,9 @@ from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pret
 
 log = logging.getLogger(__name__)
 
-Content = Literal["mse", "l1", "feature"]
+Content = Literal["mse", "l1", "charbonnier", "feature"]
+# Charbonnier's epsilon, in [0, 1] image units (LapSRN, EDVR, BasicSR: 1e-3)
+CHARBONNIER_EPS = 1e-3
 Adversarial = Literal["bce", "wgan-gp"]
 ADVERSARIAL = ("bce", "wgan-gp")
 # ReLU outputs just before max-pools 3, 4 and 5 of VGG16-BN's ``features`` (256, 512, 512 ch)
@@ -29,17 +31,21 @@ GP_WEIGHT = 10.0
 
 
 class PixelLoss(nn.Module):
-    """``weight`` * mean MSE or L1 between the images."""
+    """``weight`` * mean MSE, L1 or Charbonnier (sqrt(d^2 + eps^2), a differentiable L1)
+    between the images."""
 
-    def __init__(self, kind: Literal["mse", "l1"] = "l1", weight: float = 1.0):
+    def __init__(self, kind: Literal["mse", "l1", "charbonnier"] = "l1", weight: float = 1.0):
         super().__init__()
-        if kind not in ("mse", "l1"):
-            raise ValueError(f"pixel loss: {kind!r} is not 'mse' or 'l1'")
+        if kind not in ("mse", "l1", "charbonnier"):
+            raise ValueError(f"pixel loss: {kind!r} is not 'mse', 'l1' or 'charbonnier'")
         self.kind, self.weight = kind, weight
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        output, target = output.float(), target.float()
+        if self.kind == "charbonnier":
+            return self.weight * torch.sqrt((output - target) ** 2 + CHARBONNIER_EPS ** 2).mean()
         fn = F.mse_loss if self.kind == "mse" else F.l1_loss
-        return self.weight * fn(output.float(), target.float())
+        return self.weight * fn(output, target)
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -108,11 +114,12 @@ def build_content_loss(name: Content, weight: float = 1.0,
                        pretrained: str = "imagenet") -> nn.Module:
     """The content loss ``name``; ``layer_weights``, ``gram`` and ``pretrained`` (the VGG's
     weights spec, see pipelines.networks.pretrained) only concern "feature"."""
-    if name in ("mse", "l1"):
+    if name in ("mse", "l1", "charbonnier"):
         return PixelLoss(name, weight)
     if name == "feature":
         return FeatureLoss(layer_weights, gram, weight, pretrained)
-    raise ValueError(f"content loss: {name!r} is not one of 'mse', 'l1', 'feature'")
+    raise ValueError(f"content loss: {name!r} is not one of 'mse', 'l1', 'charbonnier', "
+                     "'feature'")
 
 
 def critic_logit_loss(kind: Adversarial, real_logits: torch.Tensor,

@@ -1,0 +1,88 @@
+"""A residual generator working at the input resolution (EDSR / SRResNet style).
+
+The SRGAN and EDSR networks: a head convolution, ``blocks`` residual blocks (conv, ReLU, conv,
+plus the skip; no normalisation layers, which cost detail and speed at small batches), a conv
+and a long skip over the whole body, then ``log2(scale)`` times (conv to 4x channels,
+PixelShuffle 2, ReLU) and a conv to RGB. Everything but that last conv runs at the input size,
+so at x4 it costs 1/16 of a network of the same width run at the output size.
+
+The contract is the U-Net generator's: RGB in [0, 1] at the input size in, RGB in [0, 1] at
+``scale`` times that size out, any input of at least 1 px. The output is a residual added to the
+bicubic upscale of the input, so the untrained network (last conv zero) returns bicubic. It is
+clamped to [0, 1] with a straight-through gradient: the value never leaves the range, and a
+pixel that overshoots still gets the gradient that pulls it back (a plain clamp would stop it).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pipelines.networks.unet import upsample
+
+SCALES = (1, 2, 4, 8)
+KIND = "srresnet"
+
+
+class ResidualBlock(nn.Module):
+    """conv, ReLU, conv, plus the input (EDSR's block, without its residual scaling)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class SRResNetGenerator(nn.Module):
+    """See the module docstring. Arguments as ``build_srresnet``."""
+
+    def __init__(self, scale: int = 4, channels: int = 64, blocks: int = 16,
+                 kind: str = KIND):
+        super().__init__()
+        if kind != KIND:
+            raise ValueError(f"kind: {kind!r} is not {KIND!r}")
+        if scale not in SCALES:
+            raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
+        if channels < 4:
+            raise ValueError(f"channels: {channels} is below 4")
+        if blocks < 0:
+            raise ValueError(f"blocks: {blocks} is negative")
+        self.scale = scale
+        self.arch = {"kind": KIND, "scale": scale, "channels": channels, "blocks": blocks}
+        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
+        self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
+        up: list[nn.Module] = []
+        for _ in range(int(math.log2(scale))):
+            up += [nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
+        self.up = nn.Sequential(*up)
+        self.to_rgb = nn.Conv2d(channels, 3, 3, padding=1)
+        nn.init.zeros_(self.to_rgb.weight)
+        nn.init.zeros_(self.to_rgb.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # centred inputs: the convs see values around zero without a normalisation layer
+        h = self.head(x - 0.5)
+        h = h + self.body_end(self.body(h))
+        y = upsample(x, self.scale) + self.to_rgb(self.up(h))
+        # straight-through clamp: the value is clamped, the gradient is the identity's
+        return y + (y.clamp(0.0, 1.0) - y).detach()
+
+
+def build_srresnet(scale: int = 4, channels: int = 64, blocks: int = 16,
+                   kind: str = KIND) -> SRResNetGenerator:
+    """The residual generator at the input resolution.
+
+    scale: output size / input size, 1, 2, 4 or 8.
+    channels: width of every layer below the output conv (64: EDSR-baseline, ~1.5M parameters
+    at 16 blocks and x4).
+    blocks: residual blocks in the body.
+
+    ``model.arch`` holds these arguments, ``kind="srresnet"`` included, for
+    ``build_generator(**arch)``.
+    """
+    return SRResNetGenerator(scale, channels, blocks, kind)

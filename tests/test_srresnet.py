@@ -1,0 +1,127 @@
+"""The residual generator at the input resolution: sizes, contract, arch, restore."""
+import numpy as np
+import pytest
+import torch
+
+from pipelines.core.config import ConfigError, load
+from pipelines.inference.restore import bicubic_upscale, load_generator, restore
+from pipelines.networks import (
+    SRResNetGenerator,
+    build_generator,
+    freeze_encoder,
+    param_groups,
+)
+from pipelines.networks.unet import upsample
+from pipelines.pretrain_generator import PretrainGeneratorConfig
+from pipelines.training import checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def small(**kw) -> SRResNetGenerator:
+    return build_generator(**{"kind": "srresnet", "channels": 8, "blocks": 2, **kw})
+
+
+def trained_like(model: SRResNetGenerator) -> SRResNetGenerator:
+    """Random weights in the last conv too, so the output is not just bicubic."""
+    torch.nn.init.normal_(model.to_rgb.weight, std=0.05)
+    return model
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_output_size_for_odd_inputs(scale):
+    model = small(scale=scale).eval()
+    with torch.no_grad():
+        for h, w in [(37, 29), (1, 5), (16, 16)]:
+            assert model(torch.rand(2, 3, h, w)).shape == (2, 3, h * scale, w * scale)
+
+
+def test_default_size_is_the_edsr_baseline():
+    model = build_generator(kind="srresnet", scale=4)
+    assert 1.4e6 < sum(p.numel() for p in model.parameters()) < 1.6e6
+    assert len(model.body) == 16
+
+
+def test_untrained_network_is_bicubic_upsampling():
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        assert torch.allclose(small(scale=4)(x), upsample(x, 4).clamp(0, 1), atol=1e-6)
+
+
+def test_output_stays_in_range_and_the_clamp_passes_gradients():
+    model = trained_like(small(scale=2))
+    with torch.no_grad():
+        model.to_rgb.bias.fill_(2.0)  # every pixel overshoots 1
+    x = torch.rand(1, 3, 12, 12)
+    y = model(x)
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.equal(y, torch.ones_like(y))
+    # a plain clamp would give zero gradient here; the pull back towards the target survives
+    (y - 0.5).abs().mean().backward()
+    assert model.to_rgb.bias.grad.abs().min() > 0
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="scale"):
+        small(scale=3)
+    with pytest.raises(ValueError, match="channels"):
+        small(channels=2)
+    with pytest.raises(ValueError, match="kind"):
+        build_generator(kind="transformer")
+
+
+def test_arch_rebuilds_the_network_and_a_model_file_loads(tmp_path):
+    model = trained_like(small(scale=4))
+    assert model.arch["kind"] == "srresnet"
+    path = tmp_path / "generator.pt"
+    checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
+    loaded = load_generator(path)
+    assert isinstance(loaded, SRResNetGenerator)
+    x = torch.rand(1, 3, 10, 14)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+        # the copy MLflow pickles is rebuilt from arch too
+        assert torch.equal(checkpoint.plain_copy(model)(x), loaded(x))
+
+
+def test_one_parameter_group_for_the_learning_rate_and_no_encoder_to_freeze():
+    model = small()
+    groups = param_groups(model)
+    assert [len(g) for g in groups[:2]] == [0, 0]
+    assert len(groups[2]) == len(list(model.parameters()))
+    freeze_encoder(model, False)  # unfreezing is a no-op
+    with pytest.raises(ValueError, match="no encoder"):
+        freeze_encoder(model, True)
+
+
+@pytest.mark.parametrize("h, w", [(37, 101), (9, 7)])
+def test_restore_odd_sizes_single_pass_and_tiled(h, w):
+    model = trained_like(small(scale=2, blocks=1)).eval()
+    lr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    whole = restore(model, lr, tile=64, overlap=16)
+    assert whole.shape == (h * 2, w * 2, 3) and whole.dtype == np.uint8
+    assert not np.array_equal(whole, bicubic_upscale(lr, 2))
+    # receptive radius 5.5 LR px (5 convs at LR size, one at HR) fits in the tiles' zero
+    # margin (overlap / 4 = 6): tiled equals a single pass up to rounding
+    tiled = restore(model, lr, tile=48, overlap=24)
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+
+
+def test_config_builds_the_arch_and_refuses_a_frozen_phase():
+    params = {"base": {"scale": 2, "crop": 32}, "crappify": {},
+              "pretrain_generator": {"model": {"kind": "srresnet", "channels": 16, "blocks": 3}}}
+    cfg = load(PretrainGeneratorConfig, "pretrain_generator", params)
+    assert cfg.model.arch(2) == {"kind": "srresnet", "scale": 2, "channels": 16, "blocks": 3}
+    assert isinstance(build_generator(**cfg.model.arch(2)), SRResNetGenerator)
+    unet = load(PretrainGeneratorConfig, "pretrain_generator",
+                {**params, "pretrain_generator": {}}).model.arch(2)
+    assert "kind" not in unet and unet["encoder"] == "resnet18"
+    params["pretrain_generator"]["phases"] = [{"steps": 2, "frozen": True}]
+    with pytest.raises(ConfigError, match="frozen"):
+        load(PretrainGeneratorConfig, "pretrain_generator", params)
+    params["pretrain_generator"].update(phases=[{"steps": 2}], clean_resample=["box"])
+    with pytest.raises(ConfigError, match="clean_resample"):
+        load(PretrainGeneratorConfig, "pretrain_generator", params)
