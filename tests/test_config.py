@@ -127,8 +127,9 @@ def test_sun80_params_file_is_the_defaults_on_a_folder(repo_root):
     import yaml
     data = yaml.safe_load((repo_root / "params-sun80.yaml").read_text())
     defaults = yaml.safe_load((repo_root / "params.yaml").read_text())
-    assert {k: v for k, v in data.items() if k != "download"} == \
-        {k: v for k, v in defaults.items() if k != "download"}
+    assert {k: v for k, v in data.items() if k not in ("download", "evaluate")} == \
+        {k: v for k, v in defaults.items() if k not in ("download", "evaluate")}
     assert data["download"]["source"] == "folder"
     # relative to the repository root, where DVC runs the stages
     assert data["download"]["folder"] == "../shared/datasets/Sun80"
+    assert data["evaluate"] == {**defaults["evaluate"], "hr_dirs": ["../shared/benchmarks/Set5"]}
