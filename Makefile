@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup pipeline test test-fast bench clean ui
+.PHONY: setup pipeline lint test test-fast bench clean ui ui
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ pipeline: setup
 	decrappify register
 	dvc metrics show
 
-test: setup
+# lint and format first: seconds, and a failure names the file and line
+lint: setup
+	ruff check .
+	ruff format --check .
+
+test: lint
 	pytest -q
 
 test-fast: setup

@@ -3,6 +3,7 @@
 ``python -m bench`` runs them all (``make bench``); ``python -m bench NAME [--quick]
 [--repeats N]`` runs one. Each prints its tables and writes ``bench/results/NAME.json``.
 """
+
 import os
 
 # libgomp (torch's OpenMP) busy-waits at every barrier by default. On a machine shared with

@@ -5,6 +5,7 @@ whole pipeline) run one after another, each in its own process, so that one benc
 memory, threads and child processes cannot touch the next one's figures; a benchmark that
 fails is reported and the others still run.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,8 +19,12 @@ from bench.common import base_parser
 
 def parser():
     p = base_parser()
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
     for module in BENCHMARKS.values():
         importlib.import_module(module).add_arguments(p)
     return p
@@ -30,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}",
-              file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     if len(args.names) == 1:
         importlib.import_module(BENCHMARKS[args.names[0]]).run(args).save()

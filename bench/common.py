@@ -8,6 +8,7 @@ a busy spell slows all variants of a round alike. Rates are reported as the medi
 rounds with their min and max, and a ratio between two variants is computed round by round
 (side by side in time) before taking its median, never from two medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,12 +33,18 @@ def summary(values: Iterable[float]) -> dict[str, Any]:
     vals = [float(v) for v in values]
     if not vals:
         return {"median": None, "min": None, "max": None, "n": 0, "values": []}
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),
-            "values": [round(v, 6) for v in vals]}
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "values": [round(v, 6) for v in vals],
+    }
 
 
-def fmt(values: Iterable[float] | Mapping[str, Any] | None, digits: int = 1,
-        suffix: str = "") -> str:
+def fmt(
+    values: Iterable[float] | Mapping[str, Any] | None, digits: int = 1, suffix: str = ""
+) -> str:
     """``median [min-max]``; a single value alone; ``-`` when there is none."""
     s = values if isinstance(values, Mapping) else summary(values if values is not None else [])
     if not s.get("n"):
@@ -60,16 +68,19 @@ def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
 # -- timing --------------------------------------------------------------------------------------
 def clock(fn: Callable[[], Any], times: int = 1) -> Callable[[], float]:
     """A variant for ``interleave`` that times ``times`` calls of ``fn`` with the wall clock."""
+
     def run() -> float:
         start = time.perf_counter()
         for _ in range(times):
             fn()
         return time.perf_counter() - start
+
     return run
 
 
-def interleave(variants: Mapping[str, Callable[[], float]], repeats: int, warmup: int = 1,
-               progress: str = "") -> dict[str, list[float]]:
+def interleave(
+    variants: Mapping[str, Callable[[], float]], repeats: int, warmup: int = 1, progress: str = ""
+) -> dict[str, list[float]]:
     """Seconds of each variant in each of ``repeats`` rounds.
 
     A variant is a callable returning the seconds it measured (``clock`` wraps a plain one;
@@ -158,9 +169,17 @@ def machine_info() -> dict[str, Any]:
         "fastai": _version("fastai"),
         "dvc": _version("dvc"),
         "prefect": _version("prefect"),
-        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                           "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-                if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "OMP_WAIT_POLICY",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "OPENBLAS_CORETYPE",
+                "OPENBLAS_L2_SIZE",
+            )
+            if k in os.environ
+        },
     }
     return info
 
@@ -186,12 +205,20 @@ class Report:
         self.load_start = load_average()
         self.started = time.time()
         print(f"\n== {title} ==", flush=True)
-        print(f"   {self.machine['cpu_model']}, {self.machine['usable_cpus']} cores, torch "
-              f"{self.machine['torch']} ({self.machine['torch_threads']} threads), load average "
-              f"{self.load_start}", flush=True)
+        print(
+            f"   {self.machine['cpu_model']}, {self.machine['usable_cpus']} cores, torch "
+            f"{self.machine['torch']} ({self.machine['torch_threads']} threads), load average "
+            f"{self.load_start}",
+            flush=True,
+        )
 
-    def table(self, title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-              note: str | None = None) -> None:
+    def table(
+        self,
+        title: str,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        note: str | None = None,
+    ) -> None:
         rows = [[str(c) for c in r] for r in rows]
         self.tables.append({"title": title, "headers": list(headers), "rows": rows, "note": note})
         print(f"\n{title}")
@@ -207,12 +234,21 @@ class Report:
     def save(self) -> Path:
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{self.name}.json"
-        doc = {"name": self.name, "title": self.title,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
-               "seconds": round(time.time() - self.started, 1), "params": self.params,
-               "machine": {**self.machine, "load_average_start": self.load_start,
-                           "load_average_end": load_average()},
-               "data": self.data, "tables": self.tables, "notes": self.notes}
+        doc = {
+            "name": self.name,
+            "title": self.title,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "seconds": round(time.time() - self.started, 1),
+            "params": self.params,
+            "machine": {
+                **self.machine,
+                "load_average_start": self.load_start,
+                "load_average_end": load_average(),
+            },
+            "data": self.data,
+            "tables": self.tables,
+            "notes": self.notes,
+        }
         path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
         print(f"\n-> {path.relative_to(ROOT)} ({doc['seconds']} s)", flush=True)
         return path
@@ -227,22 +263,36 @@ def _json_default(obj: Any) -> Any:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+        for i, h in enumerate(headers)
+    ]
+
     def line(cells: Sequence[Any]) -> str:
         return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
 # -- command line --------------------------------------------------------------------------------
 def base_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Benchmarks of the decrappify pipeline; "
-                                "results in bench/results/<name>.json.")
-    p.add_argument("--quick", action="store_true",
-                   help="smaller sizes and fewer rounds: a check that everything runs")
-    p.add_argument("--repeats", type=int, default=None, metavar="N",
-                   help="timed rounds per measurement (default: per benchmark, fewer with --quick)")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Benchmarks of the decrappify pipeline; results in bench/results/<name>.json.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes and fewer rounds: a check that everything runs",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed rounds per measurement (default: per benchmark, fewer with --quick)",
+    )
     return p
 
 
@@ -263,6 +313,7 @@ def sample_images(min_side: int = 0) -> list[Path]:
         files = _skimage_photos()
     if min_side:
         import cv2
+
         keep = []
         for f in files:
             img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)

@@ -10,6 +10,7 @@ runs them). Variants:
 - floor: OpenCV decode of the HR PNG + one JPEG encode of an LR-sized image (strided
   subsample, no filtering) + write: the I/O no implementation avoids.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,21 @@ from pipelines.imaging.images import read_rgb
 NAME = "crappify"
 TITLE = "Crappify throughput (images/s, decode + degrade + encode + write)"
 VARIANTS = ("ours (x4)", "ours (short side 96)", "recipe (PIL)", "floor (OpenCV decode+encode)")
-SPECS = {"ours (x4)": Degradation(),
-         "ours (short side 96)": Degradation(size_mode="short_side", short_side=96)}
+SPECS = {
+    "ours (x4)": Degradation(),
+    "ours (short side 96)": Degradation(size_mode="short_side", short_side=96),
+}
 
 _out: dict = {}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--passes", type=int, default=None,
-                   help="crappify: passes over the photos per round (default 3, 1 with --quick)")
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="crappify: passes over the photos per round (default 3, 1 with --quick)",
+    )
 
 
 def _init(out_dir: str) -> None:
@@ -60,8 +67,9 @@ def _one(task: tuple[str, int, str]) -> int:
         recipe_crappify(path, dest, random.Random(key))
     else:
         bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bgr[::4, ::4]),
-                               [cv2.IMWRITE_JPEG_QUALITY, 40])
+        ok, buf = cv2.imencode(
+            ".jpg", np.ascontiguousarray(bgr[::4, ::4]), [cv2.IMWRITE_JPEG_QUALITY, 40]
+        )
         dest.write_bytes(buf.tobytes())
     return 1
 
@@ -72,21 +80,33 @@ def run(args: argparse.Namespace) -> Report:
     n_rounds = repeats(args, 5, 2)
     tasks_of = {v: [(v, i, str(f)) for i in range(passes) for f in files] for v in VARIANTS}
     n_images = passes * len(files)
-    report = Report(NAME, TITLE, {"images": len(files), "passes": passes, "rounds": n_rounds,
-                                  "files": [f.name for f in files]})
+    report = Report(
+        NAME,
+        TITLE,
+        {
+            "images": len(files),
+            "passes": passes,
+            "rounds": n_rounds,
+            "files": [f.name for f in files],
+        },
+    )
     out = Path(tempfile.mkdtemp(prefix="decrappify-bench-crappify-"))
     seconds: dict[tuple[str, int], list[float]] = {}
     try:
         for workers in (1, 2):
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(workers, initializer=_init, initargs=(str(out),)) as pool:
+
                 def variant(v: str):
                     def go() -> None:
                         for _ in pool.imap_unordered(_one, tasks_of[v], chunksize=1):
                             pass
+
                     return clock(go)
-                res = interleave({v: variant(v) for v in VARIANTS}, n_rounds,
-                                 progress=f"{workers} worker(s)")
+
+                res = interleave(
+                    {v: variant(v) for v in VARIANTS}, n_rounds, progress=f"{workers} worker(s)"
+                )
             for v, secs in res.items():
                 seconds[(v, workers)] = secs
     finally:
@@ -96,17 +116,27 @@ def run(args: argparse.Namespace) -> Report:
     report.data["images_per_s"] = {f"{v} / {w} workers": rate[(v, w)] for v, w in rate}
     rows = []
     for v in VARIANTS:
-        rows.append([v, fmt(rate[(v, 1)]), fmt(rate[(v, 2)]),
-                     fmt(ratios(rate[(v, 2)], rate[(v, 1)]), 2) + "x"])
-    report.table(f"images/s, median [min-max] of {n_rounds} rounds of {n_images} images "
-                 f"({len(files)} photos x {passes})",
-                 ["variant", "1 worker", "2 workers", "2 vs 1 worker"], rows)
+        rows.append(
+            [
+                v,
+                fmt(rate[(v, 1)]),
+                fmt(rate[(v, 2)]),
+                fmt(ratios(rate[(v, 2)], rate[(v, 1)]), 2) + "x",
+            ]
+        )
+    report.table(
+        f"images/s, median [min-max] of {n_rounds} rounds of {n_images} images "
+        f"({len(files)} photos x {passes})",
+        ["variant", "1 worker", "2 workers", "2 vs 1 worker"],
+        rows,
+    )
     comp = []
-    for label, a, b in (("ours (x4) / recipe (PIL)", "ours (x4)", "recipe (PIL)"),
-                        ("ours (short side 96) / recipe (PIL)", "ours (short side 96)",
-                         "recipe (PIL)"),
-                        ("ours (x4) / floor", "ours (x4)", "floor (OpenCV decode+encode)"),
-                        ("recipe (PIL) / floor", "recipe (PIL)", "floor (OpenCV decode+encode)")):
+    for label, a, b in (
+        ("ours (x4) / recipe (PIL)", "ours (x4)", "recipe (PIL)"),
+        ("ours (short side 96) / recipe (PIL)", "ours (short side 96)", "recipe (PIL)"),
+        ("ours (x4) / floor", "ours (x4)", "floor (OpenCV decode+encode)"),
+        ("recipe (PIL) / floor", "recipe (PIL)", "floor (OpenCV decode+encode)"),
+    ):
         comp.append([label] + [fmt(ratios(rate[(a, w)], rate[(b, w)]), 2) + "x" for w in (1, 2)])
     report.data["ratios"] = {row[0]: row[1:] for row in comp}
     report.table("throughput ratios, round by round", ["ratio", "1 worker", "2 workers"], comp)
@@ -127,6 +157,7 @@ def degrade_only(report: Report, files: list[Path], n_rounds: int) -> None:
         def go() -> None:
             for i, hr in enumerate(arrays):
                 crappify(hr, spec, rng_for(0, str(i)))
+
         return clock(go)
 
     def recipe() -> None:
@@ -134,16 +165,21 @@ def degrade_only(report: Report, files: list[Path], n_rounds: int) -> None:
         for img in pils:
             recipe_degrade(img, rng, io.BytesIO())
 
-    res = interleave({"ours (x4)": ours(SPECS["ours (x4)"]),
-                      "ours (short side 96)": ours(SPECS["ours (short side 96)"]),
-                      "recipe (PIL)": clock(recipe)},
-                     max(n_rounds, 3), progress="degradation only")
+    res = interleave(
+        {
+            "ours (x4)": ours(SPECS["ours (x4)"]),
+            "ours (short side 96)": ours(SPECS["ours (short side 96)"]),
+            "recipe (PIL)": clock(recipe),
+        },
+        max(n_rounds, 3),
+        progress="degradation only",
+    )
     rate = {k: rates(v, len(arrays)) for k, v in res.items()}
     report.data["degrade_only_images_per_s"] = rate
-    report.table("degradation alone (decoded photo in memory -> JPEG bytes), 1 process, "
-                 "images/s",
-                 ["variant", "images/s", "vs recipe (PIL)"],
-                 [[k, fmt(v), fmt(ratios(v, rate["recipe (PIL)"]), 2) + "x"]
-                  for k, v in rate.items()],
-                 note="ours also decodes its JPEG back (the LR array the training loader "
-                      "uses); the recipe only encodes.")
+    report.table(
+        "degradation alone (decoded photo in memory -> JPEG bytes), 1 process, images/s",
+        ["variant", "images/s", "vs recipe (PIL)"],
+        [[k, fmt(v), fmt(ratios(v, rate["recipe (PIL)"]), 2) + "x"] for k, v in rate.items()],
+        note="ours also decodes its JPEG back (the LR array the training loader "
+        "uses); the recipe only encodes.",
+    )

@@ -9,6 +9,7 @@ excluded) and wall seconds of the whole command (start-up, process group, rendez
 included). One process uses every core through torch's threads; under torchrun each process
 gets ``cores / N`` threads, so both variants use the same cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,22 +36,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _params(steps: int, batch: int, crop: int, launcher: str, nproc: int) -> dict:
     return {
-        "base": {"seed": 3, "device": "cpu", "scale": 4, "crop": crop, "launcher": launcher,
-                 "nproc": nproc},
+        "base": {
+            "seed": 3,
+            "device": "cpu",
+            "scale": 4,
+            "crop": crop,
+            "launcher": launcher,
+            "nproc": nproc,
+        },
         "download": {"source": "sample"},
         "crappify": {"workers": 1},
         "pretrain_generator": {
             "model": {"encoder": "resnet18", "pretrained": "none"},
             "phases": [{"steps": steps, "batch_size": batch, "lr": 0.001}],
-            "eval_every": steps, "checkpoint_every": steps, "sample_every": 0},
+            "eval_every": steps,
+            "checkpoint_every": steps,
+            "sample_every": 0,
+        },
     }
 
 
 def _run(folder: Path, stage: str, params: dict, env: dict[str, str]) -> float:
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=folder, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"pipelines.{stage}"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"{stage} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
@@ -62,31 +78,55 @@ def run(args: argparse.Namespace) -> Report:
     nproc = max(2, args.nproc)
     steps, batch, crop = (10, 8, 64) if args.quick else (40, 8, 96)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    report = Report(NAME, TITLE, {"rounds": n_rounds, "nproc": nproc, "steps": steps,
-                                  "global_batch": batch, "crop": crop, "encoder": "resnet18",
-                                  "scale": 4, "cores": cores})
+    report = Report(
+        NAME,
+        TITLE,
+        {
+            "rounds": n_rounds,
+            "nproc": nproc,
+            "steps": steps,
+            "global_batch": batch,
+            "crop": crop,
+            "encoder": "resnet18",
+            "scale": 4,
+            "cores": cores,
+        },
+    )
     scratch = Path(tempfile.mkdtemp(prefix="decrappify-bench-ddp-"))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DECRAPPIFY_", "OMP_NUM_THREADS"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "DECRAPPIFY_", "OMP_NUM_THREADS"))
+    }
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{scratch / 'mlflow.db'}", PYTHONUNBUFFERED="1")
     try:
         (scratch / "dvc.yaml").write_text("stages: {}\n")  # marks the workspace root
         data = _params(steps, batch, crop, "single", 1)
         for stage in ("download", "crappify"):
             _run(scratch, stage, data, env)
-        variants = {"1 process": ("single", 1, {}),
-                    f"torchrun, {nproc} processes": ("torchrun", nproc,
-                                                     {"OMP_NUM_THREADS": str(max(1, cores // nproc))})}
-        res: dict[str, dict[str, list[float]]] = {k: {"images_per_s": [], "wall_s": []}
-                                                  for k in variants}
+        variants = {
+            "1 process": ("single", 1, {}),
+            f"torchrun, {nproc} processes": (
+                "torchrun",
+                nproc,
+                {"OMP_NUM_THREADS": str(max(1, cores // nproc))},
+            ),
+        }
+        res: dict[str, dict[str, list[float]]] = {
+            k: {"images_per_s": [], "wall_s": []} for k in variants
+        }
         names = list(variants)
         for r in range(n_rounds + 1):  # round 0: warm-up (file caches, first imports)
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 launcher, n, extra = variants[name]
                 for out in ("checkpoints", "models", "metrics", "plots", "logs"):
                     shutil.rmtree(scratch / out, ignore_errors=True)
-                wall = _run(scratch, "pretrain_generator", _params(steps, batch, crop, launcher, n),
-                            {**env, **extra})
+                wall = _run(
+                    scratch,
+                    "pretrain_generator",
+                    _params(steps, batch, crop, launcher, n),
+                    {**env, **extra},
+                )
                 # throughput is a number of the run, not a result: logs/, not metrics/
                 metrics = json.loads((scratch / "logs/pretrain_generator.json").read_text())
                 if r:
@@ -100,10 +140,20 @@ def run(args: argparse.Namespace) -> Report:
     speedup = ratios(res[many]["images_per_s"], res[one]["images_per_s"])
     report.data["results"] = {k: {m: summary(v) for m, v in d.items()} for k, d in res.items()}
     report.data["speedup"] = summary(speedup)
-    rows = [[name, fmt(d["images_per_s"]), fmt([1000 * batch / ips for ips in d["images_per_s"]], 0),
-             fmt(d["wall_s"])] for name, d in res.items()]
-    report.table(f"{steps} steps, global batch {batch} x {crop} px HR, x4, resnet18 from scratch, "
-                 f"{cores} cores; median [min-max] of {n_rounds} rounds",
-                 ["variant", "train img/s", "ms per step", "stage wall s"], rows,
-                 note=f"{many} / 1 process: {fmt(speedup, 2)}x training images/s")
+    rows = [
+        [
+            name,
+            fmt(d["images_per_s"]),
+            fmt([1000 * batch / ips for ips in d["images_per_s"]], 0),
+            fmt(d["wall_s"]),
+        ]
+        for name, d in res.items()
+    ]
+    report.table(
+        f"{steps} steps, global batch {batch} x {crop} px HR, x4, resnet18 from scratch, "
+        f"{cores} cores; median [min-max] of {n_rounds} rounds",
+        ["variant", "train img/s", "ms per step", "stage wall s"],
+        rows,
+        note=f"{many} / 1 process: {fmt(speedup, 2)}x training images/s",
+    )
     return report

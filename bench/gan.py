@@ -15,6 +15,7 @@ Recipe settings on both sides: resnet34 U-Net (blur, self-attention, weight norm
 nf 128 / 3 blocks / p 0.15, Adam betas (0, 0.99), wd 1e-3, critic lr x 5. fastai's networks use
 fastai's Adam (its Learner's default); ours fused AdamW (the pipeline's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import Report, clock, fmt, interleave, rates, ratios, repeats, summary
-from bench.generator import (DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, RECIPE_ARCH, SCALE,
-                             batch, sizes)
-from bench.peers import (FASTAI_MISSING, fastai_adam, fastai_available, fastai_critic,
-                         fastai_unet)
+from bench.generator import (
+    DEFAULT_ARCH,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RECIPE_ARCH,
+    SCALE,
+    batch,
+    sizes,
+)
+from bench.peers import FASTAI_MISSING, fastai_adam, fastai_available, fastai_critic, fastai_unet
 from pipelines.networks import build_critic, build_generator
 from pipelines.scoring.losses import PixelLoss
 from pipelines.training.gan import Gan
@@ -77,40 +84,73 @@ class Bench:
 def run(args: argparse.Namespace) -> Report:
     crop, n, steps = sizes(args)
     n_rounds = repeats(args, 3, 2)
-    report = Report(NAME, TITLE, {"crop": crop, "batch": n, "steps": steps, "rounds": n_rounds,
-                                  "generator": RECIPE_ARCH, "critic": RECIPE_CRITIC,
-                                  "default_generator": DEFAULT_ARCH,
-                                  "default_critic": DEFAULT_CRITIC})
+    report = Report(
+        NAME,
+        TITLE,
+        {
+            "crop": crop,
+            "batch": n,
+            "steps": steps,
+            "rounds": n_rounds,
+            "generator": RECIPE_ARCH,
+            "critic": RECIPE_CRITIC,
+            "default_generator": DEFAULT_ARCH,
+            "default_critic": DEFAULT_CRITIC,
+        },
+    )
     torch.manual_seed(0)
     gans: dict[str, Bench] = {}
     if fastai_available():
-        gans["fastai (recipe)"] = Bench(fastai_unet(crop), fastai_critic(**{
-            k: v for k, v in RECIPE_CRITIC.items() if k != "self_attention"}), True, crop, n)
+        gans["fastai (recipe)"] = Bench(
+            fastai_unet(crop),
+            fastai_critic(**{k: v for k, v in RECIPE_CRITIC.items() if k != "self_attention"}),
+            True,
+            crop,
+            n,
+        )
     else:
         report.note(FASTAI_MISSING)
-    gans["ours, recipe settings"] = Bench(build_generator(**RECIPE_ARCH),
-                                        build_critic(**RECIPE_CRITIC), False, crop, n)
+    gans["ours, recipe settings"] = Bench(
+        build_generator(**RECIPE_ARCH), build_critic(**RECIPE_CRITIC), False, crop, n
+    )
     gans["ours, params.yaml (resnet18, critic nf 32)"] = Bench(
-        build_generator(**DEFAULT_ARCH), build_critic(**DEFAULT_CRITIC), False, crop, n)
-    gan_res = interleave({k: clock(g.iteration, steps) for k, g in gans.items()}, n_rounds,
-                         progress="GAN iterations")
+        build_generator(**DEFAULT_ARCH), build_critic(**DEFAULT_CRITIC), False, crop, n
+    )
+    gan_res = interleave(
+        {k: clock(g.iteration, steps) for k, g in gans.items()}, n_rounds, progress="GAN iterations"
+    )
     # an iteration holds a critic step: the warm-up above serves both
-    critic_res = interleave({k: clock(g.critic_step, steps) for k, g in gans.items()}, n_rounds,
-                            warmup=0, progress="critic steps")
+    critic_res = interleave(
+        {k: clock(g.critic_step, steps) for k, g in gans.items()},
+        n_rounds,
+        warmup=0,
+        progress="critic steps",
+    )
     critic_rate = {k: rates(v, 2 * n * steps) for k, v in critic_res.items()}
     gan_rate = {k: rates(v, n * steps) for k, v in gan_res.items()}
     ref = "fastai (recipe)" if "fastai (recipe)" in gans else "ours, recipe settings"
     rows = []
     for k in gans:
-        rows.append([k, fmt(critic_rate[k]), fmt(ratios(critic_rate[k], critic_rate[ref]), 2) + "x",
-                     fmt(gan_rate[k]), fmt(ratios(gan_rate[k], gan_rate[ref]), 2) + "x"])
+        rows.append(
+            [
+                k,
+                fmt(critic_rate[k]),
+                fmt(ratios(critic_rate[k], critic_rate[ref]), 2) + "x",
+                fmt(gan_rate[k]),
+                fmt(ratios(gan_rate[k], gan_rate[ref]), 2) + "x",
+            ]
+        )
     report.data["critic_images_per_s"] = {k: summary(v) for k, v in critic_rate.items()}
     report.data["gan_images_per_s"] = {k: summary(v) for k, v in gan_rate.items()}
-    report.data["critic_vs_ref"] = {k: summary(ratios(critic_rate[k], critic_rate[ref]))
-                                    for k in gans}
+    report.data["critic_vs_ref"] = {
+        k: summary(ratios(critic_rate[k], critic_rate[ref])) for k in gans
+    }
     report.data["gan_vs_ref"] = {k: summary(ratios(gan_rate[k], gan_rate[ref])) for k in gans}
-    report.table(f"batch {n} x {crop} px HR, median [min-max] of {n_rounds} rounds x {steps}; "
-                 f"critic: 2 x {n} images per step; GAN: {n} generator images per iteration "
-                 "(1 critic + 1 generator step); ratios round by round against " + ref,
-                 ["variant", "critic img/s", f"vs {ref}", "GAN img/s", f"vs {ref}"], rows)
+    report.table(
+        f"batch {n} x {crop} px HR, median [min-max] of {n_rounds} rounds x {steps}; "
+        f"critic: 2 x {n} images per step; GAN: {n} generator images per iteration "
+        "(1 critic + 1 generator step); ratios round by round against " + ref,
+        ["variant", "critic img/s", f"vs {ref}", "GAN img/s", f"vs {ref}"],
+        rows,
+    )
     return report

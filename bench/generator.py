@@ -11,6 +11,7 @@ and bf16), the FLOPs of a step (``FlopCounterMode``: convolutions, matmuls, atte
 share of that peak each variant achieves; ``torch.compile`` in a child process with a time
 limit; and the OpenMP wait policy's effect on a shared machine (child processes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +35,49 @@ from pipelines.training.loop import adamw
 NAME = "generator"
 TITLE = "Generator training step (images/s, forward + backward + optimizer)"
 SCALE = 4
-RECIPE_ARCH = dict(encoder="resnet34", scale=SCALE, pretrained="none", blur=True, blur_final=True,
-                   self_attention=True, norm="weight", hr_channels=32, lr_cross=True)
+RECIPE_ARCH = dict(
+    encoder="resnet34",
+    scale=SCALE,
+    pretrained="none",
+    blur=True,
+    blur_final=True,
+    self_attention=True,
+    norm="weight",
+    hr_channels=32,
+    lr_cross=True,
+)
 DEFAULT_ARCH = {**RECIPE_ARCH, "encoder": "resnet18"}  # params.yaml
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--crop", type=int, default=None,
-                   help="generator/gan: HR crop, px (default 128, 64 with --quick)")
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="generator/gan: HR crop, px (default 128, 64 with --quick)",
+    )
     p.add_argument("--batch", type=int, default=8, help="generator/gan: batch size (default 8)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="generator/gan: steps per variant and round (default 1)")
-    p.add_argument("--compile-timeout", type=float, default=None, metavar="S",
-                   help="generator: seconds allowed for torch.compile in its child process, "
-                        "0 = skip (default 360; skipped with --quick)")
-    p.add_argument("--no-omp-probe", action="store_true",
-                   help="generator: skip the OpenMP wait policy comparison")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="generator/gan: steps per variant and round (default 1)",
+    )
+    p.add_argument(
+        "--compile-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="generator: seconds allowed for torch.compile in its child process, "
+        "0 = skip (default 360; skipped with --quick)",
+    )
+    p.add_argument(
+        "--no-omp-probe",
+        action="store_true",
+        help="generator: skip the OpenMP wait policy comparison",
+    )
 
 
 def sizes(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -65,8 +91,15 @@ class Step:
     """A model, its optimizer and a fixed batch; ``__call__`` runs one step and adds its phase
     times (forward incl. loss, backward, optimizer) to ``phases``."""
 
-    def __init__(self, model: torch.nn.Module, opt, x: torch.Tensor, y: torch.Tensor,
-                 dtype: torch.dtype | None = None, channels_last: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        opt,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+    ):
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -74,8 +107,11 @@ class Step:
         self.phases: list[list[float]] = []
 
     def forward_loss(self) -> torch.Tensor:
-        ctx = (torch.autocast("cpu", dtype=self.dtype) if self.dtype is not None
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast("cpu", dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
         with ctx:
             out = self.model(self.x)
         return F.mse_loss(out.float(), self.y)
@@ -93,6 +129,7 @@ class Step:
 
     def variant(self, steps: int, threads: int | None = None) -> Callable[[], float]:
         """``steps`` steps; with ``threads``, at that many torch threads (restored after)."""
+
         def go() -> float:
             before = torch.get_num_threads()
             if threads:
@@ -105,6 +142,7 @@ class Step:
                 torch.set_num_threads(before)
             self.phases.append(total)
             return sum(total)
+
         return go
 
     def flops(self) -> int:
@@ -125,13 +163,16 @@ def batch(crop: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return lr, hr
 
 
-def ours(arch: dict, crop: int, n: int, *, fused: bool = True, dtype=None,
-         channels_last: bool = False) -> Step:
+def ours(
+    arch: dict, crop: int, n: int, *, fused: bool = True, dtype=None, channels_last: bool = False
+) -> Step:
     torch.manual_seed(0)
     model = build_generator(**arch)
-    opt = (adamw(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-3) if fused
-           else torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99),
-                                  weight_decay=1e-3))
+    opt = (
+        adamw(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-3)
+        if fused
+        else torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-3)
+    )
     lr, hr = batch(crop, n)
     return Step(model, opt, lr, hr, dtype, channels_last)
 
@@ -153,11 +194,14 @@ def fastai_step(crop: int, n: int) -> Step:
 def matmul_peak(n: int, rounds: int, reps: int = 3) -> dict[str, list[float]]:
     """GFLOP/s of ``torch.mm`` on n x n matrices, fp32 and bf16, with every thread and with
     one (keys "fp32", "bf16", "fp32 1 thread", "bf16 1 thread"), interleaved."""
-    mats = {dt: (torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt))
-            for dt in (torch.float32, torch.bfloat16)}
+    mats = {
+        dt: (torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt))
+        for dt in (torch.float32, torch.bfloat16)
+    }
 
     def variant(dt, threads: int | None = None):
         a, b = mats[dt]
+
         def go() -> float:
             before = torch.get_num_threads()
             if threads:
@@ -169,10 +213,18 @@ def matmul_peak(n: int, rounds: int, reps: int = 3) -> dict[str, list[float]]:
                 return time.perf_counter() - start
             finally:
                 torch.set_num_threads(before)
+
         return go
-    res = interleave({"fp32": variant(torch.float32), "bf16": variant(torch.bfloat16),
-                      "fp32 1 thread": variant(torch.float32, 1),
-                      "bf16 1 thread": variant(torch.bfloat16, 1)}, rounds)
+
+    res = interleave(
+        {
+            "fp32": variant(torch.float32),
+            "bf16": variant(torch.bfloat16),
+            "fp32 1 thread": variant(torch.float32, 1),
+            "bf16 1 thread": variant(torch.bfloat16, 1),
+        },
+        rounds,
+    )
     return {k: [reps * 2 * n**3 / s / 1e9 for s in v] for k, v in res.items()}
 
 
@@ -187,8 +239,9 @@ def child_main(spec: dict) -> None:
         start = time.perf_counter()
         compiled()  # compiles forward and backward
         compile_s = time.perf_counter() - start
-        res = interleave({"eager": eager.variant(steps), "compiled": compiled.variant(steps)},
-                         rounds)
+        res = interleave(
+            {"eager": eager.variant(steps), "compiled": compiled.variant(steps)}, rounds
+        )
         print(json.dumps({"compile_seconds": compile_s, **res}), flush=True)
     else:  # omp
         step = ours(RECIPE_ARCH, crop, n)
@@ -200,8 +253,14 @@ def run_child(spec: dict, timeout: float, env: dict | None = None) -> dict | str
     """The child's JSON, or why there is none. On timeout the child's whole process group
     (inductor's compile workers included) is stopped."""
     code = f"import json, sys; from bench.generator import child_main; child_main({spec!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -218,23 +277,46 @@ def run_child(spec: dict, timeout: float, env: dict | None = None) -> dict | str
 def run(args: argparse.Namespace) -> Report:
     crop, n, steps = sizes(args)
     n_rounds = repeats(args, 3, 2)
-    compile_timeout = (0.0 if args.quick else 360.0) if args.compile_timeout is None \
-        else args.compile_timeout
-    report = Report(NAME, TITLE, {"crop": crop, "batch": n, "scale": SCALE, "steps": steps,
-                                  "rounds": n_rounds, "recipe_arch": RECIPE_ARCH,
-                                  "compile_timeout": compile_timeout})
+    compile_timeout = (
+        (0.0 if args.quick else 360.0) if args.compile_timeout is None else args.compile_timeout
+    )
+    report = Report(
+        NAME,
+        TITLE,
+        {
+            "crop": crop,
+            "batch": n,
+            "scale": SCALE,
+            "steps": steps,
+            "rounds": n_rounds,
+            "recipe_arch": RECIPE_ARCH,
+            "compile_timeout": compile_timeout,
+        },
+    )
 
     peak = matmul_peak(1024 if args.quick else 2048, max(n_rounds, 3))
     report.data["matmul_gflops"] = {k: summary(v) for k, v in peak.items()}
     best_peak = {k: max(v) for k, v in peak.items()}
-    report.table(f"matmul peak, torch.mm {1024 if args.quick else 2048}^2, GFLOP/s",
-                 ["dtype", "threads", "GFLOP/s", "bf16 / fp32"],
-                 [["fp32", torch.get_num_threads(), fmt(peak["fp32"]), ""],
-                  ["bf16", torch.get_num_threads(), fmt(peak["bf16"]),
-                   fmt(ratios(peak["bf16"], peak["fp32"]), 2) + "x"],
-                  ["fp32", 1, fmt(peak["fp32 1 thread"]), ""],
-                  ["bf16", 1, fmt(peak["bf16 1 thread"]),
-                   fmt(ratios(peak["bf16 1 thread"], peak["fp32 1 thread"]), 2) + "x"]])
+    report.table(
+        f"matmul peak, torch.mm {1024 if args.quick else 2048}^2, GFLOP/s",
+        ["dtype", "threads", "GFLOP/s", "bf16 / fp32"],
+        [
+            ["fp32", torch.get_num_threads(), fmt(peak["fp32"]), ""],
+            [
+                "bf16",
+                torch.get_num_threads(),
+                fmt(peak["bf16"]),
+                fmt(ratios(peak["bf16"], peak["fp32"]), 2) + "x",
+            ],
+            ["fp32", 1, fmt(peak["fp32 1 thread"]), ""],
+            [
+                "bf16",
+                1,
+                fmt(peak["bf16 1 thread"]),
+                fmt(ratios(peak["bf16 1 thread"], peak["fp32 1 thread"]), 2) + "x",
+            ],
+        ],
+    )
 
     variants: dict[str, tuple[Step, str]] = {}
     threads: dict[str, int] = {}
@@ -242,17 +324,21 @@ def run(args: argparse.Namespace) -> Report:
         variants["fastai DynamicUnet at HR, fastai Adam (recipe)"] = (fastai_step(crop, n), "fp32")
     else:
         report.note(FASTAI_MISSING)
-    variants.update({
-        "ours, AdamW for-each": (ours(RECIPE_ARCH, crop, n, fused=False), "fp32"),
-        "ours, fused AdamW (pipeline)": (ours(RECIPE_ARCH, crop, n), "fp32"),
-        "ours, bf16 autocast": (ours(RECIPE_ARCH, crop, n, dtype=torch.bfloat16), "bf16"),
-        "ours, channels_last": (ours(RECIPE_ARCH, crop, n, channels_last=True), "fp32"),
-        "ours resnet18 (params.yaml), fused AdamW": (ours(DEFAULT_ARCH, crop, n), "fp32"),
-        # one thread: no barrier shared with another process's threads on a busy machine
-        "ours, 1 thread": (ours(RECIPE_ARCH, crop, n), "fp32"),
-        "ours, bf16 autocast, 1 thread": (ours(RECIPE_ARCH, crop, n, dtype=torch.bfloat16),
-                                          "bf16"),
-    })
+    variants.update(
+        {
+            "ours, AdamW for-each": (ours(RECIPE_ARCH, crop, n, fused=False), "fp32"),
+            "ours, fused AdamW (pipeline)": (ours(RECIPE_ARCH, crop, n), "fp32"),
+            "ours, bf16 autocast": (ours(RECIPE_ARCH, crop, n, dtype=torch.bfloat16), "bf16"),
+            "ours, channels_last": (ours(RECIPE_ARCH, crop, n, channels_last=True), "fp32"),
+            "ours resnet18 (params.yaml), fused AdamW": (ours(DEFAULT_ARCH, crop, n), "fp32"),
+            # one thread: no barrier shared with another process's threads on a busy machine
+            "ours, 1 thread": (ours(RECIPE_ARCH, crop, n), "fp32"),
+            "ours, bf16 autocast, 1 thread": (
+                ours(RECIPE_ARCH, crop, n, dtype=torch.bfloat16),
+                "bf16",
+            ),
+        }
+    )
     threads.update({"ours, 1 thread": 1, "ours, bf16 autocast, 1 thread": 1})
     flops = {}
     for name, (step, _) in variants.items():
@@ -260,9 +346,11 @@ def run(args: argparse.Namespace) -> Report:
             flops[name] = step.flops()
         except Exception as exc:  # a counter that cannot follow a model is no reason to stop
             report.note(f"{name}: FLOPs not counted ({type(exc).__name__}: {exc})")
-    res = interleave({k: s.variant(steps, threads.get(k)) for k, (s, _) in variants.items()},
-                     n_rounds,
-                     progress="training steps")
+    res = interleave(
+        {k: s.variant(steps, threads.get(k)) for k, (s, _) in variants.items()},
+        n_rounds,
+        progress="training steps",
+    )
     images = steps * n
     rate = {k: rates(v, images) for k, v in res.items()}
     ref = "ours, fused AdamW (pipeline)"
@@ -275,37 +363,60 @@ def run(args: argparse.Namespace) -> Report:
         achieved = [gf * steps / s / 1e9 for s in fwd_bwd] if gf else []
         key = dtype + (" 1 thread" if threads.get(name) == 1 else "")
         pct = [100 * a / best_peak[key] for a in achieved]
-        rows.append([name, fmt(rate[name]), fmt(ratios(rate[name], rate[ref]), 2) + "x",
-                     *(f"{1000 * summary(p)['median'] / steps:.0f}" for p in ph),
-                     f"{gf / 1e9:.0f}" if gf else "-", fmt(achieved, 0), fmt(pct, 0, "%")])
+        rows.append(
+            [
+                name,
+                fmt(rate[name]),
+                fmt(ratios(rate[name], rate[ref]), 2) + "x",
+                *(f"{1000 * summary(p)['median'] / steps:.0f}" for p in ph),
+                f"{gf / 1e9:.0f}" if gf else "-",
+                fmt(achieved, 0),
+                fmt(pct, 0, "%"),
+            ]
+        )
         report.data["variants"][name] = {
             "images_per_s": summary(rate[name]),
             "vs_pipeline": summary(ratios(rate[name], rate[ref])),
             "ms_forward": summary([1000 * p / steps for p in ph[0]]),
             "ms_backward": summary([1000 * p / steps for p in ph[1]]),
             "ms_optimizer": summary([1000 * p / steps for p in ph[2]]),
-            "gflop_per_step": gf / 1e9 if gf else None, "gflops_fwd_bwd": summary(achieved),
-            "dtype": dtype}
-    report.table(f"training step, batch {n} x {crop} px HR (x{SCALE}), images/s median [min-max] "
-                 f"of {n_rounds} rounds x {steps} steps; GFLOP/s over forward+backward; % of the "
-                 "best matmul rate of the same dtype and thread count",
-                 ["variant", "images/s", "vs pipeline", "fwd ms", "bwd ms", "opt ms",
-                  "GFLOP/step", "GFLOP/s", "% peak"], rows)
+            "gflop_per_step": gf / 1e9 if gf else None,
+            "gflops_fwd_bwd": summary(achieved),
+            "dtype": dtype,
+        }
+    report.table(
+        f"training step, batch {n} x {crop} px HR (x{SCALE}), images/s median [min-max] "
+        f"of {n_rounds} rounds x {steps} steps; GFLOP/s over forward+backward; % of the "
+        "best matmul rate of the same dtype and thread count",
+        [
+            "variant",
+            "images/s",
+            "vs pipeline",
+            "fwd ms",
+            "bwd ms",
+            "opt ms",
+            "GFLOP/step",
+            "GFLOP/s",
+            "% peak",
+        ],
+        rows,
+    )
     if "fastai DynamicUnet at HR, fastai Adam (recipe)" in rate:
         fa = rate["fastai DynamicUnet at HR, fastai Adam (recipe)"]
-        comp = [[k, fmt(ratios(rate[k], fa), 2) + "x"] for k in rate
-                if not k.startswith("fastai")]
+        comp = [[k, fmt(ratios(rate[k], fa), 2) + "x"] for k in rate if not k.startswith("fastai")]
         report.table("ours / fastai (recipe), round by round", ["variant", "speed-up"], comp)
         report.data["vs_fastai"] = {k: v for k, v in comp}
-    pairs = [("fused AdamW / AdamW for-each", "ours, fused AdamW (pipeline)",
-              "ours, AdamW for-each"),
-             ("bf16 / fp32", "ours, bf16 autocast", ref),
-             ("bf16 / fp32, 1 thread", "ours, bf16 autocast, 1 thread", "ours, 1 thread"),
-             ("channels_last / default layout", "ours, channels_last", ref),
-             (f"{torch.get_num_threads()} threads / 1 thread", ref, "ours, 1 thread")]
+    pairs = [
+        ("fused AdamW / AdamW for-each", "ours, fused AdamW (pipeline)", "ours, AdamW for-each"),
+        ("bf16 / fp32", "ours, bf16 autocast", ref),
+        ("bf16 / fp32, 1 thread", "ours, bf16 autocast, 1 thread", "ours, 1 thread"),
+        ("channels_last / default layout", "ours, channels_last", ref),
+        (f"{torch.get_num_threads()} threads / 1 thread", ref, "ours, 1 thread"),
+    ]
     same = [[label, fmt(ratios(rate[a], rate[b]), 2) + "x"] for label, a, b in pairs]
-    report.table("our options side by side (images/s ratio, round by round)", ["ratio", "value"],
-                 same)
+    report.table(
+        "our options side by side (images/s ratio, round by round)", ["ratio", "value"], same
+    )
     report.data["options"] = {k: v for k, v in same}
     del variants
 
@@ -318,14 +429,23 @@ def run(args: argparse.Namespace) -> Report:
             report.data["compile"] = out
         else:
             r = {k: rates(out[k], images) for k in ("eager", "compiled")}
-            report.data["compile"] = {"compile_seconds": out["compile_seconds"],
-                                      **{k: summary(v) for k, v in r.items()}}
-            report.table(f"torch.compile (ours, fp32, fused AdamW; child process; compiling took "
-                         f"{out['compile_seconds']:.0f} s, far longer with a cold inductor cache)",
-                         ["variant", "images/s", "compiled / eager"],
-                         [["eager", fmt(r["eager"]), ""],
-                          ["torch.compile", fmt(r["compiled"]),
-                           fmt(ratios(r["compiled"], r["eager"]), 2) + "x"]])
+            report.data["compile"] = {
+                "compile_seconds": out["compile_seconds"],
+                **{k: summary(v) for k, v in r.items()},
+            }
+            report.table(
+                f"torch.compile (ours, fp32, fused AdamW; child process; compiling took "
+                f"{out['compile_seconds']:.0f} s, far longer with a cold inductor cache)",
+                ["variant", "images/s", "compiled / eager"],
+                [
+                    ["eager", fmt(r["eager"]), ""],
+                    [
+                        "torch.compile",
+                        fmt(r["compiled"]),
+                        fmt(ratios(r["compiled"], r["eager"]), 2) + "x",
+                    ],
+                ],
+            )
     else:
         report.note("torch.compile skipped (--compile-timeout 0 or --quick)")
 
@@ -350,9 +470,11 @@ def omp_probe(report: Report, crop: int, n: int, steps: int, alternations: int) 
                 return
             out[policy] += rates(res["step"], steps * n)
     report.data["omp_wait_policy"] = {k: summary(v) for k, v in out.items()}
-    report.table("OpenMP wait policy (ours, resnet34 fp32; child processes alternated, "
-                 f"{alternations} x 2 rounds each)",
-                 ["OMP_WAIT_POLICY", "images/s"],
-                 [[k, fmt(v)] for k, v in out.items()],
-                 note="libgomp's default busy-waits at every barrier; when another process holds "
-                      "the other core, each parallel region waits for a descheduled thread.")
+    report.table(
+        "OpenMP wait policy (ours, resnet34 fp32; child processes alternated, "
+        f"{alternations} x 2 rounds each)",
+        ["OMP_WAIT_POLICY", "images/s"],
+        [[k, fmt(v)] for k, v in out.items()],
+        note="libgomp's default busy-waits at every barrier; when another process holds "
+        "the other core, each parallel region waits for a descheduled thread.",
+    )

@@ -7,12 +7,14 @@
 - ``fastai_unet`` / ``fastai_critic``: fastai's DynamicUnet and gan_critic with the recipe's
   settings, when fastai is installed (``pip install -e '.[bench]'``).
 """
+
 from __future__ import annotations
 
 import io
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
@@ -20,8 +22,10 @@ from torch.utils.data import Dataset
 
 from pipelines.core.runtime import hash_seed
 
-FASTAI_MISSING = ("fastai is not installed: the comparisons with fastai are skipped "
-                  "(install them with: pip install -e '.[bench]')")
+FASTAI_MISSING = (
+    "fastai is not installed: the comparisons with fastai are skipped "
+    "(install them with: pip install -e '.[bench]')"
+)
 
 
 # -- crappify --------------------------------------------------------------------------------------
@@ -47,8 +51,9 @@ def recipe_degrade(img: Image.Image, rng: random.Random, dest: Any) -> None:
     img = img.resize(targ_sz, resample=Image.BILINEAR).convert("RGB")
     w, h = img.size
     q = rng.randint(10, 70)
-    ImageDraw.Draw(img).text((rng.randint(0, w // 2), rng.randint(0, h // 2)), str(q),
-                             fill=(255, 255, 255))
+    ImageDraw.Draw(img).text(
+        (rng.randint(0, w // 2), rng.randint(0, h // 2)), str(q), fill=(255, 255, 255)
+    )
     img.save(dest, format="JPEG", quality=q)
 
 
@@ -59,8 +64,15 @@ class PilPairs(Dataset):
     bilinear PIL downscale, the quality number in PIL's default font, PIL JPEG encode + decode.
     Decoded photos are kept per process, as our TrainPairs does."""
 
-    def __init__(self, hr_files: Sequence[Path], crop: int, scale: int, seed: int,
-                 lighting: float = 0.1, quality: tuple[int, int] = (10, 70)):
+    def __init__(
+        self,
+        hr_files: Sequence[Path],
+        crop: int,
+        scale: int,
+        seed: int,
+        lighting: float = 0.1,
+        quality: tuple[int, int] = (10, 70),
+    ):
         self.hr_files, self.crop, self.scale, self.seed = list(hr_files), crop, scale, seed
         self.lighting, self.quality = lighting, quality
         self.cache: dict[int, Image.Image] = {}
@@ -93,14 +105,17 @@ class PilPairs(Dataset):
             hr = F.adjust_contrast(hr, 1 + rng.uniform(-self.lighting, self.lighting))
         lr = hr.resize((c // s, c // s), resample=Image.BILINEAR)
         q = rng.randint(*self.quality)
-        ImageDraw.Draw(lr).text((rng.randint(0, c // s // 2), rng.randint(0, c // s // 2)), str(q),
-                                fill=(255, 255, 255))
+        ImageDraw.Draw(lr).text(
+            (rng.randint(0, c // s // 2), rng.randint(0, c // s // 2)), str(q), fill=(255, 255, 255)
+        )
         buf = io.BytesIO()
         lr.save(buf, format="JPEG", quality=q)
         buf.seek(0)
         lr = Image.open(buf).convert("RGB")
-        return (F.to_dtype(F.pil_to_tensor(lr), torch.float32, scale=True),
-                F.to_dtype(F.pil_to_tensor(hr), torch.float32, scale=True))
+        return (
+            F.to_dtype(F.pil_to_tensor(lr), torch.float32, scale=True),
+            F.to_dtype(F.pil_to_tensor(hr), torch.float32, scale=True),
+        )
 
 
 # -- fastai networks -------------------------------------------------------------------------------
@@ -130,8 +145,15 @@ def fastai_unet(size: int, encoder: str = "resnet34") -> torch.nn.Module:
     from fastai.vision.models.unet import DynamicUnet
 
     body = create_body(getattr(torchvision.models, encoder)(weights=None), pretrained=False)
-    return DynamicUnet(body, 3, (size, size), blur=True, self_attention=True, y_range=(-3.0, 3.0),
-                       norm_type=NormType.Weight)
+    return DynamicUnet(
+        body,
+        3,
+        (size, size),
+        blur=True,
+        self_attention=True,
+        y_range=(-3.0, 3.0),
+        norm_type=NormType.Weight,
+    )
 
 
 def fastai_critic(nf: int = 128, n_blocks: int = 3, p: float = 0.15) -> torch.nn.Module:
@@ -146,8 +168,9 @@ def fastai_adam(params, lr: float, betas: tuple[float, float], wd: float):
     ``step()`` and ``zero_grad()`` like a torch optimizer."""
     from fastai.optimizer import Adam
 
-    return _TorchLike(Adam(list(params), lr=lr, mom=betas[0], sqr_mom=betas[1], wd=wd,
-                           decouple_wd=True))
+    return _TorchLike(
+        Adam(list(params), lr=lr, mom=betas[0], sqr_mom=betas[1], wd=wd, decouple_wd=True)
+    )
 
 
 class _TorchLike:

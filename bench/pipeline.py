@@ -14,6 +14,7 @@ temporary folder so the project's workspace is never touched, after one full run
 The measurements run in one child process (its Prefect settings and log output kept away
 from the caller); MLflow writes to a SQLite file in the scratch folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,21 @@ CLI_ROUNDS = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keep-scratch", action="store_true",
-                   help="pipeline: keep the scratch DVC repository and the child's log")
+    p.add_argument(
+        "--keep-scratch",
+        action="store_true",
+        help="pipeline: keep the scratch DVC repository and the child's log",
+    )
 
 
 def _env(scratch: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{scratch / 'mlflow.db'}",
-               PREFECT_HOME=str(scratch / "prefect-home"), PYTHONUNBUFFERED="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{scratch / 'mlflow.db'}",
+        PREFECT_HOME=str(scratch / "prefect-home"),
+        PYTHONUNBUFFERED="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     return env
@@ -51,8 +58,9 @@ def _env(scratch: Path) -> dict[str, str]:
 
 def _seconds(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}")
@@ -61,12 +69,14 @@ def _seconds(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> fl
 
 def child_main(spec: dict) -> None:
     """Runs in the child process (environment from ``_env``); prints MARKER + JSON."""
-    from prefect.settings import (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    from tasks.workspace import stage_order
     from flows.training import training
+    from tasks.workspace import stage_order
 
     repo, rounds = Path(spec["repo"]), spec["rounds"]
     py = sys.executable
@@ -91,12 +101,12 @@ def child_main(spec: dict) -> None:
             variants = {
                 "dvc repro": lambda: _seconds([py, "-m", "dvc", "repro"], repo),
                 "dvc repro --single-item x stages": lambda: sum(
-                    _seconds([py, "-m", "dvc", "repro", "--single-item", s], repo)
-                    for s in stages),
+                    _seconds([py, "-m", "dvc", "repro", "--single-item", s], repo) for s in stages
+                ),
                 "flow in-process (server up)": flow,
                 "decrappify run (own server)": lambda: _seconds(
-                    [str(Path(py).parent / "decrappify"), "run", "--root", str(repo)], repo,
-                    cli_env),
+                    [str(Path(py).parent / "decrappify"), "run", "--root", str(repo)], repo, cli_env
+                ),
             }
             cli = "decrappify run (own server)"
             for name, fn in variants.items():  # warm-up: imports, caches (the CLI is cold anyway)
@@ -105,7 +115,7 @@ def child_main(spec: dict) -> None:
             res: dict[str, list[float]] = {k: [] for k in variants}
             names = list(variants)
             for r in range(rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
+                for name in names[r % len(names) :] + names[: r % len(names)]:
                     if name != cli or r < CLI_ROUNDS:  # ~30 s a run: two are enough
                         res[name].append(variants[name]())
                 print(f"  pipeline: round {r + 1}/{rounds}", file=sys.__stderr__, flush=True)
@@ -125,18 +135,27 @@ def run(args: argparse.Namespace) -> Report:
         repo = make_repo(scratch / "repo")
         first = _seconds([sys.executable, "-m", "dvc", "repro"], repo, env)
         report.data["first_repro_s"] = first
-        spec = {"repo": str(repo), "rounds": n_rounds,
-                "cli_prefect_home": str(scratch / "prefect-cli-home")}
+        spec = {
+            "repo": str(repo),
+            "rounds": n_rounds,
+            "cli_prefect_home": str(scratch / "prefect-cli-home"),
+        }
         code = f"from bench.pipeline import child_main; child_main({spec!r})"
         log = scratch / "child.log"
         with open(log, "w") as err:
-            proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=err, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", code],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         lines = [line for line in proc.stdout.splitlines() if line.startswith(MARKER)]
         if proc.returncode or not lines:
             tail = log.read_text().strip().splitlines()[-15:]
             raise RuntimeError(f"pipeline child failed ({proc.returncode}):\n" + "\n".join(tail))
-        out = json.loads(lines[-1][len(MARKER):])
+        out = json.loads(lines[-1][len(MARKER) :])
     finally:
         if args.keep_scratch:
             print(f"  scratch kept: {scratch}", file=sys.stderr)
@@ -150,13 +169,20 @@ def run(args: argparse.Namespace) -> Report:
     report.data["seconds"] = {k: summary(v) for k, v in secs.items()}
     report.data["server_start_s"] = out["server_start_s"]
     report.data["stages"] = out["stages"]
-    flow_over = [f - d for f, d in zip(secs["flow in-process (server up)"],
-                                       secs["dvc repro --single-item x stages"])]
+    flow_over = [
+        f - d
+        for f, d in zip(
+            secs["flow in-process (server up)"], secs["dvc repro --single-item x stages"]
+        )
+    ]
     report.data["prefect_overhead_s"] = summary(flow_over)
-    report.table(f"{n} stages, all up to date; seconds, median [min-max] of {n_rounds} rounds "
-                 f"(first full dvc repro: {first:.1f} s; temporary Prefect server start-up: "
-                 f"{out['server_start_s']:.1f} s)",
-                 ["command", "seconds", "vs dvc repro"], rows,
-                 note=f"Prefect's own share of the in-process flow (flow minus the {n} "
-                      f"dvc repro --single-item runs it makes): {fmt(flow_over, 2)} s")
+    report.table(
+        f"{n} stages, all up to date; seconds, median [min-max] of {n_rounds} rounds "
+        f"(first full dvc repro: {first:.1f} s; temporary Prefect server start-up: "
+        f"{out['server_start_s']:.1f} s)",
+        ["command", "seconds", "vs dvc repro"],
+        rows,
+        note=f"Prefect's own share of the in-process flow (flow minus the {n} "
+        f"dvc repro --single-item runs it makes): {fmt(flow_over, 2)} s",
+    )
     return report

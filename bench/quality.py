@@ -23,6 +23,7 @@ restore command does):
 The table gives each model's mean Y-PSNR gain over OpenCV bicubic upsampling (dB) and its
 Y-SSIM gain, ``scale`` border px excluded, with the stage times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,30 +42,68 @@ NAME = "quality"
 TITLE = "Restoration quality: gain over bicubic (Y-PSNR dB, Y-SSIM)"
 STAGES = ("download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan", "evaluate")
 MODELS = ("generator", "gan_generator")
-MADE_BY = {"pretrain_generator": ("generator", "generator_last_weights"),
-           "pretrain_critic": ("critic",), "train_gan": ("gan_generator",)}
+MADE_BY = {
+    "pretrain_generator": ("generator", "generator_last_weights"),
+    "pretrain_critic": ("critic",),
+    "train_gan": ("gan_generator",),
+}
 DEFAULT_HR_DIRS = ("/work/shared/benchmarks/Set5",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("quality")
-    g.add_argument("--params", type=Path, default=ROOT / "params.yaml",
-                   help="quality: params file to train with (default params.yaml)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="quality: override a param, as the stages' -S (repeatable)")
-    g.add_argument("--until", choices=STAGES, default=STAGES[-1],
-                   help="quality: last stage to run (pretrain_generator: no GAN)")
-    g.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0],
-                   help="quality: first stage to run; the earlier ones' outputs in the workspace "
-                        "are kept (continue a run made with --until)")
-    g.add_argument("--hr-dir", dest="hr_dirs", action="append", default=None, metavar="DIR",
-                   help="quality: folder of clean HR benchmark images (repeatable; default Set5)")
-    g.add_argument("--workdir", type=Path, default=None,
-                   help="quality: scratch workspace (default /tmp/decrappify-quality-<tag>)")
-    g.add_argument("--tag", default="",
-                   help="quality: name of the run; results in bench/results/quality[-TAG].json")
-    g.add_argument("--eval-only", action="store_true",
-                   help="quality: score the models already in the workspace")
+    g.add_argument(
+        "--params",
+        type=Path,
+        default=ROOT / "params.yaml",
+        help="quality: params file to train with (default params.yaml)",
+    )
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="quality: override a param, as the stages' -S (repeatable)",
+    )
+    g.add_argument(
+        "--until",
+        choices=STAGES,
+        default=STAGES[-1],
+        help="quality: last stage to run (pretrain_generator: no GAN)",
+    )
+    g.add_argument(
+        "--from",
+        dest="first",
+        choices=STAGES,
+        default=STAGES[0],
+        help="quality: first stage to run; the earlier ones' outputs in the workspace "
+        "are kept (continue a run made with --until)",
+    )
+    g.add_argument(
+        "--hr-dir",
+        dest="hr_dirs",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="quality: folder of clean HR benchmark images (repeatable; default Set5)",
+    )
+    g.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="quality: scratch workspace (default /tmp/decrappify-quality-<tag>)",
+    )
+    g.add_argument(
+        "--tag",
+        default="",
+        help="quality: name of the run; results in bench/results/quality[-TAG].json",
+    )
+    g.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="quality: score the models already in the workspace",
+    )
     g.add_argument("--tile", type=int, default=256, help="quality: restore tile, LR px")
 
 
@@ -77,9 +116,16 @@ def workspace_params(params: Path, workdir: Path, overrides: list[str]) -> dict:
     for key, value in parse_overrides(overrides).items():
         _set_dotted(data, key, value)
     paths = data.setdefault("base", {}).setdefault("paths", {})
-    for key, rel in {"hr": "data/hr", "lr": "data/lr", "generated": "data/generated",
-                     "downloads": "data/downloads", "models": "models",
-                     "checkpoints": "checkpoints", "metrics": "metrics", "plots": "plots"}.items():
+    for key, rel in {
+        "hr": "data/hr",
+        "lr": "data/lr",
+        "generated": "data/generated",
+        "downloads": "data/downloads",
+        "models": "models",
+        "checkpoints": "checkpoints",
+        "metrics": "metrics",
+        "plots": "plots",
+    }.items():
         paths[key] = str(workdir / rel)
     return data
 
@@ -88,12 +134,22 @@ def run_stages(params_file: Path, first: str, until: str, workdir: Path) -> dict
     seconds: dict[str, float] = {}
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES[STAGES.index(first):STAGES.index(until) + 1]:
+    for stage in STAGES[STAGES.index(first) : STAGES.index(until) + 1]:
         start = time.perf_counter()
         with open(logs / f"{stage}.log", "w") as log:
-            code = subprocess.call([sys.executable, "-m", f"pipelines.{stage}", "--params",
-                                    str(params_file), "--no-tracking"], cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT)
+            code = subprocess.call(
+                [
+                    sys.executable,
+                    "-m",
+                    f"pipelines.{stage}",
+                    "--params",
+                    str(params_file),
+                    "--no-tracking",
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         seconds[stage] = time.perf_counter() - start
         print(f"  {stage}: {seconds[stage]:.0f} s", file=sys.stderr, flush=True)
         if code:
@@ -133,9 +189,12 @@ def eval_sets(params: dict, workdir: Path, hr_dirs: list[str]) -> dict[str, list
     spec = load(CrappifyConfig, "crappify", params)
     scale, seed = spec.base.scale, spec.base.seed
     hr_root, lr_root = workdir / "data/hr", workdir / "data/lr"
-    sets: dict[str, list] = {"test crappy": [
-        aligned_lr(read_rgb(lr_path_for(f, hr_root, lr_root)), read_rgb(f), scale)
-        for f in list_images(hr_root / "test")]}
+    sets: dict[str, list] = {
+        "test crappy": [
+            aligned_lr(read_rgb(lr_path_for(f, hr_root, lr_root)), read_rgb(f), scale)
+            for f in list_images(hr_root / "test")
+        ]
+    }
     for folder in map(Path, hr_dirs):
         crappy, clean = [], []
         for f in list_images(folder):
@@ -149,8 +208,9 @@ def eval_sets(params: dict, workdir: Path, hr_dirs: list[str]) -> dict[str, list
     return sets
 
 
-def score_models(models: dict[str, Path], sets: dict[str, list], scale: int,
-                 tile: int) -> dict[str, dict[str, dict[str, float]]]:
+def score_models(
+    models: dict[str, Path], sets: dict[str, list], scale: int, tile: int
+) -> dict[str, dict[str, dict[str, float]]]:
     """set -> model (and "bicubic") -> mean psnr_y / ssim_y, and the gains over bicubic."""
     import torch
 
@@ -168,8 +228,10 @@ def score_models(models: dict[str, Path], sets: dict[str, list], scale: int,
             for name, net in nets.items():
                 sr = restore(net, lr, tile=tile, overlap=min(32, tile // 2))
                 rows.setdefault(name, []).append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
-        means = {k: {"psnr_y": sum(r[0] for r in v) / len(v), "ssim_y": sum(r[1] for r in v) / len(v)}
-                 for k, v in rows.items()}
+        means = {
+            k: {"psnr_y": sum(r[0] for r in v) / len(v), "ssim_y": sum(r[1] for r in v) / len(v)}
+            for k, v in rows.items()
+        }
         for name in nets:
             means[name]["gain_db"] = means[name]["psnr_y"] - means["bicubic"]["psnr_y"]
             means[name]["ssim_gain"] = means[name]["ssim_y"] - means["bicubic"]["ssim_y"]
@@ -182,10 +244,19 @@ def run(args: argparse.Namespace) -> Report:
     tag = args.tag
     workdir = (args.workdir or Path(f"/tmp/decrappify-quality-{tag or 'run'}")).resolve()
     hr_dirs = args.hr_dirs or [d for d in DEFAULT_HR_DIRS if Path(d).is_dir()]
-    report = Report(f"{NAME}-{tag}" if tag else NAME, TITLE,
-                    {"params": str(args.params), "overrides": args.overrides, "from": args.first,
-                     "until": args.until,
-                     "hr_dirs": hr_dirs, "workdir": str(workdir), "eval_only": args.eval_only})
+    report = Report(
+        f"{NAME}-{tag}" if tag else NAME,
+        TITLE,
+        {
+            "params": str(args.params),
+            "overrides": args.overrides,
+            "from": args.first,
+            "until": args.until,
+            "hr_dirs": hr_dirs,
+            "workdir": str(workdir),
+            "eval_only": args.eval_only,
+        },
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     params = workspace_params(args.params, workdir, args.overrides)
     params_file = workdir / "params.yaml"
@@ -194,7 +265,7 @@ def run(args: argparse.Namespace) -> Report:
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         # what the stages to run make: an earlier run's checkpoints would be resumed, not
         # trained, and its model files scored as if this run had made them
-        for stage in STAGES[STAGES.index(args.first):]:
+        for stage in STAGES[STAGES.index(args.first) :]:
             shutil.rmtree(workdir / "checkpoints" / stage, ignore_errors=True)
             for name in MADE_BY.get(stage, ()):
                 (workdir / "models" / f"{name}.pt").unlink(missing_ok=True)
@@ -205,8 +276,11 @@ def run(args: argparse.Namespace) -> Report:
         seconds = {**kept, **run_stages(params_file, args.first, args.until, workdir)}
         times_file.write_text(json.dumps(seconds, indent=1))
         report.data["stage_seconds"] = seconds
-    models = {m: workdir / "models" / f"{m}.pt" for m in MODELS
-              if (workdir / "models" / f"{m}.pt").exists()}
+    models = {
+        m: workdir / "models" / f"{m}.pt"
+        for m in MODELS
+        if (workdir / "models" / f"{m}.pt").exists()
+    }
     raw = last_weights(workdir)
     if raw is not None:
         models = {"generator (last weights, no EMA)": raw, **models}
@@ -218,15 +292,22 @@ def run(args: argparse.Namespace) -> Report:
     report.data["scores"] = results
     report.data["eval_seconds"] = time.perf_counter() - start
     for path in sorted((workdir / "metrics").glob("*.json")):
-        report.data.setdefault("stage_metrics", {})[path.stem] = json.loads(
-            path.read_text())
+        report.data.setdefault("stage_metrics", {})[path.stem] = json.loads(path.read_text())
     headers = ["model"] + [f"{s} (n={r['images']['count']})" for s, r in results.items()]
-    rows = [[name] + [f"{r[name]['gain_db']:+.2f} dB / {r[name]['ssim_gain']:+.3f}"
-                      for r in results.values()] for name in models]
-    rows.append(["bicubic (Y-PSNR)"] + [f"{r['bicubic']['psnr_y']:.2f} dB" for r in results.values()])
+    rows = [
+        [name]
+        + [f"{r[name]['gain_db']:+.2f} dB / {r[name]['ssim_gain']:+.3f}" for r in results.values()]
+        for name in models
+    ]
+    rows.append(
+        ["bicubic (Y-PSNR)"] + [f"{r['bicubic']['psnr_y']:.2f} dB" for r in results.values()]
+    )
     times = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
-    report.table(f"Gain over OpenCV bicubic, Y-PSNR dB / Y-SSIM ({args.params.name}"
-                 f"{' ' + ' '.join(args.overrides) if args.overrides else ''})", headers, rows,
-                 note=f"stage times: {times or 'not run (eval only)'}; total "
-                      f"{sum(seconds.values()):.0f} s")
+    report.table(
+        f"Gain over OpenCV bicubic, Y-PSNR dB / Y-SSIM ({args.params.name}"
+        f"{' ' + ' '.join(args.overrides) if args.overrides else ''})",
+        headers,
+        rows,
+        note=f"stage times: {times or 'not run (eval only)'}; total {sum(seconds.values()):.0f} s",
+    )
     return report

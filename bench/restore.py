@@ -12,6 +12,7 @@ on them). Measured:
   input, ~15-30 min here) with the default tiles, in a child process: seconds and peak RSS
   (``/usr/bin/time -v``, cross-checked with the child's own VmHWM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,18 @@ import numpy as np
 import torch
 import yaml
 
-from bench.common import ROOT, Report, clock, fmt, interleave, rates, ratios, repeats, \
-    sample_images, summary
+from bench.common import (
+    ROOT,
+    Report,
+    clock,
+    fmt,
+    interleave,
+    rates,
+    ratios,
+    repeats,
+    sample_images,
+    summary,
+)
 from pipelines.inference.restore import restore, tile_starts
 
 NAME = "restore"
@@ -36,15 +47,26 @@ TILE, OVERLAP = 256, 32  # evaluate's and `decrappify restore`'s defaults
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--photo", default=None, metavar="WxH",
-                   help="restore: LR size of the large photo (default 1000x750; 500x375 with "
-                        "--quick; 4000x3000 for a camera photo); 0 = skip")
+    p.add_argument(
+        "--photo",
+        default=None,
+        metavar="WxH",
+        help="restore: LR size of the large photo (default 1000x750; 500x375 with "
+        "--quick; 4000x3000 for a camera photo); 0 = skip",
+    )
 
 
 def generator_arch() -> dict:
     """pretrain_generator.model of params.yaml (base.scale), random weights."""
-    arch = dict(encoder="resnet18", blur=True, blur_final=True, self_attention=True,
-                norm="weight", hr_channels=32, lr_cross=True)
+    arch = dict(
+        encoder="resnet18",
+        blur=True,
+        blur_final=True,
+        self_attention=True,
+        norm="weight",
+        hr_channels=32,
+        lr_cross=True,
+    )
     scale = 4
     params = ROOT / "params.yaml"
     if params.exists():
@@ -69,8 +91,15 @@ def onnx_runner(model: torch.nn.Module, folder: Path):
     from pipelines.training.checkpoint import plain_copy
 
     net = plain_copy(model)
-    meta = metadata.build(net.arch, net.arch["scale"], commit="bench", data_md5="none",
-                          params={}, source="bench", min_size=onnx_file.size_rule(net)[0])
+    meta = metadata.build(
+        net.arch,
+        net.arch["scale"],
+        commit="bench",
+        data_md5="none",
+        params={},
+        source="bench",
+        min_size=onnx_file.size_rule(net)[0],
+    )
     data, diff = onnx_file.to_onnx(net, meta)
     path = folder / "bench.onnx"
     path.write_bytes(data)
@@ -104,10 +133,18 @@ def child_main(width: int, height: int) -> None:
     start = time.perf_counter()
     hr = restore(model, lr, TILE, OVERLAP)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "rss_before_mb": before,
-                      "vm_hwm_mb": _status_mb("VmHWM"),
-                      "output": [int(hr.shape[1]), int(hr.shape[0])],
-                      "output_mb": hr.nbytes / 2**20}), flush=True)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rss_before_mb": before,
+                "vm_hwm_mb": _status_mb("VmHWM"),
+                "output": [int(hr.shape[1]), int(hr.shape[0])],
+                "output_mb": hr.nbytes / 2**20,
+            }
+        ),
+        flush=True,
+    )
 
 
 TIME = Path("/usr/bin/time")
@@ -126,8 +163,9 @@ def run_photo(width: int, height: int) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     if proc.returncode:
-        raise RuntimeError(f"the large-photo child failed (exit code {proc.returncode}):\n"
-                           + err[-2000:])
+        raise RuntimeError(
+            f"the large-photo child failed (exit code {proc.returncode}):\n" + err[-2000:]
+        )
     res = json.loads(out.strip().splitlines()[-1])
     peak = [line for line in err.splitlines() if "Maximum resident set size" in line]
     if peak:
@@ -146,8 +184,18 @@ def run(args: argparse.Namespace) -> Report:
     # an image that fits one tile of fit_tile px, and the tiles it is cut into instead
     fit, fit_tile, tile, overlap = (240, 256, 128, 16) if args.quick else (480, 512, TILE, OVERLAP)
     arch = generator_arch()
-    report = Report(NAME, TITLE, {"arch": arch, "sizes": sizes, "tile": TILE,
-                                  "overlap": OVERLAP, "rounds": n_rounds, "photo": photo_size})
+    report = Report(
+        NAME,
+        TITLE,
+        {
+            "arch": arch,
+            "sizes": sizes,
+            "tile": TILE,
+            "overlap": OVERLAP,
+            "rounds": n_rounds,
+            "photo": photo_size,
+        },
+    )
     model = build_model()
     scale = arch["scale"]
     images = {s: photo(s, s) for s in sizes + [fit]}
@@ -159,9 +207,11 @@ def run(args: argparse.Namespace) -> Report:
     for s in sizes:
         for dt, label in ((None, "fp32"), (torch.bfloat16, "bf16")):
             variants[f"{s} px {label}"] = clock(
-                lambda s=s, dt=dt: restore(model, images[s], tile=s, overlap=OVERLAP, dtype=dt))
+                lambda s=s, dt=dt: restore(model, images[s], tile=s, overlap=OVERLAP, dtype=dt)
+            )
         variants[f"{s} px onnx"] = clock(
-            lambda s=s: restore(runner, images[s], tile=s, overlap=OVERLAP))
+            lambda s=s: restore(runner, images[s], tile=s, overlap=OVERLAP)
+        )
     small = photo(64, 64)
     for dt in (None, torch.bfloat16):  # first-call costs out of the way, cheaply
         restore(model, small, tile=64, overlap=OVERLAP // 2, dtype=dt)
@@ -172,35 +222,75 @@ def run(args: argparse.Namespace) -> Report:
         fp32, bf16 = rates(res[f"{s} px fp32"], 1), rates(res[f"{s} px bf16"], 1)
         ort = rates(res[f"{s} px onnx"], 1)
         mpx = (s * scale) ** 2 / 1e6
-        rows.append([f"{s} -> {s * scale}", fmt(fp32, 2), fmt([r * mpx for r in fp32], 2),
-                     fmt(bf16, 2), fmt([r * mpx for r in bf16], 2),
-                     fmt(ratios(bf16, fp32), 2) + "x", fmt(ort, 2),
-                     fmt([r * mpx for r in ort], 2), fmt(ratios(ort, fp32), 2) + "x"])
-        report.data[f"{s}px"] = {"fp32_images_per_s": summary(fp32),
-                                 "bf16_images_per_s": summary(bf16),
-                                 "onnxruntime_images_per_s": summary(ort)}
-    report.table(f"one pass on the CPU, images/s and output Mpx/s, median [min-max] of "
-                 f"{n_rounds} rounds: PyTorch fp32 and bf16 autocast, ONNX Runtime fp32",
-                 ["LR -> HR px", "fp32 img/s", "fp32 Mpx/s", "bf16 img/s", "bf16 Mpx/s",
-                  "bf16 / fp32", "onnxruntime img/s", "onnxruntime Mpx/s",
-                  "onnxruntime / fp32"], rows)
+        rows.append(
+            [
+                f"{s} -> {s * scale}",
+                fmt(fp32, 2),
+                fmt([r * mpx for r in fp32], 2),
+                fmt(bf16, 2),
+                fmt([r * mpx for r in bf16], 2),
+                fmt(ratios(bf16, fp32), 2) + "x",
+                fmt(ort, 2),
+                fmt([r * mpx for r in ort], 2),
+                fmt(ratios(ort, fp32), 2) + "x",
+            ]
+        )
+        report.data[f"{s}px"] = {
+            "fp32_images_per_s": summary(fp32),
+            "bf16_images_per_s": summary(bf16),
+            "onnxruntime_images_per_s": summary(ort),
+        }
+    report.table(
+        f"one pass on the CPU, images/s and output Mpx/s, median [min-max] of "
+        f"{n_rounds} rounds: PyTorch fp32 and bf16 autocast, ONNX Runtime fp32",
+        [
+            "LR -> HR px",
+            "fp32 img/s",
+            "fp32 Mpx/s",
+            "bf16 img/s",
+            "bf16 Mpx/s",
+            "bf16 / fp32",
+            "onnxruntime img/s",
+            "onnxruntime Mpx/s",
+            "onnxruntime / fp32",
+        ],
+        rows,
+    )
 
     n_tiles = len(tile_starts(fit, tile, overlap)) ** 2
     extra = n_tiles * tile * tile / fit**2 - 1
-    res = interleave({
-        "one pass": clock(lambda: restore(model, images[fit], tile=fit_tile, overlap=OVERLAP)),
-        "tiled": clock(lambda: restore(model, images[fit], tile=tile, overlap=overlap)),
-    }, max(n_rounds, 3), warmup=0, progress="tiling")
+    res = interleave(
+        {
+            "one pass": clock(lambda: restore(model, images[fit], tile=fit_tile, overlap=OVERLAP)),
+            "tiled": clock(lambda: restore(model, images[fit], tile=tile, overlap=overlap)),
+        },
+        max(n_rounds, 3),
+        warmup=0,
+        progress="tiling",
+    )
     overhead = [100 * (r - 1) for r in ratios(res["tiled"], res["one pass"])]
-    report.data["tiling"] = {"image": fit, "tiles": n_tiles, "extra_pixels_pct": 100 * extra,
-                             "one_pass_s": summary(res["one pass"]),
-                             "tiled_s": summary(res["tiled"]), "overhead_pct": summary(overhead)}
-    report.table(f"tiling overhead, median [min-max] of {max(n_rounds, 3)} rounds: a {fit} px "
-                 f"LR image that fits one {fit_tile} px tile, vs {n_tiles} tiles of {tile} px with "
-                 f"{overlap} px overlap (target < 15%)",
-                 ["one pass s", "tiled s", "time overhead", "extra pixels computed"],
-                 [[fmt(res["one pass"], 2), fmt(res["tiled"], 2), fmt(overhead, 1, "%"),
-                   f"{100 * extra:.1f}%"]])
+    report.data["tiling"] = {
+        "image": fit,
+        "tiles": n_tiles,
+        "extra_pixels_pct": 100 * extra,
+        "one_pass_s": summary(res["one pass"]),
+        "tiled_s": summary(res["tiled"]),
+        "overhead_pct": summary(overhead),
+    }
+    report.table(
+        f"tiling overhead, median [min-max] of {max(n_rounds, 3)} rounds: a {fit} px "
+        f"LR image that fits one {fit_tile} px tile, vs {n_tiles} tiles of {tile} px with "
+        f"{overlap} px overlap (target < 15%)",
+        ["one pass s", "tiled s", "time overhead", "extra pixels computed"],
+        [
+            [
+                fmt(res["one pass"], 2),
+                fmt(res["tiled"], 2),
+                fmt(overhead, 1, "%"),
+                f"{100 * extra:.1f}%",
+            ]
+        ],
+    )
 
     if photo_size not in ("0", ""):
         w, h = (int(v) for v in photo_size.lower().split("x"))
@@ -208,14 +298,34 @@ def run(args: argparse.Namespace) -> Report:
         big = run_photo(w, h)
         tiles = len(tile_starts(w, TILE, OVERLAP)) * len(tile_starts(h, TILE, OVERLAP))
         report.data["photo"] = {"lr": [w, h], "tiles": tiles, **big}
-        report.table(f"large photo, tiles of {TILE} px / {OVERLAP} px overlap, fp32, one run in "
-                     "a child process",
-                     ["LR", "HR", "tiles", "seconds", "s / tile", "peak RSS MB",
-                      "child VmHWM MB", "RSS before MB", "result MB"],
-                     [[f"{w}x{h}", "x".join(map(str, big["output"])), tiles,
-                       f"{big['seconds']:.1f}", f"{big['seconds'] / tiles:.2f}",
-                       f"{big['peak_rss_mb']:.0f}", f"{big['vm_hwm_mb']:.0f}",
-                       f"{big['rss_before_mb']:.0f}", f"{big['output_mb']:.0f}"]],
-                     note=f"peak RSS from {big['peak_rss_source']}; RSS before: torch, the "
-                          "model and the LR image, before the first tile")
+        report.table(
+            f"large photo, tiles of {TILE} px / {OVERLAP} px overlap, fp32, one run in "
+            "a child process",
+            [
+                "LR",
+                "HR",
+                "tiles",
+                "seconds",
+                "s / tile",
+                "peak RSS MB",
+                "child VmHWM MB",
+                "RSS before MB",
+                "result MB",
+            ],
+            [
+                [
+                    f"{w}x{h}",
+                    "x".join(map(str, big["output"])),
+                    tiles,
+                    f"{big['seconds']:.1f}",
+                    f"{big['seconds'] / tiles:.2f}",
+                    f"{big['peak_rss_mb']:.0f}",
+                    f"{big['vm_hwm_mb']:.0f}",
+                    f"{big['rss_before_mb']:.0f}",
+                    f"{big['output_mb']:.0f}",
+                ]
+            ],
+            note=f"peak RSS from {big['peak_rss_source']}; RSS before: torch, the "
+            "model and the LR image, before the first tile",
+        )
     return report

@@ -8,6 +8,7 @@
 
 Artifacts are for looking at: one that cannot be made is a warning, never a failed run.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,9 +23,14 @@ import yaml
 from pipelines.reporting.page import REPORT_FILE
 from pipelines.reporting.results import read_evaluation, table_rows
 
-EVALUATION_KEY, SUMMARY_KEY, MLFLOW_KEY, REPORT_KEY = "evaluation", "run-summary", "mlflow-run", "report"
+EVALUATION_KEY, SUMMARY_KEY, MLFLOW_KEY, REPORT_KEY = (
+    "evaluation",
+    "run-summary",
+    "mlflow-run",
+    "report",
+)
 GRID_FILE, GAN_METRICS = "evaluate_grid.png", "train_gan.json"
-GRID_WIDTH = 960     # px of the grid inlined in the summary
+GRID_WIDTH = 960  # px of the grid inlined in the summary
 # Where `make ui` serves a local (sqlite) store; a server's own URL is used as it is.
 LOCAL_UI = "http://127.0.0.1:5000"
 
@@ -35,7 +41,7 @@ def workspace_paths(workspace: Path) -> tuple[Path, Path]:
     paths = {}
     if params.exists():
         data = yaml.safe_load(params.read_text()) or {}
-        paths = ((data.get("base") or {}).get("paths") or {})
+        paths = (data.get("base") or {}).get("paths") or {}
     return workspace / paths.get("metrics", "metrics"), workspace / paths.get("plots", "plots")
 
 
@@ -46,8 +52,15 @@ def mlflow_run_url(tracking_uri: str, experiment_id: str | None, run_id: str) ->
     return f"{base}/#/experiments/{experiment_id or '0'}/runs/{run_id}"
 
 
-def publish(workspace: Path, outcomes: Mapping[str, str], logger, *, tracking_uri: str = "",
-            experiment_id: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+def publish(
+    workspace: Path,
+    outcomes: Mapping[str, str],
+    logger,
+    *,
+    tracking_uri: str = "",
+    experiment_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
     """Make the run's artifacts; returns what was made, by key (the artifact ids)."""
     from prefect.artifacts import (
         create_link_artifact,
@@ -72,41 +85,77 @@ def publish(workspace: Path, outcomes: Mapping[str, str], logger, *, tracking_ur
 
     def evaluation():
         results = read_evaluation(metrics_dir)
-        return create_table_artifact(table_rows(results), key=EVALUATION_KEY,
-                                     description="Evaluation: means per data set and method; "
-                                                 "`<metric>_gain` is the difference to bicubic.")
+        return create_table_artifact(
+            table_rows(results),
+            key=EVALUATION_KEY,
+            description="Evaluation: means per data set and method; "
+            "`<metric>_gain` is the difference to bicubic.",
+        )
+
     attempt(EVALUATION_KEY, evaluation)
-    attempt(SUMMARY_KEY, lambda: create_markdown_artifact(
-        summary_markdown(outcomes, metrics_dir, plots_dir), key=SUMMARY_KEY,
-        description="Stage outcomes, the GAN's chosen step and the sample grid"))
+    attempt(
+        SUMMARY_KEY,
+        lambda: create_markdown_artifact(
+            summary_markdown(outcomes, metrics_dir, plots_dir),
+            key=SUMMARY_KEY,
+            description="Stage outcomes, the GAN's chosen step and the sample grid",
+        ),
+    )
     if parent_run_id:
         url = mlflow_run_url(tracking_uri, experiment_id, parent_run_id)
-        attempt(MLFLOW_KEY, lambda: create_link_artifact(
-            url, link_text=f"MLflow run {parent_run_id}", key=MLFLOW_KEY,
-            description="The flow's MLflow parent run; its stage runs are nested under it."))
+        attempt(
+            MLFLOW_KEY,
+            lambda: create_link_artifact(
+                url,
+                link_text=f"MLflow run {parent_run_id}",
+                key=MLFLOW_KEY,
+                description="The flow's MLflow parent run; its stage runs are nested under it.",
+            ),
+        )
     report = workspace / REPORT_FILE
     if report.exists():
-        attempt(REPORT_KEY, lambda: create_link_artifact(
-            report.resolve().as_uri(), link_text=str(report.resolve()), key=REPORT_KEY,
-            description="The run's report page (a file on the machine that ran the flow; "
-                        "`decrappify report --open` opens it)."))
+        attempt(
+            REPORT_KEY,
+            lambda: create_link_artifact(
+                report.resolve().as_uri(),
+                link_text=str(report.resolve()),
+                key=REPORT_KEY,
+                description="The run's report page (a file on the machine that ran the flow; "
+                "`decrappify report --open` opens it).",
+            ),
+        )
     return made
 
 
 def summary_markdown(outcomes: Mapping[str, str], metrics_dir: Path, plots_dir: Path) -> str:
-    lines = ["# Training run", "", "| stage | outcome |", "|---|---|",
-             *(f"| {stage} | {outcome} |" for stage, outcome in outcomes.items()), ""]
+    lines = [
+        "# Training run",
+        "",
+        "| stage | outcome |",
+        "|---|---|",
+        *(f"| {stage} | {outcome} |" for stage, outcome in outcomes.items()),
+        "",
+    ]
     gan = metrics_dir / GAN_METRICS
     if gan.exists():
         metrics = json.loads(gan.read_text())
         chosen = metrics.get("chosen_step")
         rule = metrics.get("select_metric", "")
-        lines += [f"**Chosen GAN step: {chosen}** of {metrics.get('generator_steps', '?')} "
-                  f"(best validation {rule} among the eligible checkpoints).", ""]
+        lines += [
+            f"**Chosen GAN step: {chosen}** of {metrics.get('generator_steps', '?')} "
+            f"(best validation {rule} among the eligible checkpoints).",
+            "",
+        ]
     grid = plots_dir / GRID_FILE
     if grid.exists():
-        lines += ["## Sample grid", "", "Input, bicubic, each generator and the truth:", "",
-                  f"![sample grid]({grid_data_uri(grid)})", ""]
+        lines += [
+            "## Sample grid",
+            "",
+            "Input, bicubic, each generator and the truth:",
+            "",
+            f"![sample grid]({grid_data_uri(grid)})",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -118,6 +167,7 @@ def grid_data_uri(path: Path, width: int = GRID_WIDTH) -> str:
 
     rgb = read_rgb(path)
     if rgb.shape[1] > width:
-        rgb = cv2.resize(rgb, (width, round(rgb.shape[0] * width / rgb.shape[1])),
-                         interpolation=cv2.INTER_AREA)
+        rgb = cv2.resize(
+            rgb, (width, round(rgb.shape[0] * width / rgb.shape[1])), interpolation=cv2.INTER_AREA
+        )
     return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(rgb, 85)).decode("ascii")

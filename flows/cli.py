@@ -4,6 +4,7 @@ Each subcommand is an ``add_<name>(subparsers)`` function that registers its par
 function that runs it, so a new subcommand is one more function and one more line in
 ``build_parser``. Heavy imports (Prefect, DVC, torch) happen inside the handlers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ from typing import Any
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="decrappify",
-        description="Reproducible image restoration: train and run the pipeline.")
+        prog="decrappify", description="Reproducible image restoration: train and run the pipeline."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run(sub)
     add_serve(sub)
@@ -36,14 +37,28 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- training --------------------------------------------------------------------------------
 def _training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stages", nargs="+", metavar="STAGE",
-                        help="only these stages (they run in dvc.yaml order); default: all")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param for this run, as `dvc exp run -S` does; the run "
-                             "becomes a DVC experiment and params.yaml is left alone")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        metavar="STAGE",
+        help="only these stages (they run in dvc.yaml order); default: all",
+    )
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param for this run, as `dvc exp run -S` does; the run "
+        "becomes a DVC experiment and params.yaml is left alone",
+    )
     parser.add_argument("--experiment", default="decrappify", help="MLflow experiment name")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="the DVC repository (default: $DECRAPPIFY_ROOT or the current one)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="the DVC repository (default: $DECRAPPIFY_ROOT or the current one)",
+    )
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -64,12 +79,20 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def add_run(sub) -> None:
-    p = sub.add_parser("run", help="run the training flow now, in this process",
-                       description="Run the training flow: each selected DVC stage as a "
-                                   "Prefect task, tracked in MLflow.")
+    p = sub.add_parser(
+        "run",
+        help="run the training flow now, in this process",
+        description="Run the training flow: each selected DVC stage as a "
+        "Prefect task, tracked in MLflow.",
+    )
     _training_options(p)
-    p.add_argument("--stage-timeout", type=float, default=None, metavar="SECONDS",
-                   help="stop a stage (and everything it started) after this long")
+    p.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a stage (and everything it started) after this long",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -79,9 +102,14 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.training import training
 
-    state = training(stages=args.stages, overrides=_overrides(args.set) or None,
-                     experiment=args.experiment, root=str(_root(args)),
-                     stage_timeout=args.stage_timeout, return_state=True)
+    state = training(
+        stages=args.stages,
+        overrides=_overrides(args.set) or None,
+        experiment=args.experiment,
+        root=str(_root(args)),
+        stage_timeout=args.stage_timeout,
+        return_state=True,
+    )
     if not state.is_completed():
         print(f"training {state.name.lower()}: {state.message}", file=sys.stderr)
         return 1
@@ -91,10 +119,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="serve the training flow from this machine, on a schedule",
-                       description="Serve the training flow (needs PREFECT_API_URL): runs "
-                                   "triggered from the UI or `prefect deployment run "
-                                   "training/NAME` execute here; --cron schedules them.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the training flow from this machine, on a schedule",
+        description="Serve the training flow (needs PREFECT_API_URL): runs "
+        "triggered from the UI or `prefect deployment run "
+        "training/NAME` execute here; --cron schedules them.",
+    )
     _training_options(p)
     p.add_argument("--name", default="training", help="deployment name (default: training)")
     p.add_argument("--cron", default=None, help='schedule, e.g. "0 3 * * *" (03:00 every day)')
@@ -104,16 +135,25 @@ def add_serve(sub) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve
 
-    serve(_root(args), name=args.name, cron=args.cron, stages=args.stages,
-          overrides=_overrides(args.set) or None, experiment=args.experiment)
+    serve(
+        _root(args),
+        name=args.name,
+        cron=args.cron,
+        stages=args.stages,
+        overrides=_overrides(args.set) or None,
+        experiment=args.experiment,
+    )
     return 0
 
 
 # -- work pools ------------------------------------------------------------------------------
 def add_deploy(sub) -> None:
-    p = sub.add_parser("deploy", help="register the deployments of prefect.yaml",
-                       description="`prefect deploy --all` from the repository root; arguments "
-                                   "after -- go to `prefect deploy` instead of --all.")
+    p = sub.add_parser(
+        "deploy",
+        help="register the deployments of prefect.yaml",
+        description="`prefect deploy --all` from the repository root; arguments "
+        "after -- go to `prefect deploy` instead of --all.",
+    )
     p.add_argument("--root", type=Path, default=None, help="repository holding prefect.yaml")
     p.add_argument("prefect_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(handler=_deploy)
@@ -129,17 +169,22 @@ def _deploy(args: argparse.Namespace) -> int:
 def add_worker(sub) -> None:
     from flows.deployments import WORK_POOL
 
-    p = sub.add_parser("worker", help="start a process worker in this checkout",
-                       description="Start a Prefect process worker whose flow runs execute in "
-                                   "this repository (run it on the GPU machine). It polls the "
-                                   "work queue `checkout`; with --git-url, `from-git`.")
+    p = sub.add_parser(
+        "worker",
+        help="start a process worker in this checkout",
+        description="Start a Prefect process worker whose flow runs execute in "
+        "this repository (run it on the GPU machine). It polls the "
+        "work queue `checkout`; with --git-url, `from-git`.",
+    )
     p.add_argument("--root", type=Path, default=None, help="the repository checkout")
     p.add_argument("--pool", default=WORK_POOL, help=f"work pool (default: {WORK_POOL})")
-    p.add_argument("--run-once", action="store_true",
-                   help="take the runs waiting now, then exit")
-    p.add_argument("--git-url", default=None,
-                   help="the repository that deployments pulling from git clone "
-                        "(exported as $DECRAPPIFY_GIT_URL)")
+    p.add_argument("--run-once", action="store_true", help="take the runs waiting now, then exit")
+    p.add_argument(
+        "--git-url",
+        default=None,
+        help="the repository that deployments pulling from git clone "
+        "(exported as $DECRAPPIFY_GIT_URL)",
+    )
     p.set_defaults(handler=_worker)
 
 
@@ -152,29 +197,56 @@ def _worker(args: argparse.Namespace) -> int:
 
 # -- using a trained generator ---------------------------------------------------------------
 def add_restore(sub) -> None:
-    p = sub.add_parser("restore", help="restore image files with a trained generator",
-                       description="Restore images with a trained generator. A bad input is "
-                                   "reported and skipped; exit status 1 when any input failed, "
-                                   "2 when nothing could be restored (output folder, model).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (searched recursively) or glob patterns "
-                        "(quoted, ** recurses)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR",
-                   help="output folder: <DIR>/<path below the input><suffix>.png")
-    p.add_argument("--model", default=None, metavar="PATH|URI",
-                   help="generator checkpoint, exported .onnx (run with onnxruntime) or "
-                        ".safetensors file, or MLflow model URI such as "
-                        "models:/decrappify-generator@champion or runs:/<run id>/gan_generator "
-                        "(default: models/gan_generator.pt of the repository)")
-    p.add_argument("--compare", action="store_true",
-                   help="also write <name>_compare.png: the input beside the restoration")
-    p.add_argument("--tile", type=int, default=256,
-                   help="input px per tile; memory grows with its square (default: 256)")
-    p.add_argument("--overlap", type=int, default=32,
-                   help="input px shared by neighbouring tiles, blended (default: 32)")
+    p = sub.add_parser(
+        "restore",
+        help="restore image files with a trained generator",
+        description="Restore images with a trained generator. A bad input is "
+        "reported and skipped; exit status 1 when any input failed, "
+        "2 when nothing could be restored (output folder, model).",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) or glob patterns (quoted, ** recurses)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder: <DIR>/<path below the input><suffix>.png",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH|URI",
+        help="generator checkpoint, exported .onnx (run with onnxruntime) or "
+        ".safetensors file, or MLflow model URI such as "
+        "models:/decrappify-generator@champion or runs:/<run id>/gan_generator "
+        "(default: models/gan_generator.pt of the repository)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also write <name>_compare.png: the input beside the restoration",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=256,
+        help="input px per tile; memory grows with its square (default: 256)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=32,
+        help="input px shared by neighbouring tiles, blended (default: 32)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--suffix", default="_restored",
-                   help="appended to each output's name (default: _restored)")
+    p.add_argument(
+        "--suffix", default="_restored", help="appended to each output's name (default: _restored)"
+    )
     p.set_defaults(handler=_restore)
 
 
@@ -183,9 +255,17 @@ def _restore(args: argparse.Namespace) -> int:
     from pipelines.inference.restore_files import restore_paths
 
     try:
-        summary = restore_paths(args.inputs, args.out, args.model, compare=args.compare,
-                                tile=args.tile, overlap=args.overlap, device=args.device,
-                                suffix=args.suffix, progress=print)
+        summary = restore_paths(
+            args.inputs,
+            args.out,
+            args.model,
+            compare=args.compare,
+            tile=args.tile,
+            overlap=args.overlap,
+            device=args.device,
+            suffix=args.suffix,
+            progress=print,
+        )
     except StageError as exc:  # output folder, model or settings: nothing was restored
         print(f"decrappify restore: error: {exc}", file=sys.stderr)
         return 2
@@ -194,16 +274,27 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def add_register(sub) -> None:
-    p = sub.add_parser("register", help="register the trained generator and set the champion",
-                       description="Make the MLflow registry match the checkout, whichever "
-                                   "stages DVC skipped: log the GAN generator file as a version "
-                                   "of decrappify-generator unless one with its digest exists, "
-                                   "then apply the evaluation in metrics/evaluate.json (tags and "
-                                   "the champion alias). `make pipeline` runs it after `dvc repro`.")
-    p.add_argument("--root", type=Path, default=None,
-                   help="the DVC repository (default: $DECRAPPIFY_ROOT or the current one)")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"),
-                   help="params file, relative to the repository (default: params.yaml)")
+    p = sub.add_parser(
+        "register",
+        help="register the trained generator and set the champion",
+        description="Make the MLflow registry match the checkout, whichever "
+        "stages DVC skipped: log the GAN generator file as a version "
+        "of decrappify-generator unless one with its digest exists, "
+        "then apply the evaluation in metrics/evaluate.json (tags and "
+        "the champion alias). `make pipeline` runs it after `dvc repro`.",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="the DVC repository (default: $DECRAPPIFY_ROOT or the current one)",
+    )
+    p.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="params file, relative to the repository (default: params.yaml)",
+    )
     p.set_defaults(handler=_register)
 
 
@@ -229,8 +320,10 @@ def _register(args: argparse.Namespace) -> int:
     generator = root / base.paths.models / "gan_generator.pt"
     for needed in (summary_file, generator):
         if not needed.is_file():
-            print(f"decrappify register: error: {needed} missing (run `dvc repro` first)",
-                  file=sys.stderr)
+            print(
+                f"decrappify register: error: {needed} missing (run `dvc repro` first)",
+                file=sys.stderr,
+            )
             return 2
     if not registry.register_file(uri, base.experiment, generator):
         return 1
@@ -239,14 +332,22 @@ def _register(args: argparse.Namespace) -> int:
     files = {model_name(m): root / model_file(m, base) for m in cfg.models}
     champion = registry.record_evaluation(uri, dataset, results[dataset], files)
     alias = f"models:/{registry.REGISTERED_MODEL}@{registry.CHAMPION}"
-    print(f"{alias} -> version {champion}" if champion else
-          f"{alias}: no version beats bicubic and the pretrained generator; alias not set")
+    print(
+        f"{alias} -> version {champion}"
+        if champion
+        else f"{alias}: no version beats bicubic and the pretrained generator; alias not set"
+    )
+
+
 # -- looking at results ------------------------------------------------------------------------
 def add_report(sub) -> None:
-    p = sub.add_parser("report", help="print the path of the last evaluation's report page",
-                       description="The report page the evaluate stage writes (evaluation "
-                                   "table, restorations, training curves, provenance): print "
-                                   "its path, or open it in a browser with --open.")
+    p = sub.add_parser(
+        "report",
+        help="print the path of the last evaluation's report page",
+        description="The report page the evaluate stage writes (evaluation "
+        "table, restorations, training curves, provenance): print "
+        "its path, or open it in a browser with --open.",
+    )
     p.add_argument("--root", type=Path, default=None, help="the DVC repository")
     p.add_argument("--open", action="store_true", help="open it in the default browser")
     p.set_defaults(handler=_report)
@@ -257,8 +358,11 @@ def _report(args: argparse.Namespace) -> int:
 
     path = (_root(args) / REPORT_FILE).resolve()
     if not path.is_file():
-        print(f"decrappify report: {path} does not exist yet: run the evaluate stage "
-              "(`dvc repro` or `decrappify run`)", file=sys.stderr)
+        print(
+            f"decrappify report: {path} does not exist yet: run the evaluate stage "
+            "(`dvc repro` or `decrappify run`)",
+            file=sys.stderr,
+        )
         return 1
     print(path)
     if args.open:
@@ -271,22 +375,33 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a generator as safetensors, ONNX and a model card",
-                       description="Write <name>.safetensors, <name>.onnx (checked against "
-                                   "PyTorch first), optionally <name>.fp16.onnx, and the model "
-                                   "card <name>.md / <name>.card.json into DIR. The metadata "
-                                   "and card read params.yaml, dvc.lock and "
-                                   "metrics/evaluate.json of the repository. Exit status 2 when "
-                                   "nothing could be exported.")
-    p.add_argument("--model", default=None, metavar="PATH|URI",
-                   help="generator checkpoint (.pt), exported .safetensors, or MLflow model URI "
-                        "(default: models/gan_generator.pt of the repository)")
+    p = sub.add_parser(
+        "export",
+        help="export a generator as safetensors, ONNX and a model card",
+        description="Write <name>.safetensors, <name>.onnx (checked against "
+        "PyTorch first), optionally <name>.fp16.onnx, and the model "
+        "card <name>.md / <name>.card.json into DIR. The metadata "
+        "and card read params.yaml, dvc.lock and "
+        "metrics/evaluate.json of the repository. Exit status 2 when "
+        "nothing could be exported.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH|URI",
+        help="generator checkpoint (.pt), exported .safetensors, or MLflow model URI "
+        "(default: models/gan_generator.pt of the repository)",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
-    p.add_argument("--root", type=Path, default=None,
-                   help="the repository whose params, dvc.lock and evaluation describe the "
-                        "model (default: $DECRAPPIFY_ROOT or the current one)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="the repository whose params, dvc.lock and evaluation describe the "
+        "model (default: $DECRAPPIFY_ROOT or the current one)",
+    )
     p.set_defaults(handler=_export)
 
 
@@ -299,8 +414,9 @@ def _export(args: argparse.Namespace) -> int:
     from pipelines.exporting.exports import ExportSettings, export_generator, load_source
 
     root = _root(args)
-    settings = replace(ExportSettings(), fp16=args.fp16,
-                       **({"opset": args.opset} if args.opset else {}))
+    settings = replace(
+        ExportSettings(), fp16=args.fp16, **({"opset": args.opset} if args.opset else {})
+    )
     try:
         params = read_params(root / "params.yaml")
     except ConfigError:
@@ -309,8 +425,9 @@ def _export(args: argparse.Namespace) -> int:
     evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else None
     try:
         source = load_source(args.model or str(root / "models" / "gan_generator.pt"))
-        result = export_generator(source, args.out, root=root, params=params,
-                                  evaluation=evaluation, settings=settings)
+        result = export_generator(
+            source, args.out, root=root, params=params, evaluation=evaluation, settings=settings
+        )
     except (StageError, OSError) as exc:  # nothing was written
         print(f"decrappify export: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@
   starts a process worker (on the GPU machine) in the repository checkout.
 Both need a Prefect server (``prefect server start``) and ``PREFECT_API_URL`` pointing at it.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,14 @@ GIT_URL_ENV = "DECRAPPIFY_GIT_URL"
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
-def serve(root: Path, name: str = "training", cron: str | None = None,
-          stages: list[str] | None = None, overrides: dict[str, Any] | None = None,
-          experiment: str = "decrappify") -> None:
+def serve(
+    root: Path,
+    name: str = "training",
+    cron: str | None = None,
+    stages: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    experiment: str = "decrappify",
+) -> None:
     """Serve the training flow from this process until interrupted; ``cron`` schedules runs.
 
     One run at a time: two trainings would compete for the GPU and the workspace.
@@ -34,8 +40,13 @@ def serve(root: Path, name: str = "training", cron: str | None = None,
         parameters["stages"] = stages
     if overrides:
         parameters["overrides"] = overrides
-    training.serve(name=name, cron=cron, parameters=parameters, limit=1,
-                   description="Training pipeline of the repository at " + parameters["root"])
+    training.serve(
+        name=name,
+        cron=cron,
+        parameters=parameters,
+        limit=1,
+        description="Training pipeline of the repository at " + parameters["root"],
+    )
 
 
 def deploy(root: Path, prefect_args: list[str]) -> int:
@@ -46,8 +57,9 @@ def deploy(root: Path, prefect_args: list[str]) -> int:
     return subprocess.call(cmd, cwd=root)
 
 
-def start_worker(root: Path, pool: str = WORK_POOL, run_once: bool = False,
-                 git_url: str | None = None) -> None:
+def start_worker(
+    root: Path, pool: str = WORK_POOL, run_once: bool = False, git_url: str | None = None
+) -> None:
     """Replace this process with a process worker for ``pool`` serving the checkout ``root``.
 
     The pull step of ``nightly`` changes into ``$DECRAPPIFY_ROOT``, exported here; with

@@ -6,6 +6,7 @@ its duration and the model is loaded once per flow run. A bad image is a warning
 and an entry in the returned summary, not a failed task: like the command, the flow restores
 the rest. The flow fails when nothing can be restored (output folder, model, settings).
 """
+
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
@@ -22,9 +23,16 @@ def restore_image(job: Job, model: Network, settings: Settings) -> Outcome:
 
 
 @flow(name="restoration", description="Restore image files with a trained generator.")
-def restoration(inputs: list[str], out: str, model: str | None = None, compare: bool = False,
-                tile: int = 256, overlap: int = 32, device: str = "auto",
-                suffix: str = "_restored") -> dict:
+def restoration(
+    inputs: list[str],
+    out: str,
+    model: str | None = None,
+    compare: bool = False,
+    tile: int = 256,
+    overlap: int = 32,
+    device: str = "auto",
+    suffix: str = "_restored",
+) -> dict:
     """Restore ``inputs`` (files, folders, glob patterns) into ``out``; returns the summary:
     ``restored`` inputs, ``failed`` {input: reason}, ``seconds`` and ``images_per_s``.
 
@@ -33,8 +41,18 @@ def restoration(inputs: list[str], out: str, model: str | None = None, compare: 
     ``models/gan_generator.pt``.
     """
     logger = get_run_logger()
-    summary = restore_paths(inputs, out, model, compare=compare, tile=tile, overlap=overlap,
-                            device=device, suffix=suffix, report=logger.warning,
-                            progress=logger.info, run_one=restore_image)
+    summary = restore_paths(
+        inputs,
+        out,
+        model,
+        compare=compare,
+        tile=tile,
+        overlap=overlap,
+        device=device,
+        suffix=suffix,
+        report=logger.warning,
+        progress=logger.info,
+        run_one=restore_image,
+    )
     logger.info(summary.line())
     return summary.as_dict()

@@ -6,31 +6,50 @@ inputs is restored from the run-cache. The flow adds what DVC does not: retries,
 run that says which stages ran, param overrides run as DVC experiments, and for a worker in a
 fresh clone, data pulled from the DVC remote and the run pushed back as an experiment.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.workspace import (experiment_workspace, git_commit, git_dirty, lock_digest,
-                                 save_experiment, select_stages, stage_order)
 from flows.artifacts import publish
 from flows.parent_run import ParentRun
-from pipelines.running.tracking import (EXPERIMENT_ENV, PARENT_RUN_ENV, ROOT_ENV, repo_root,
-                                resolve_tracking_uri)
+from pipelines.running.tracking import (
+    EXPERIMENT_ENV,
+    PARENT_RUN_ENV,
+    ROOT_ENV,
+    repo_root,
+    resolve_tracking_uri,
+)
 from tasks.dvc_remote import pull_data, push_experiment
 from tasks.dvc_stage import stage_task
+from tasks.workspace import (
+    experiment_workspace,
+    git_commit,
+    git_dirty,
+    lock_digest,
+    save_experiment,
+    select_stages,
+    stage_order,
+)
 
 
 @flow(name="training", description="Reproduce the DVC pipeline stage by stage, tracked in MLflow.")
-def training(stages: list[str] | None = None, overrides: dict[str, Any] | None = None,
-             experiment: str = "decrappify", root: str | None = None,
-             stage_timeout: float | None = None, dvc_remote: bool = False,
-             git_remote: str = "origin") -> dict[str, str]:
+def training(
+    stages: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    experiment: str = "decrappify",
+    root: str | None = None,
+    stage_timeout: float | None = None,
+    dvc_remote: bool = False,
+    git_remote: str = "origin",
+) -> dict[str, str]:
     """Run ``stages`` (all when None) in dvc.yaml order; returns each stage's outcome.
 
     Args:
@@ -55,9 +74,12 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
     name = _run_name()
     uri = resolve_tracking_uri(_configured_tracking_uri(repo), root=repo)
     outcomes = dict.fromkeys(selected, "not run")
-    facts: dict[str, Any] = {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": name,
-                             "mlflow.source.git.commit": git_commit(repo),
-                             "decrappify.git_dirty": git_dirty(repo)}
+    facts: dict[str, Any] = {
+        "prefect.flow_run_id": flow_run.id,
+        "prefect.flow_run_name": name,
+        "mlflow.source.git.commit": git_commit(repo),
+        "decrappify.git_dirty": git_dirty(repo),
+    }
 
     with ParentRun(uri, experiment, name, logger) as parent:
         env = {EXPERIMENT_ENV: experiment, "MLFLOW_TRACKING_URI": uri}
@@ -72,9 +94,14 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
                     previous = None  # each stage waits for the one before: a chain in the graph
                     for stage in selected:
                         try:
-                            state = stage_task(stage)(stage, str(workspace), env, stage_timeout,
-                                                      wait_for=[previous] if previous else None,
-                                                      return_state=True)
+                            state = stage_task(stage)(
+                                stage,
+                                str(workspace),
+                                env,
+                                stage_timeout,
+                                wait_for=[previous] if previous else None,
+                                return_state=True,
+                            )
                             result = state.result()
                         except BaseException:
                             outcomes[stage] = "failed"
@@ -83,8 +110,14 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
                         previous = state
                 finally:
                     facts["dvc.lock.sha256"] = lock_digest(workspace)
-                    publish(workspace, outcomes, logger, tracking_uri=uri,
-                            experiment_id=parent.experiment_id, parent_run_id=parent.run_id)
+                    publish(
+                        workspace,
+                        outcomes,
+                        logger,
+                        tracking_uri=uri,
+                        experiment_id=parent.experiment_id,
+                        parent_run_id=parent.run_id,
+                    )
             if overrides:
                 facts["dvc.experiment"] = name  # reached once `dvc exp save` succeeded
             if dvc_remote:
@@ -94,16 +127,19 @@ def training(stages: list[str] | None = None, overrides: dict[str, Any] | None =
                 push_experiment(str(repo), name, git_remote, env)
                 facts["dvc.experiment.pushed_to"] = git_remote
         finally:
-            parent.record(tags={**facts, **_outcome_tags(outcomes)},
-                          params={"stages": ",".join(selected),
-                                  **{f"override.{k}": v for k, v in (overrides or {}).items()}})
+            parent.record(
+                tags={**facts, **_outcome_tags(outcomes)},
+                params={
+                    "stages": ",".join(selected),
+                    **{f"override.{k}": v for k, v in (overrides or {}).items()},
+                },
+            )
             logger.info("stages: %s", ", ".join(f"{s} {o}" for s, o in outcomes.items()))
     return outcomes
 
 
 @contextlib.contextmanager
-def _workspace(repo: Path, name: str, overrides: dict[str, Any] | None,
-               logger) -> Iterator[Path]:
+def _workspace(repo: Path, name: str, overrides: dict[str, Any] | None, logger) -> Iterator[Path]:
     """The repository itself, or with overrides a throwaway experiment workspace."""
     if not overrides:
         yield repo

@@ -7,6 +7,7 @@ worker count. data/lr/manifest.csv records what was drawn for every image.
 Resuming an interrupted run, and why data/lr is a persistent output: see
 pipelines/datasets/crappified.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.core.results import write_results
-from pipelines.datasets.crappified import (check_roots, crappify_all, example_grid, fingerprint,
-                                           finish_manifest, list_sources, prepare)
+from pipelines.datasets.crappified import (
+    check_roots,
+    crappify_all,
+    example_grid,
+    fingerprint,
+    finish_manifest,
+    list_sources,
+    prepare,
+)
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.running.stage import stage_main
 
@@ -48,15 +56,24 @@ def run(cfg: CrappifyConfig, tracker=None) -> dict:
     splits: dict[str, int] = {}
     for r in rows.values():
         splits[r["split"] or "."] = splits.get(r["split"] or ".", 0) + 1
-    metrics = {"count": len(rows), "processed": processed, "reused": len(rows) - processed,
-               "failures": len(failed), "seconds": round(seconds, 3),
-               "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else 0.0,
-               "quality_min": int(quality.min()), "quality_mean": round(float(quality.mean()), 2),
-               "quality_max": int(quality.max()), "splits": dict(sorted(splits.items()))}
+    metrics = {
+        "count": len(rows),
+        "processed": processed,
+        "reused": len(rows) - processed,
+        "failures": len(failed),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else 0.0,
+        "quality_min": int(quality.min()),
+        "quality_mean": round(float(quality.mean()), 2),
+        "quality_max": int(quality.max()),
+        "splits": dict(sorted(splits.items())),
+    }
     write_results(cfg.base, "crappify", metrics, RUN_KEYS)
     if tracker is not None and getattr(tracker, "enabled", True) and cfg.examples:
-        tracker.log_image(example_grid(list(rows.values()), hr_root, lr_root, cfg.examples),
-                          "crappify/examples.png")
+        tracker.log_image(
+            example_grid(list(rows.values()), hr_root, lr_root, cfg.examples),
+            "crappify/examples.png",
+        )
     return metrics
 
 

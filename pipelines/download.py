@@ -18,6 +18,7 @@ Outputs: ``data/hr/{train,valid,test}/<path>.png``, ``data/hr/manifest.csv`` (wr
 atomic folder: an interrupted run leaves the previous data/hr intact) and
 ``metrics/download.json``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,16 @@ from typing import Any, Literal
 from pipelines.core.config import BaseConfig, ConfigError, bounded
 from pipelines.core.files import atomic_dir, write_json
 from pipelines.datasets.fetch import SHA256_RE
-from pipelines.datasets.photos import (NoImagesError, accept, by_reason, gather, log_to_tracker,
-                                       place, shown_names, split_key)
+from pipelines.datasets.photos import (
+    NoImagesError,
+    accept,
+    by_reason,
+    gather,
+    log_to_tracker,
+    place,
+    shown_names,
+    split_key,
+)
 from pipelines.imaging import images
 from pipelines.running.stage import stage_main
 
@@ -61,16 +70,21 @@ class DownloadConfig:
             if not self.url.startswith(("http://", "https://")):
                 raise ConfigError(f"url: {self.url!r} is not an http:// or https:// URL")
             if not SHA256_RE.match(self.sha256):
-                raise ConfigError(f"sha256: {self.sha256!r} is not 64 hex digits "
-                                  "(required when source is 'url')")
+                raise ConfigError(
+                    f"sha256: {self.sha256!r} is not 64 hex digits (required when source is 'url')"
+                )
         if self.source == "folder" and not self.folder:
             raise ConfigError("folder: required when source is 'folder'")
         if self.valid_fraction + self.test_fraction >= 1:
-            raise ConfigError(f"test_fraction: {self.test_fraction} + valid_fraction "
-                              f"{self.valid_fraction} leaves no training images")
+            raise ConfigError(
+                f"test_fraction: {self.test_fraction} + valid_fraction "
+                f"{self.valid_fraction} leaves no training images"
+            )
         if self.min_size and self.min_size < self.base.crop:
-            raise ConfigError(f"min_size: {self.min_size} is below base.crop {self.base.crop}: "
-                              "training could not crop such images")
+            raise ConfigError(
+                f"min_size: {self.min_size} is below base.crop {self.base.crop}: "
+                "training could not crop such images"
+            )
 
     @property
     def min_side(self) -> int:
@@ -91,8 +105,10 @@ def run(cfg: DownloadConfig, tracker: Any = None) -> dict:
     with atomic_dir(hr) as tmp:
         accepted = accept(ordered, rels, cfg, progress, tmp / ".staging", skipped)
         if not accepted:
-            raise NoImagesError(f"no usable images in {root} ({len(candidates)} candidates; "
-                                f"skipped: {by_reason(skipped) or 'none'}); {hr} left unchanged")
+            raise NoImagesError(
+                f"no usable images in {root} ({len(candidates)} candidates; "
+                f"skipped: {by_reason(skipped) or 'none'}); {hr} left unchanged"
+            )
         rows, sizes = place(accepted, tmp, cfg.valid_fraction, cfg.test_fraction, cfg.source)
 
     n_train, n_valid, n_test = sizes
@@ -108,8 +124,15 @@ def run(cfg: DownloadConfig, tracker: Any = None) -> dict:
         "skipped_files": dict(sorted(skipped.items())),
     }
     write_json(Path(cfg.base.paths.metrics) / "download.json", metrics)
-    log.info("download: %d images (train %d, valid %d, test %d), %d skipped -> %s",
-             len(rows), n_train, n_valid, n_test, len(skipped), hr)
+    log.info(
+        "download: %d images (train %d, valid %d, test %d), %d skipped -> %s",
+        len(rows),
+        n_train,
+        n_valid,
+        n_test,
+        len(skipped),
+        hr,
+    )
     if tracker is not None:
         log_to_tracker(tracker, hr, rows)
     return metrics

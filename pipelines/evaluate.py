@@ -19,32 +19,34 @@ model over OpenCV bicubic, whole-image and inside the mask (metrics/evaluate.jso
 one row per image and method (metrics/evaluate_images.csv), each model's gain per image
 (plots/evaluate_gains.csv) and a labelled grid of a few restorations (plots/evaluate_grid.png).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from torch import nn
 
-from pipelines.running import registry
 from pipelines.core.config import BaseConfig, ConfigError, bounded, section
-from pipelines.datasets.evaluation import Kind, dataset_name, folder_images, split_images
 from pipelines.core.files import write_csv, write_json
+from pipelines.core.runtime import autocast_dtype, pick_device
+from pipelines.datasets.evaluation import Kind, dataset_name, folder_images, split_images
 from pipelines.imaging.degradations import CrappifyConfig
+from pipelines.imaging.images import write_image
 from pipelines.imaging.resize import upscale
 from pipelines.imaging.tensors import centre_crop
-from pipelines.imaging.images import write_image
-from pipelines.scoring.metrics import score
-from pipelines.scoring.regions import regional_scores
+from pipelines.imaging.visualize import grid
 from pipelines.inference.restore import load_generator, restore
 from pipelines.reporting import dvc_views
-from pipelines.core.runtime import autocast_dtype, pick_device
 from pipelines.reporting.page import REPORT_FILE, Samples, samples_table, write_report
+from pipelines.running import registry
 from pipelines.running.stage import stage_main
-from pipelines.imaging.visualize import grid
+from pipelines.scoring.metrics import score
+from pipelines.scoring.regions import regional_scores
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
@@ -71,9 +73,9 @@ class EvaluateConfig:
     hr_dirs: tuple[str, ...] = ()
     # crappy: the crappify section's degradation (a split's own LR files); clean: bicubic x1/scale
     degradations: tuple[Kind, ...] = ("crappy", "clean")
-    tile: int = bounded(256, lo=16)      # LR px per tile when restoring
-    overlap: int = bounded(32, lo=0)     # LR px shared by neighbouring tiles
-    max_images: int = bounded(0, lo=0)   # per data set; 0 = all
+    tile: int = bounded(256, lo=16)  # LR px per tile when restoring
+    overlap: int = bounded(32, lo=0)  # LR px shared by neighbouring tiles
+    max_images: int = bounded(0, lo=0)  # per data set; 0 = all
     grid_images: int = bounded(3, lo=1)  # rows of the comparison grid (first data set)
     grid_crop: int = bounded(256, lo=0)  # centre crop of each grid cell, HR px; 0 = whole image
 
@@ -122,8 +124,9 @@ def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict
         mine = [r for r in rows if r["method"] == method]
         keys = dict.fromkeys(k for r in mine for k in r if k not in ROW_KEYS)
         # A metric a small image lacks (ms_ssim under 21 px) is averaged over the others.
-        out[method] = {k: round(float(np.mean([r[k] for r in mine if k in r])), DECIMALS)
-                       for k in keys}
+        out[method] = {
+            k: round(float(np.mean([r[k] for r in mine if k in r])), DECIMALS) for k in keys
+        }
     if models:
         out[GAIN_KEY] = _gains(rows, models, "psnr_y")
         if any("mask_psnr_y" in r for r in rows):
@@ -135,8 +138,12 @@ def _gains(rows: list[dict], models: list[str], key: str) -> dict[str, float]:
     """Each model's mean ``key`` minus bicubic's, over the images that have it."""
     # Mean of per-image gains = difference of the means; rounded after subtracting.
     ref = np.mean([r[key] for r in rows if r["method"] == REFERENCE and key in r])
-    return {m: round(float(np.mean([r[key] for r in rows if r["method"] == m and key in r])
-                           - ref), DECIMALS) for m in models}
+    return {
+        m: round(
+            float(np.mean([r[key] for r in rows if r["method"] == m and key in r]) - ref), DECIMALS
+        )
+        for m in models
+    }
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -144,20 +151,30 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     write_csv(path, rows, keys, float_format=".6f")
 
 
-def run(cfg: EvaluateConfig, tracker=None,
-        builder: Callable[..., nn.Module] | None = None) -> dict:
+def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | None = None) -> dict:
     """Evaluate; ``builder`` rebuilds networks from model files (default: build_generator)."""
     base = cfg.base
     device = pick_device(base.device)
     dtype = autocast_dtype(device, base.precision)
-    models = {model_name(m): load_generator(model_file(m, base), device, builder)
-              for m in cfg.models}
-    datasets = [(dataset_name(s, kind, split=True),
-                 split_images(base, cfg.crappify, s, kind, cfg.max_images))
-                for s in cfg.splits for kind in cfg.degradations]
-    datasets += [(dataset_name(Path(d).name, kind, split=False),
-                  folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images))
-                 for d in cfg.hr_dirs for kind in cfg.degradations]
+    models = {
+        model_name(m): load_generator(model_file(m, base), device, builder) for m in cfg.models
+    }
+    datasets = [
+        (
+            dataset_name(s, kind, split=True),
+            split_images(base, cfg.crappify, s, kind, cfg.max_images),
+        )
+        for s in cfg.splits
+        for kind in cfg.degradations
+    ]
+    datasets += [
+        (
+            dataset_name(Path(d).name, kind, split=False),
+            folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images),
+        )
+        for d in cfg.hr_dirs
+        for kind in cfg.degradations
+    ]
 
     results: dict = {}
     rows: list[dict] = []
@@ -171,29 +188,52 @@ def run(cfg: EvaluateConfig, tracker=None,
             for mname, model in models.items():
                 outputs[mname] = restore(model, lr, cfg.tile, cfg.overlap, device, dtype)
             for method, sr in outputs.items():
-                mine.append({"dataset": dataset, "image": image.name, "method": method,
-                             **score(sr, hr, border=base.scale),
-                             **regional_scores(sr, hr, border=base.scale, radius=base.scale,
-                                               watermark=image.watermark)})
+                mine.append(
+                    {
+                        "dataset": dataset,
+                        "image": image.name,
+                        "method": method,
+                        **score(sr, hr, border=base.scale),
+                        **regional_scores(
+                            sr, hr, border=base.scale, radius=base.scale, watermark=image.watermark
+                        ),
+                    }
+                )
             if i == 0 and len(grid_rows) < cfg.grid_images:
-                cells = [upscale(lr, base.scale, "nearest"), outputs[REFERENCE],
-                         *(outputs[m] for m in models), hr]
+                cells = [
+                    upscale(lr, base.scale, "nearest"),
+                    outputs[REFERENCE],
+                    *(outputs[m] for m in models),
+                    hr,
+                ]
                 grid_rows.append([centre_crop(c, cfg.grid_crop) for c in cells])
             samples.add(dataset, image.name, lr, outputs, hr)
         results[dataset] = summarise(mine, list(cfg.baselines), list(models))
-        log.info("%s (%d images): %s", dataset, results[dataset][COUNT_KEY],
-                 {m: results[dataset][m]["psnr_y"] for m in [*cfg.baselines, *models]})
+        log.info(
+            "%s (%d images): %s",
+            dataset,
+            results[dataset][COUNT_KEY],
+            {m: results[dataset][m]["psnr_y"] for m in [*cfg.baselines, *models]},
+        )
         rows += mine
 
     metrics_dir, plots_dir = Path(base.paths.metrics), Path(base.paths.plots)
     write_json(metrics_dir / f"{STAGE}.json", results)
     write_rows(metrics_dir / f"{STAGE}_images.csv", rows)
-    dvc_views.write_method_tables(metrics_dir / STAGE, results, [*cfg.baselines, *models], REFERENCE)
+    dvc_views.write_method_tables(
+        metrics_dir / STAGE, results, [*cfg.baselines, *models], REFERENCE
+    )
     dvc_views.write_image_gains(plots_dir / f"{STAGE}_gains.csv", rows, list(models), REFERENCE)
     picture = grid(grid_rows, ["LR (nearest)", REFERENCE, *models, "HR"])
     write_image(plots_dir / f"{STAGE}_grid.png", picture)
-    page = write_report(REPORT_FILE, results, samples, rows, plots_dir=base.paths.plots,
-                        metrics_dir=base.paths.metrics)
+    page = write_report(
+        REPORT_FILE,
+        results,
+        samples,
+        rows,
+        plots_dir=base.paths.plots,
+        metrics_dir=base.paths.metrics,
+    )
     if tracker is not None:
         tracker.log_image(picture, f"{STAGE}_grid.png")
         tracker.log_artifact(metrics_dir / f"{STAGE}_images.csv")
@@ -202,9 +242,13 @@ def run(cfg: EvaluateConfig, tracker=None,
         if tracker.enabled and tracker.run_id:
             # scores and the champion alias on the registered versions of the evaluated files
             first = datasets[0][0]
-            registry.record_evaluation(tracker.uri, first, results[first],
-                                       {model_name(m): model_file(m, base) for m in cfg.models},
-                                       evaluation_run=tracker.run_id)
+            registry.record_evaluation(
+                tracker.uri,
+                first,
+                results[first],
+                {model_name(m): model_file(m, base) for m in cfg.models},
+                evaluation_run=tracker.run_id,
+            )
     return results
 
 

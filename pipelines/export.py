@@ -6,6 +6,7 @@ against PyTorch before it is written), optionally ``gan_generator.fp16.onnx``, a
 card with evaluate's scores (``gan_generator.md``, ``gan_generator.card.json``). The
 building blocks are in ``pipelines.exporting``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,14 @@ STAGE = "export"
 @dataclass(frozen=True)
 class ExportConfig:
     base: BaseConfig
-    model: str = "gan_generator"            # <paths.models>/<model>.pt
-    out: str = "export"                     # folder under paths.models
+    model: str = "gan_generator"  # <paths.models>/<model>.pt
+    out: str = "export"  # folder under paths.models
     opset: int = bounded(17, lo=13, hi=20)  # ONNX opset of the graphs
-    fp16: bool = False                      # also <model>.fp16.onnx (float16 weights and maths)
+    fp16: bool = False  # also <model>.fp16.onnx (float16 weights and maths)
     # (height, width) LR px of the parity check against PyTorch; odd sizes exercise the padding
     check_sizes: tuple[tuple[int, int], ...] = ((29, 61), (50, 35))
-    tolerance: float = bounded(1e-3, lo=0.0, lo_open=True)        # max abs difference, fp32
-    fp16_tolerance: float = bounded(2e-3, lo=0.0, lo_open=True)   # the same for fp16
+    tolerance: float = bounded(1e-3, lo=0.0, lo_open=True)  # max abs difference, fp32
+    fp16_tolerance: float = bounded(2e-3, lo=0.0, lo_open=True)  # the same for fp16
 
     def check(self) -> None:
         if not self.check_sizes:
@@ -42,8 +43,13 @@ class ExportConfig:
                 raise ConfigError(f"check_sizes[{i}]: {list(size)} is not a size in px")
 
     def settings(self) -> ExportSettings:
-        return ExportSettings(opset=self.opset, fp16=self.fp16, check_sizes=self.check_sizes,
-                              tolerance=self.tolerance, fp16_tolerance=self.fp16_tolerance)
+        return ExportSettings(
+            opset=self.opset,
+            fp16=self.fp16,
+            check_sizes=self.check_sizes,
+            tolerance=self.tolerance,
+            fp16_tolerance=self.fp16_tolerance,
+        )
 
 
 def run(cfg: ExportConfig, tracker=None, params_file: Path | str = DEFAULT_PARAMS) -> dict:
@@ -58,8 +64,14 @@ def run(cfg: ExportConfig, tracker=None, params_file: Path | str = DEFAULT_PARAM
     evaluation = json.loads(evaluation_file.read_text()) if evaluation_file.is_file() else None
     out = Path(base.paths.models) / cfg.out
     with atomic_dir(out) as tmp:
-        result = export_generator(source, tmp, root=repo_root(), params=params,
-                                  evaluation=evaluation, settings=cfg.settings())
+        result = export_generator(
+            source,
+            tmp,
+            root=repo_root(),
+            params=params,
+            evaluation=evaluation,
+            settings=cfg.settings(),
+        )
     metrics = {k: v for k, v in result.items() if k != "files"}
     metrics["bytes"] = {f: (out / f).stat().st_size for f in result["files"]}
     write_results(base, STAGE, metrics, run_keys=())

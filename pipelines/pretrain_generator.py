@@ -6,6 +6,7 @@ learning rates, optionally at a larger crop (progressive resizing). Beyond the r
 default draws a fresh degradation for every training crop instead of reusing one fixed
 crappified copy per photo, which matters on small datasets.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,20 +18,19 @@ import torch
 
 from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.core.files import write_csv
+from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast
 from pipelines.datasets.degraded import train_dataset
-from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, step_loader
+from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
 from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Content, build_content_loss
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.ema import ModelEMA
-from pipelines.core.fingerprint import fingerprint
-from pipelines.training.loop import (RollingCheckpoint, Throughput, adamw, check_finite,
-                                     set_lr)
+from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite, set_lr
 from pipelines.training.schedule import one_cycle, one_cycle_beta1
 from pipelines.training.validation import Bicubic, sample_grid, validate
 
@@ -52,7 +52,7 @@ class GeneratorModel:
     self_attention: bool = True
     norm: Literal["weight", "spectral", "none"] = "weight"
     hr_channels: int = bounded(32, lo=8)  # channels of the blocks above the input resolution
-    lr_cross: bool = True                 # input merged into the features at input resolution
+    lr_cross: bool = True  # input merged into the features at input resolution
     # srresnet only
     channels: int = bounded(64, lo=4)
     blocks: int = bounded(16, lo=0)
@@ -61,8 +61,12 @@ class GeneratorModel:
         """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key, as before it
         existed, so its model files and checkpoints stay as they were."""
         if self.kind == "srresnet":
-            return {"kind": "srresnet", "scale": scale, "channels": self.channels,
-                    "blocks": self.blocks}
+            return {
+                "kind": "srresnet",
+                "scale": scale,
+                "channels": self.channels,
+                "blocks": self.blocks,
+            }
         unet = {k: v for k, v in as_dict(self).items() if k not in ("kind", "channels", "blocks")}
         return {**unet, "scale": scale}
 
@@ -70,10 +74,10 @@ class GeneratorModel:
 @dataclass(frozen=True)
 class Phase:
     steps: int = bounded(100, lo=1)
-    crop: int = bounded(0, lo=0)          # 0 = base.crop
+    crop: int = bounded(0, lo=0)  # 0 = base.crop
     batch_size: int = bounded(8, lo=1)
     lr: float = bounded(1e-3, lo=0, lo_open=True)
-    frozen: bool = False                  # encoder frozen (sensible only with pretrained weights)
+    frozen: bool = False  # encoder frozen (sensible only with pretrained weights)
 
 
 @dataclass(frozen=True)
@@ -111,12 +115,15 @@ class PretrainGeneratorConfig:
             self.base.check_crop(f"phases[{i}].crop", p.crop or self.base.crop)
         self.base.check_crop("valid_crop", self.valid_crop)
         if self.model.kind != "unet" and any(p.frozen for p in self.phases):
-            raise ConfigError(f"phases: frozen needs an encoder; model.kind {self.model.kind!r} "
-                              "has none")
+            raise ConfigError(
+                f"phases: frozen needs an encoder; model.kind {self.model.kind!r} has none"
+            )
         unknown = [k for k in self.clean_resample if k not in CLEAN_RESAMPLE]
         if not self.clean_resample or unknown:
-            raise ConfigError(f"clean_resample: {list(self.clean_resample)!r} must be a non-empty "
-                              f"list of {', '.join(CLEAN_RESAMPLE)}")
+            raise ConfigError(
+                f"clean_resample: {list(self.clean_resample)!r} must be a non-empty "
+                f"list of {', '.join(CLEAN_RESAMPLE)}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -127,14 +134,18 @@ def model_path(base: BaseConfig) -> Path:
     return Path(base.paths.models) / "generator.pt"
 
 
-def phase_optimizer(cfg: PretrainGeneratorConfig, model: torch.nn.Module, index: int,
-                    state: dict | None) -> tuple[torch.optim.Optimizer, tuple[float, ...]]:
+def phase_optimizer(
+    cfg: PretrainGeneratorConfig, model: torch.nn.Module, index: int, state: dict | None
+) -> tuple[torch.optim.Optimizer, tuple[float, ...]]:
     """A fresh AdamW for phase ``index`` (its state restored when resuming mid-phase) and the
     learning-rate multipliers of the three parameter groups."""
     phase = cfg.phases[index]
     freeze_encoder(model, phase.frozen)
-    opt = adamw([{"params": g, "lr": phase.lr} for g in param_groups(model)],
-                betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    opt = adamw(
+        [{"params": g, "lr": phase.lr} for g in param_groups(model)],
+        betas=(0.9, 0.99),
+        weight_decay=cfg.weight_decay,
+    )
     if state is not None and state.get("phase") == index and "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
     return opt, (0.0, 0.0, 1.0) if phase.frozen else cfg.lr_ratios
@@ -150,18 +161,20 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     loss_fn = build_content_loss(cfg.loss).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     baseline = validate(Bicubic(base.scale), valid, device, None, base.scale)
-    ckpt = RollingCheckpoint(Path(base.paths.checkpoints) / STAGE,
-                             fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"],
-                                         stage=STAGE),
-                             writer=ranks.main)
+    ckpt = RollingCheckpoint(
+        Path(base.paths.checkpoints) / STAGE,
+        fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"], stage=STAGE),
+        writer=ranks.main,
+    )
     state = ckpt.restore()
     step = state["step"] if state else 0
     if state is not None:
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-    steps_log = StepLogger(STAGE, cfg.total_steps, tracker, cfg.log_every, start=step,
-                           quiet=not ranks.main)
+    steps_log = StepLogger(
+        STAGE, cfg.total_steps, tracker, cfg.log_every, start=step, quiet=not ranks.main
+    )
     steps_log.load_state(state.get("log") if state else None)
     speed = Throughput()
     history: list[dict] = list(state.get("history", [])) if state else []
@@ -171,16 +184,34 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         if step < phase_end:
             opt, ratios = phase_optimizer(cfg, model, index, state)
             trained = distributed.wrap(model, ranks, device, base.sync_batchnorm)
-            dataset = train_dataset(base, cfg.data, cfg.crappify, phase.crop or base.crop,
-                                    cfg.lighting, cfg.clean_prob, cfg.clean_resample)
-            loader = step_loader(dataset, step - phase_start, phase.steps, phase.batch_size,
-                                 cfg.workers, ranks.rank, ranks.world, offset=samples_before)
+            dataset = train_dataset(
+                base,
+                cfg.data,
+                cfg.crappify,
+                phase.crop or base.crop,
+                cfg.lighting,
+                cfg.clean_prob,
+                cfg.clean_resample,
+            )
+            loader = step_loader(
+                dataset,
+                step - phase_start,
+                phase.steps,
+                phase.batch_size,
+                cfg.workers,
+                ranks.rank,
+                ranks.world,
+                offset=samples_before,
+            )
             speed.resume()
             for lr_img, hr_img in loader:
                 local = step - phase_start
                 peak = one_cycle(local, phase.steps, phase.lr, cfg.pct_start)
-                set_lr(opt, [peak * r for r in ratios],
-                       one_cycle_beta1(local, phase.steps, cfg.pct_start))
+                set_lr(
+                    opt,
+                    [peak * r for r in ratios],
+                    one_cycle_beta1(local, phase.steps, cfg.pct_start),
+                )
                 lr_img, hr_img = lr_img.to(device), hr_img.to(device)
                 with autocast(device, dtype):
                     loss = loss_fn(trained(lr_img).float(), hr_img)
@@ -201,9 +232,15 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 if step % cfg.checkpoint_every == 0 or step == phase_end:
                     # at a phase's end the next phase starts with a fresh optimizer, resumed or not
                     mid_phase = {"optimizer": opt.state_dict()} if step < phase_end else {}
-                    ckpt.save(step, phase=index if step < phase_end else index + 1,
-                              model=model.state_dict(), history=history, log=steps_log.state(),
-                              **mid_phase, **({"ema": ema.state_dict()} if ema else {}))
+                    ckpt.save(
+                        step,
+                        phase=index if step < phase_end else index + 1,
+                        model=model.state_dict(),
+                        history=history,
+                        log=steps_log.state(),
+                        **mid_phase,
+                        **({"ema": ema.state_dict()} if ema else {}),
+                    )
                 if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
                     tracker.log_image(sample_grid(kept, valid, device), key="samples", step=step)
                 speed.resume()
@@ -214,16 +251,28 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     return finish(cfg, kept, history, baseline, steps_log, speed, valid, session, tracker)
 
 
-def finish(cfg: PretrainGeneratorConfig, model: torch.nn.Module, history: list[dict],
-           baseline: dict, steps_log: StepLogger, speed: Throughput, valid: EvalPairs,
-           session: prelude.Session, tracker) -> dict:
+def finish(
+    cfg: PretrainGeneratorConfig,
+    model: torch.nn.Module,
+    history: list[dict],
+    baseline: dict,
+    steps_log: StepLogger,
+    speed: Throughput,
+    valid: EvalPairs,
+    session: prelude.Session,
+    tracker,
+) -> dict:
     """The trained network becomes the stage's model file; scores and samples follow."""
     base, final = cfg.base, history[-1]
-    metrics = {"steps": cfg.total_steps, "train_images_per_s": round(speed.rate, 2),
-               "valid_psnr_y": round(final["psnr_y"], 4), "valid_ssim_y": round(final["ssim_y"], 5),
-               "valid_gain_db": round(final["gain_db"], 4),
-               "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
-               "train_loss": round(steps_log.ema or float("nan"), 6)}
+    metrics = {
+        "steps": cfg.total_steps,
+        "train_images_per_s": round(speed.rate, 2),
+        "valid_psnr_y": round(final["psnr_y"], 4),
+        "valid_ssim_y": round(final["ssim_y"], 5),
+        "valid_gain_db": round(final["gain_db"], 4),
+        "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
+        "train_loss": round(steps_log.ema or float("nan"), 6),
+    }
     if not session.ranks.main:
         return metrics
     # model.arch rebuilds the network without fetching pretrained weights again

@@ -15,6 +15,7 @@ keeps the best by ``select_metric`` (a perceptual score; HaarPSI by default), th
 ties. So the GAN phase can trade a bounded amount of fidelity for perceptual quality, and
 never returns a generator that collapsed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,10 +25,11 @@ from typing import Literal
 
 from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, section
 from pipelines.core.files import sha256_file, write_csv
+from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.datasets.degraded import train_dataset
-from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.datasets.pairs import EvalPairs, step_loader
+from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
 from pipelines.running.registry import DIGEST_TAG, REGISTERED_MODEL
@@ -36,7 +38,6 @@ from pipelines.scoring.losses import Adversarial, Content, build_content_loss
 from pipelines.scoring.metrics import SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.gan import Counters, Gan, better, eligible
-from pipelines.core.fingerprint import fingerprint
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
 from pipelines.training.validation import sample_grid, validate
 
@@ -48,9 +49,9 @@ STAGE = "train_gan"
 class TrainGanConfig:
     base: BaseConfig
     crappify: CrappifyConfig = section("crappify")
-    steps: int = bounded(100, lo=1)                  # generator steps
+    steps: int = bounded(100, lo=1)  # generator steps
     batch_size: int = bounded(8, lo=1)
-    crop: int = bounded(0, lo=0)                     # 0 = base.crop
+    crop: int = bounded(0, lo=0)  # 0 = base.crop
     data: Literal["fresh", "fixed"] = "fresh"
     lr: float = bounded(1e-4, lo=0, lo_open=True)
     critic_lr_mult: float = bounded(5.0, lo=0, lo_open=True)
@@ -60,7 +61,7 @@ class TrainGanConfig:
     adv_weight: float = bounded(1.0, lo=0)
     content: Content = "l1"
     content_weight: float = bounded(50.0, lo=0)
-    threshold: float = 0.65                          # critic trains until its loss is below this
+    threshold: float = 0.65  # critic trains until its loss is below this
     max_critic_steps: int = bounded(5, lo=1)
     checkpoint_every: int = bounded(20, lo=1)
     max_psnr_drop: float = bounded(0.5, lo=0)
@@ -68,7 +69,7 @@ class TrainGanConfig:
     valid_crop: int = bounded(256, lo=0)
     lighting: float = bounded(0.1, lo=0, hi=1)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
-    clean_resample: tuple[str, ...] = ("area",)   # as pretrain_generator's
+    clean_resample: tuple[str, ...] = ("area",)  # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -91,14 +92,27 @@ def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:
     gen.load_state_dict(g_saved["model"])
     critic.load_state_dict(d_saved["model"])
     opt_g = adamw(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = adamw(critic.parameters(), lr=cfg.lr * cfg.critic_lr_mult, betas=cfg.betas,
-                  weight_decay=cfg.weight_decay)
+    opt_d = adamw(
+        critic.parameters(),
+        lr=cfg.lr * cfg.critic_lr_mult,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+    )
     ranks, base = session.ranks, cfg.base
-    gan = Gan(gen, critic, opt_g, opt_d, build_content_loss(cfg.content).to(session.device),
-              cfg.adversarial, cfg.adv_weight, cfg.content_weight,
-              gen_t=distributed.wrap(gen, ranks, session.device, base.sync_batchnorm),
-              critic_t=distributed.wrap(critic, ranks, session.device, base.sync_batchnorm),
-              device=session.device, dtype=session.dtype)
+    gan = Gan(
+        gen,
+        critic,
+        opt_g,
+        opt_d,
+        build_content_loss(cfg.content).to(session.device),
+        cfg.adversarial,
+        cfg.adv_weight,
+        cfg.content_weight,
+        gen_t=distributed.wrap(gen, ranks, session.device, base.sync_batchnorm),
+        critic_t=distributed.wrap(critic, ranks, session.device, base.sync_batchnorm),
+        device=session.device,
+        dtype=session.dtype,
+    )
     return gan, g_saved
 
 
@@ -110,15 +124,20 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     models_dir, border = Path(base.paths.models), base.scale
     ckpt_dir = Path(base.paths.checkpoints) / STAGE
-    ckpt = RollingCheckpoint(ckpt_dir, fingerprint(as_dict(cfg), [models_dir / "generator.pt",
-                                                                  models_dir / "critic.pt"],
-                                                   stage=STAGE),
-                             writer=ranks.main)
+    ckpt = RollingCheckpoint(
+        ckpt_dir,
+        fingerprint(
+            as_dict(cfg), [models_dir / "generator.pt", models_dir / "critic.pt"], stage=STAGE
+        ),
+        writer=ranks.main,
+    )
     best_file = ckpt_dir / "best.pt"
 
     def keep_best() -> None:
         if ranks.main:
-            checkpoint.save(best_file, checkpoint.model_payload("generator", g_saved["arch"], gan.gen))
+            checkpoint.save(
+                best_file, checkpoint.model_payload("generator", g_saved["arch"], gan.gen)
+            )
 
     state = ckpt.restore()
     steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every, quiet=not ranks.main)
@@ -137,11 +156,25 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         best = dict(history[0])
         keep_best()
 
-    dataset = train_dataset(base, cfg.data, cfg.crappify, cfg.crop or base.crop, cfg.lighting,
-                            cfg.clean_prob, cfg.clean_resample)
+    dataset = train_dataset(
+        base,
+        cfg.data,
+        cfg.crappify,
+        cfg.crop or base.crop,
+        cfg.lighting,
+        cfg.clean_prob,
+        cfg.clean_resample,
+    )
     # Enough batches for the worst case of max_critic_steps critic steps per generator step.
-    loader = step_loader(dataset, loop.batches, cfg.steps * (cfg.max_critic_steps + 1),
-                         cfg.batch_size, cfg.workers, ranks.rank, ranks.world)
+    loader = step_loader(
+        dataset,
+        loop.batches,
+        cfg.steps * (cfg.max_critic_steps + 1),
+        cfg.batch_size,
+        cfg.workers,
+        ranks.rank,
+        ranks.world,
+    )
     speed = Throughput()
     gan.gen.train()
     gan.critic.train()
@@ -163,18 +196,31 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         step = loop.generator_steps
         check_finite({"generator": losses["gen_loss"]}, step, ckpt)
         speed.tick(lr_img.shape[0] * ranks.world)
-        steps_log.step(step, {**{k: v.item() for k, v in losses.items()},
-                              "critic_steps": loop.critic_steps}, speed.rate)
+        steps_log.step(
+            step,
+            {**{k: v.item() for k, v in losses.items()}, "critic_steps": loop.critic_steps},
+            speed.rate,
+        )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             cand = {"step": step, **validate(gan.gen, valid, device, dtype, border, full=True)}
             history.append(cand)
-            if eligible(cand, history[0], cfg.max_psnr_drop) and better(cand, best, cfg.select_metric):
+            if eligible(cand, history[0], cfg.max_psnr_drop) and better(
+                cand, best, cfg.select_metric
+            ):
                 best = dict(cand)
                 keep_best()
             steps_log.metrics(step, {f"valid_{k}": v for k, v in cand.items() if k != "step"})
-            ckpt.save(step, generator=gan.gen.state_dict(), critic=gan.critic.state_dict(),
-                      opt_g=gan.opt_g.state_dict(), opt_d=gan.opt_d.state_dict(), history=history,
-                      best=best, log=steps_log.state(), loop=loop.state())
+            ckpt.save(
+                step,
+                generator=gan.gen.state_dict(),
+                critic=gan.critic.state_dict(),
+                opt_g=gan.opt_g.state_dict(),
+                opt_d=gan.opt_d.state_dict(),
+                history=history,
+                best=best,
+                log=steps_log.state(),
+                loop=loop.state(),
+            )
             if tracker is not None:
                 tracker.log_image(sample_grid(gan.gen, valid, device), key="samples", step=step)
             speed.resume()
@@ -184,8 +230,16 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     return finish(cfg, loop, history, best, best_file, speed, steps_log, tracker)
 
 
-def finish(cfg: TrainGanConfig, loop: Counters, history: list[dict], best: dict, best_file: Path,
-           speed: Throughput, steps_log: StepLogger, tracker) -> dict:
+def finish(
+    cfg: TrainGanConfig,
+    loop: Counters,
+    history: list[dict],
+    best: dict,
+    best_file: Path,
+    speed: Throughput,
+    steps_log: StepLogger,
+    tracker,
+) -> dict:
     """The chosen candidate becomes the stage's model; scores, plots and the registry follow."""
     base = cfg.base
     chosen = checkpoint.load(best_file, kind="generator")
@@ -195,11 +249,16 @@ def finish(cfg: TrainGanConfig, loop: Counters, history: list[dict], best: dict,
     write_csv(plots / "gan_scores.csv", history)
     write_csv(plots / "gan_chosen.csv", [best])  # the chosen candidate, a series of its own
     write_csv(plots / f"{STAGE}_loss.csv", steps_log.curve)
-    metrics = {"generator_steps": loop.generator_steps, "critic_steps": loop.critic_steps,
-               "batches": loop.batches, "train_images_per_s": round(speed.rate, 2),
-               "chosen_step": best["step"], "select_metric": cfg.select_metric,
-               "chosen": {k: round(v, 5) for k, v in best.items() if k != "step"},
-               "start": {k: round(v, 5) for k, v in history[0].items() if k != "step"}}
+    metrics = {
+        "generator_steps": loop.generator_steps,
+        "critic_steps": loop.critic_steps,
+        "batches": loop.batches,
+        "train_images_per_s": round(speed.rate, 2),
+        "chosen_step": best["step"],
+        "select_metric": cfg.select_metric,
+        "chosen": {k: round(v, 5) for k, v in best.items() if k != "step"},
+        "start": {k: round(v, 5) for k, v in history[0].items() if k != "step"},
+    }
     write_results(base, STAGE, metrics, ["train_images_per_s"])
     if tracker is not None:
         final = build_generator(**chosen["arch"])

@@ -6,10 +6,11 @@ ran elsewhere are up to date here. After them, ``push_experiment`` publishes the
 experiment: its git ref goes to the git remote, its data to the DVC remote, and any clone
 gets it with ``dvc exp pull <git remote> <name>`` and ``dvc exp apply <name>``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -34,17 +35,23 @@ def _dvc(root: str, args: list[str], env: Mapping[str, str] | None) -> None:
         raise TransferFailed(f"dvc {' '.join(args)} failed in {workspace} (exit code {code})")
 
 
-@task(name="dvc-pull", cache_policy=NO_CACHE, retries=RETRIES,
-      retry_delay_seconds=RETRY_DELAY_SECONDS)
+@task(
+    name="dvc-pull", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS
+)
 def pull_data(root: str, env: Mapping[str, str] | None = None) -> None:
     """``dvc pull`` of every output dvc.lock names; one the remote lacks is left to its stage."""
     _dvc(root, ["pull", "--allow-missing"], env)
 
 
-@task(name="dvc-exp-push", cache_policy=NO_CACHE, retries=RETRIES,
-      retry_delay_seconds=RETRY_DELAY_SECONDS)
-def push_experiment(root: str, name: str, git_remote: str = "origin",
-                    env: Mapping[str, str] | None = None) -> None:
+@task(
+    name="dvc-exp-push",
+    cache_policy=NO_CACHE,
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+)
+def push_experiment(
+    root: str, name: str, git_remote: str = "origin", env: Mapping[str, str] | None = None
+) -> None:
     """``dvc exp push``: experiment ``name``'s git ref to ``git_remote``, its data to the
     default DVC remote."""
     _dvc(root, ["exp", "push", git_remote, name], env)

@@ -4,6 +4,7 @@ The task never calls stage code itself. ``dvc repro --single-item <stage>`` deci
 the stage is up to date, restores it from the run-cache or runs its command, and writes
 dvc.lock, so a stage behaves the same from a flow as from ``dvc repro``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,17 +12,18 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Mapping
+from typing import Literal
 
 import yaml
 from filelock import FileLock, Timeout
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.process import run_streaming
 from pipelines.running.stages import ACCELERATED
+from tasks.process import run_streaming
 from tasks.stage_progress import StageProgress
 
 # Stages that need the accelerator. One `gpu` tag concurrency limit on the Prefect server
@@ -49,20 +51,23 @@ class StageFailed(RuntimeError):
 
     def __init__(self, stage: str, returncode: int, tail: list[str]):
         self.stage, self.returncode, self.tail = stage, returncode, tail
-        super().__init__(f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n"
-                         + "\n".join(tail))
+        super().__init__(
+            f"stage {stage!r} failed (dvc exit code {returncode}); last output:\n" + "\n".join(tail)
+        )
 
 
 def stage_task(stage: str):
     """``run_stage`` with the tags and retries that suit ``stage``."""
     tags = ["dvc", "gpu"] if stage in ACCELERATED else ["dvc"]
-    return run_stage.with_options(tags=tags, retries=STAGE_RETRIES.get(stage, 0),
-                                  retry_delay_seconds=RETRY_DELAY_SECONDS)
+    return run_stage.with_options(
+        tags=tags, retries=STAGE_RETRIES.get(stage, 0), retry_delay_seconds=RETRY_DELAY_SECONDS
+    )
 
 
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
-              timeout: float | None = None) -> StageResult:
+def run_stage(
+    stage: str, root: str, env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> StageResult:
     """``dvc repro --single-item <stage>`` in the DVC workspace ``root``.
 
     ``env`` is added to this process's environment for the stage; ``timeout`` (seconds)
@@ -86,9 +91,14 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
     progress = StageProgress(stage, logger)  # bar refreshes move an artifact, not the log
     with workspace_lock(workspace, logger):
         before = _lock_entry(workspace, stage)
-        code = run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-                             cwd=workspace, env=stage_environment(env), on_line=on_line,
-                             timeout=timeout, on_progress=progress)
+        code = run_streaming(
+            [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+            cwd=workspace,
+            env=stage_environment(env),
+            on_line=on_line,
+            timeout=timeout,
+            on_progress=progress,
+        )
         after = _lock_entry(workspace, stage)
     if code != 0:
         raise StageFailed(stage, code, list(tail))
@@ -99,11 +109,14 @@ def run_stage(stage: str, root: str, env: Mapping[str, str] | None = None,
     return StageResult(stage, outcome, seconds)
 
 
-def run_dvc(workspace: Path, args: list[str], logger,
-            env: Mapping[str, str] | None = None) -> int:
+def run_dvc(workspace: Path, args: list[str], logger, env: Mapping[str, str] | None = None) -> int:
     """``dvc <args>`` in ``workspace``, each line of its output to ``logger``; its exit code."""
-    return run_streaming([sys.executable, "-m", "dvc", *args], cwd=workspace,
-                         env=stage_environment(env), on_line=lambda line: logger.info("%s", line))
+    return run_streaming(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workspace,
+        env=stage_environment(env),
+        on_line=lambda line: logger.info("%s", line),
+    )
 
 
 def stage_environment(extra: Mapping[str, str] | None) -> dict[str, str]:

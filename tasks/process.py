@@ -9,6 +9,7 @@ Output is split as a terminal shows it: text ended by ``\n`` is a line; text end
 ``\r`` is a progress refresh (tqdm redraws its bar that way) that the next one overwrites,
 so it goes to ``on_progress`` and is never taken for a line.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 # Short enough that a timeout or an exception raised into this thread (Prefect delivers
 # timeouts and cancellation that way) lands promptly while no output arrives.
@@ -29,10 +30,16 @@ class CommandTimeout(TimeoutError):
     """The command ran longer than allowed; its process group has been terminated."""
 
 
-def run_streaming(cmd: Sequence[str], *, cwd: Path | str, env: Mapping[str, str] | None = None,
-                  on_line: Callable[[str], None], timeout: float | None = None,
-                  grace: float = 10.0,
-                  on_progress: Callable[[str], None] | None = None) -> int:
+def run_streaming(
+    cmd: Sequence[str],
+    *,
+    cwd: Path | str,
+    env: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None],
+    timeout: float | None = None,
+    grace: float = 10.0,
+    on_progress: Callable[[str], None] | None = None,
+) -> int:
     """Run ``cmd``, hand each line of its merged stdout/stderr to ``on_line``, return its exit code.
 
     ``on_progress`` gets each progress refresh (text ended by a lone ``\r``; blank ones, the
@@ -40,9 +47,15 @@ def run_streaming(cmd: Sequence[str], *, cwd: Path | str, env: Mapping[str, str]
     ``grace``: seconds between SIGTERM and SIGKILL when the group has to be stopped.
     """
     proc = subprocess.Popen(
-        list(cmd), cwd=cwd, env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, bufsize=0)
+        list(cmd),
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        bufsize=0,
+    )
     lines: queue.Queue[tuple[bool, str] | None] = queue.Queue()
     reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
     reader.start()
@@ -60,7 +73,9 @@ def run_streaming(cmd: Sequence[str], *, cwd: Path | str, env: Mapping[str, str]
                         terminate_group(proc, grace)
                         stragglers_stopped = True
                 elif deadline is not None and time.monotonic() > deadline:
-                    raise CommandTimeout(f"{' '.join(cmd)!r} exceeded its timeout of {timeout:g} s")
+                    raise CommandTimeout(
+                        f"{' '.join(cmd)!r} exceeded its timeout of {timeout:g} s"
+                    ) from None
                 continue
             if line is None:
                 break
@@ -111,21 +126,22 @@ class OutputSplitter:
         self._buf += data
         out = []
         while True:
-            cut = min((i for i in (self._buf.find(b"\n"), self._buf.find(b"\r")) if i >= 0),
-                      default=-1)
+            cut = min(
+                (i for i in (self._buf.find(b"\n"), self._buf.find(b"\r")) if i >= 0), default=-1
+            )
             if cut < 0:
                 break
-            if self._buf[cut:cut + 1] == b"\r":
+            if self._buf[cut : cut + 1] == b"\r":
                 if cut + 1 == len(self._buf):
                     break  # a \r\n may be split across reads: wait for the next byte
-                if self._buf[cut + 1:cut + 2] == b"\n":
+                if self._buf[cut + 1 : cut + 2] == b"\n":
                     out.append((True, self._text(self._buf[:cut])))
-                    self._buf = self._buf[cut + 2:]
+                    self._buf = self._buf[cut + 2 :]
                     continue
                 out.append((False, self._text(self._buf[:cut])))
             else:
                 out.append((True, self._text(self._buf[:cut])))
-            self._buf = self._buf[cut + 1:]
+            self._buf = self._buf[cut + 1 :]
         return out
 
     def close(self) -> list[tuple[bool, str]]:

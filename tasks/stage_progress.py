@@ -5,14 +5,17 @@ A stage draws tqdm bars on its stderr; each refresh reaches the task as text end
 one progress artifact of the task run, at most once per whole percent, with the bar's text
 (losses, images/s) as its description.
 """
+
 from __future__ import annotations
 
 import re
 from uuid import UUID
 
 # tqdm's default bar: "<desc>:  42%|████      | 294/700 [00:11<00:15, 26.1step/s, loss=0.05]"
-BAR = re.compile(r"(?P<desc>[^|]*?):?\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
-                 r"(?P<rest>.*)$")
+BAR = re.compile(
+    r"(?P<desc>[^|]*?):?\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
+    r"(?P<rest>.*)$"
+)
 
 
 def artifact_key(stage: str) -> str:
@@ -47,8 +50,10 @@ class StageProgress:
         if percent == self.percent:
             return
         self.percent = percent
-        description = f"{self.stage}: {desc + ' ' if desc and desc != self.stage else ''}" \
-                      f"{n}/{total} {rest}".strip()
+        description = (
+            f"{self.stage}: {desc + ' ' if desc and desc != self.stage else ''}"
+            f"{n}/{total} {rest}".strip()
+        )
         self._send(percent, description)
 
     def finish(self) -> None:
@@ -62,12 +67,14 @@ class StageProgress:
 
         try:
             if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(percent, key=artifact_key(self.stage),
-                                                            description=description)
+                self.artifact_id = create_progress_artifact(
+                    percent, key=artifact_key(self.stage), description=description
+                )
             else:
                 update_progress_artifact(self.artifact_id, percent, description=description)
             self.updates += 1
         except Exception as exc:  # progress is for looking at: it never stops a stage
             self._broken = True
-            self.logger.warning("progress artifact of %s not updated (%s: %s)", self.stage,
-                                type(exc).__name__, exc)
+            self.logger.warning(
+                "progress artifact of %s not updated (%s: %s)", self.stage, type(exc).__name__, exc
+            )

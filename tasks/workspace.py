@@ -7,14 +7,16 @@ to its params file by DVC's own ``-S`` code, runs each stage with ``dvc repro
 --single-item``, and is saved with ``dvc exp save``. The user's params.yaml, dvc.lock and
 outputs are never touched; ``dvc exp show`` lists the run, ``dvc exp apply`` adopts it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import shutil
 import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from tasks.dvc_stage import run_dvc, workspace_lock
 
@@ -45,7 +47,8 @@ def stage_order(root: Path) -> list[str]:
             if stage in position and upstream in position and position[upstream] > position[stage]:
                 raise PipelineOrderError(
                     f"dvc.yaml lists {stage.name!r} before {upstream.name!r}, whose "
-                    f"outputs it depends on: list the stages in the order they run")
+                    f"outputs it depends on: list the stages in the order they run"
+                )
         return [s.name for s in stages]
 
 
@@ -66,8 +69,10 @@ def set_param_args(overrides: Mapping[str, Any]) -> list[str]:
     ``"'1e-5'"`` stays a string); other values (numbers, booleans, None, lists, mappings)
     are spelled in the override grammar so they arrive with their type.
     """
-    return [f"{key}={value if isinstance(value, str) else _override_literal(value)}"
-            for key, value in overrides.items()]
+    return [
+        f"{key}={value if isinstance(value, str) else _override_literal(value)}"
+        for key, value in overrides.items()
+    ]
 
 
 def _override_literal(value: Any) -> str:
@@ -101,8 +106,9 @@ def apply_overrides(workspace: Path, overrides: Mapping[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def experiment_workspace(root: Path, name: str, overrides: Mapping[str, Any],
-                         logger) -> Iterator[Path]:
+def experiment_workspace(
+    root: Path, name: str, overrides: Mapping[str, Any], logger
+) -> Iterator[Path]:
     """A worktree of ``root`` with ``overrides`` applied, saved as DVC experiment ``name``.
 
     Yields the worktree; when the block succeeds its state is saved with ``dvc exp save``.
@@ -110,8 +116,10 @@ def experiment_workspace(root: Path, name: str, overrides: Mapping[str, Any],
     """
     root = Path(root).resolve()
     if git_commit(root) is None:
-        raise OverrideError(f"{root}: runs with overrides are DVC experiments, which need a git "
-                            "repository with at least one commit")
+        raise OverrideError(
+            f"{root}: runs with overrides are DVC experiments, which need a git "
+            "repository with at least one commit"
+        )
     # Uncommitted changes to tracked files, as a commit that touches nothing; "" if clean.
     changes = _git(root, "stash", "create")
     uncached = _uncached_outputs(root)
@@ -181,12 +189,16 @@ def _uncached_outputs(workspace: Path) -> dict[str, bool]:
 
 def _warn_untracked(root: Path, uncached: Mapping[str, bool], logger) -> None:
     known = ["dvc.lock", *uncached]
-    untracked = [f for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines()
-                 if not any(f == k or f.startswith(k + "/") for k in known)]
+    untracked = [
+        f
+        for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines()
+        if not any(f == k or f.startswith(k + "/") for k in known)
+    ]
     if untracked:
         shown = ", ".join(untracked[:10]) + (" ..." if len(untracked) > 10 else "")
-        logger.warning("untracked files are not part of the experiment (git add them to use "
-                       "them): %s", shown)
+        logger.warning(
+            "untracked files are not part of the experiment (git add them to use them): %s", shown
+        )
 
 
 def _copy_missing(source: Path, target: Path) -> None:
@@ -201,8 +213,9 @@ def _copy_missing(source: Path, target: Path) -> None:
 
 
 def _remove_worktree(root: Path, path: Path) -> None:
-    subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=root,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "worktree", "remove", "--force", str(path)], cwd=root, capture_output=True
+    )
     shutil.rmtree(path, ignore_errors=True)
     subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
 
@@ -225,15 +238,20 @@ def _git(cwd: Path, *args: str) -> str:
 # -- provenance ------------------------------------------------------------------------------
 def git_commit(root: Path) -> str | None:
     """HEAD of the repository holding ``root``, or None outside git / before the first commit."""
-    proc = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True, text=True
+    )
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def git_dirty(root: Path) -> bool | None:
     """Whether tracked files differ from HEAD (untracked files do not count)."""
-    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     return bool(proc.stdout.strip()) if proc.returncode == 0 else None
 
 

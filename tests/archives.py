@@ -1,13 +1,15 @@
 """Archives built in memory for download and extraction tests."""
+
 from __future__ import annotations
 
 import io
 import tarfile
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 
-def tar_bytes(files: Mapping[str, bytes], mode: str = "w:gz",
-              extra: Iterable[tarfile.TarInfo] = ()) -> bytes:
+def tar_bytes(
+    files: Mapping[str, bytes], mode: str = "w:gz", extra: Iterable[tarfile.TarInfo] = ()
+) -> bytes:
     """A tar archive of ``files`` (name -> content), then the ``extra`` members as given
     (links, devices, hostile names); a regular extra member holds b"evil"."""
     buf = io.BytesIO()

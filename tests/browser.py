@@ -4,6 +4,7 @@ person would: console errors, network requests, the DOM, real mouse input, scree
 Chromium comes from Debian's packages (`apt-get install chromium`); ``ensure_chromium``
 installs it where it is missing and the tests run as root, and says why when it cannot.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,10 +22,20 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-quic", "--disable-extensions", "--disable-default-apps",
-         "--no-default-browser-check", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--no-default-browser-check",
+    "--mute-audio",
+]
 
 
 def ensure_chromium() -> str | None:
@@ -38,7 +49,9 @@ def ensure_chromium() -> str | None:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
         if proc.returncode:
             return f"`{' '.join(cmd)}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
-    return None if CHROMIUM.exists() else "apt-get installed chromium but /usr/bin/chromium is missing"
+    return (
+        None if CHROMIUM.exists() else "apt-get installed chromium but /usr/bin/chromium is missing"
+    )
 
 
 class Page:
@@ -72,8 +85,9 @@ class Page:
         raise TimeoutError(f"no {event} within {timeout} s")
 
     def evaluate(self, expression: str) -> Any:
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
+        result = self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -88,16 +102,25 @@ class Page:
                 break
 
     def mouse(self, kind: str, x: float, y: float, buttons: int = 1) -> None:
-        self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
-                  buttons=buttons, clickCount=1)
+        self.send(
+            "Input.dispatchMouseEvent",
+            type=kind,
+            x=x,
+            y=y,
+            button="left",
+            buttons=buttons,
+            clickCount=1,
+        )
 
     def screenshot(self, path: Path, full_page: bool = True) -> Path:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             metrics = self.send("Page.getLayoutMetrics")
             size = metrics.get("cssContentSize") or metrics["contentSize"]
-            params.update(captureBeyondViewport=True, clip={
-                "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            )
         data = self.send("Page.captureScreenshot", timeout=120, **params)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
@@ -109,7 +132,9 @@ class Page:
         for e in self.events:
             method, params = e.get("method"), e.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append(" ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+                found.append(
+                    " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+                )
             elif method == "Runtime.exceptionThrown":
                 found.append(json.dumps(params["exceptionDetails"])[:500])
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
@@ -117,8 +142,11 @@ class Page:
         return found
 
     def requested_urls(self) -> list[str]:
-        return [e["params"]["request"]["url"] for e in self.events
-                if e.get("method") == "Network.requestWillBeSent"]
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
 
 
 @contextlib.contextmanager
@@ -127,11 +155,22 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Page]:
     from websockets.sync.client import connect
 
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
-    proc = subprocess.Popen([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}",
-                             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                             f"--window-size={width},{height}", "about:blank"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(CHROMIUM),
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         port = None
         end = time.monotonic() + 60
@@ -150,8 +189,13 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Page]:
             page = Page(ws)
             for domain in ("Page", "Runtime", "Log", "Network"):
                 page.send(f"{domain}.enable")
-            page.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                      deviceScaleFactor=1, mobile=False)
+            page.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             yield page
     finally:
         from tasks.process import terminate_group

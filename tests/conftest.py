@@ -1,4 +1,5 @@
 """Fixtures shared by the whole suite."""
+
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,17 @@ def prefect_api(tmp_path_factory):
     """One temporary Prefect API for the whole session, shared by every flow test module:
     entering it costs seconds, and two at once would patch the same settings."""
     # Imported here: a run of tests that need no Prefect does not pay for importing it.
-    from prefect.settings import (PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_HOME,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings(updates={PREFECT_HOME: str(home),
-                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}):
+    with temporary_settings(
+        updates={PREFECT_HOME: str(home), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}
+    ):
         with prefect_test_harness(server_startup_timeout=120):
             yield
 

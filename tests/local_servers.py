@@ -1,5 +1,6 @@
 """Servers on loopback for tests: a static file server, and long-running commands (Prefect,
 MLflow) started in their own process group and waited for until they answer."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,9 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 
 def free_port() -> int:
@@ -49,16 +50,27 @@ def static_files(root: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def service(cmd: Sequence[str], home: Path, health_url: str, env: Mapping[str, str] | None = None,
-            timeout: float = 180) -> Iterator[subprocess.Popen]:
+def service(
+    cmd: Sequence[str],
+    home: Path,
+    health_url: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 180,
+) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` in ``home`` (output to ``home``/server.log) until ``health_url`` answers;
     stop its whole process group on the way out."""
     from tasks.process import terminate_group
 
     log_path = home / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(list(cmd), cwd=home, env=dict(env) if env is not None else None,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=home,
+            env=dict(env) if env is not None else None,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + timeout
             while not http_ok(health_url):

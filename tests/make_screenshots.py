@@ -5,6 +5,7 @@ photographs the Prefect flow-run page with its artifacts and the run's report pa
 
     python tests/make_screenshots.py docs        # writes docs/prefect-run.png, docs/report.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from browser import chromium, ensure_chromium, open_file
-from local_servers import free_port, service
-from pipeline_repo import TINY_SAMPLE, make_pipeline_repo
+from browser import chromium, ensure_chromium, open_file  # noqa: E402
+
+from local_servers import free_port, service  # noqa: E402
+from pipeline_repo import TINY, make_pipeline_repo  # noqa: E402
 
 SET5 = HERE.parents[1] / "shared" / "benchmarks" / "Set5"
 
@@ -30,45 +32,81 @@ SET5 = HERE.parents[1] / "shared" / "benchmarks" / "Set5"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for prefect-run.png and report.png")
-    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
-                        help="work in DIR and keep it (the workspace, stores, logs); given a "
-                             "DIR kept before, photograph its run again")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="work in DIR and keep it (the workspace, stores, logs); given a "
+        "DIR kept before, photograph its run again",
+    )
     args = parser.parse_args()
     reason = ensure_chromium()
     if reason:
         print(f"no screenshots: {reason}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    with (contextlib.nullcontext(str(args.keep)) if args.keep
-          else tempfile.TemporaryDirectory(prefix="decrappify-shots-")) as tmp:
+    with (
+        contextlib.nullcontext(str(args.keep))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="decrappify-shots-")
+    ) as tmp:
         tmp = Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        params = {k: dict(v) for k, v in TINY_SAMPLE.items()}
+        params = {k: dict(v) for k, v in TINY.items()}
         if SET5.is_dir():
             params["evaluate"]["hr_dirs"] = [str(SET5)]
         port = free_port()
         api = f"http://127.0.0.1:{port}/api"
-        env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_API_URL": api,
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(tmp / "prefect"),
+            "PREFECT_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        }
         repo = tmp / "repo"
         done = (repo / "reports" / "index.html").exists()  # a kept run: photograph it again
         if not done:
             (tmp / "prefect").mkdir()
             make_pipeline_repo(repo, params, env=env)
-        with service([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                      "--port", str(port)], tmp / "prefect", f"{api}/health", env, timeout=180):
+        with service(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            tmp / "prefect",
+            f"{api}/health",
+            env,
+            timeout=180,
+        ):
             if not done:
                 started = time.monotonic()
-                subprocess.run([sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
-                               cwd=HERE.parent, env=env, check=True, timeout=3600)
+                subprocess.run(
+                    [sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
+                    cwd=HERE.parent,
+                    env=env,
+                    check=True,
+                    timeout=3600,
+                )
                 print(f"flow run: {time.monotonic() - started:.0f} s")
             flow_run_id = _last_flow_run(api)
             with chromium(1440, 1700) as page:
-                page.send("Page.navigate", url=f"http://127.0.0.1:{port}/runs/flow-run/{flow_run_id}")
+                page.send(
+                    "Page.navigate", url=f"http://127.0.0.1:{port}/runs/flow-run/{flow_run_id}"
+                )
                 page.wait_for("Page.loadEventFired")
-                tab = ("[...document.querySelectorAll('*')].filter(e => !e.children.length"
-                       " && e.textContent.trim() === 'Artifacts')")
+                tab = (
+                    "[...document.querySelectorAll('*')].filter(e => !e.children.length"
+                    " && e.textContent.trim() === 'Artifacts')"
+                )
                 end = time.monotonic() + 60  # the UI renders after loading
                 while not page.evaluate(f"{tab}.length") and time.monotonic() < end:
                     time.sleep(1)

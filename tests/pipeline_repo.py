@@ -1,13 +1,14 @@
 """Scratch git + DVC repositories holding a copy of the real pipeline (stage code, dvc.yaml,
 and with ``ORCHESTRATION`` the flows and prefect.yaml too), for tests that run it end to end."""
+
 from __future__ import annotations
 
 import copy
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -33,14 +34,31 @@ TINY = {
     "crappify": {"workers": 1, "examples": 2},
     "pretrain_generator": {
         "model": {"encoder": "resnet18", "pretrained": "none", "hr_channels": 8},
-        "phases": [{"steps": 3, "batch_size": 2, "lr": 0.001, "frozen": True},
-                   {"steps": 3, "batch_size": 2, "lr": 0.001, "crop": 48}],
-        "valid_crop": 48, "eval_every": 3, "checkpoint_every": 3, "log_every": 1,
-        "sample_every": 3},
-    "pretrain_critic": {"model": {"nf": 8, "n_blocks": 2}, "steps": 4, "batch_size": 2,
-                        "checkpoint_every": 2, "log_every": 1},
-    "train_gan": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "valid_crop": 48,
-                  "max_critic_steps": 2, "log_every": 1},
+        "phases": [
+            {"steps": 3, "batch_size": 2, "lr": 0.001, "frozen": True},
+            {"steps": 3, "batch_size": 2, "lr": 0.001, "crop": 48},
+        ],
+        "valid_crop": 48,
+        "eval_every": 3,
+        "checkpoint_every": 3,
+        "log_every": 1,
+        "sample_every": 3,
+    },
+    "pretrain_critic": {
+        "model": {"nf": 8, "n_blocks": 2},
+        "steps": 4,
+        "batch_size": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+    },
+    "train_gan": {
+        "steps": 4,
+        "batch_size": 2,
+        "checkpoint_every": 2,
+        "valid_crop": 48,
+        "max_critic_steps": 2,
+        "log_every": 1,
+    },
     "evaluate": {"max_images": 2, "grid_images": 2, "grid_crop": 64},
     "export": {"check_sizes": [[21, 27]]},
 }
@@ -61,31 +79,54 @@ def tiny_params(changes: dict | None = None) -> dict:
 
 
 def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=path, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=path, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
-def dvc_cli(path: Path, *args: str, env: dict | None = None, prefix: Sequence[str] = (),
-            timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+def dvc_cli(
+    path: Path,
+    *args: str,
+    env: dict | None = None,
+    prefix: Sequence[str] = (),
+    timeout: float = 900,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run a DVC command in ``path`` (stderr merged into stdout); ``prefix`` wraps it."""
-    proc = subprocess.run([*prefix, sys.executable, "-m", "dvc", *args], cwd=path, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", timeout=timeout)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "dvc", *args],
+        cwd=path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+    )
     if check and proc.returncode:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+        raise AssertionError(
+            f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
+        )
     return proc
 
 
-def commit_repo(path: Path, files: dict[str, str], copies: Sequence[str] = (),
-                gitignore: str = GITIGNORE, env: dict | None = None, prefix: Sequence[str] = (),
-                message: str = "workspace") -> Path:
+def commit_repo(
+    path: Path,
+    files: dict[str, str],
+    copies: Sequence[str] = (),
+    gitignore: str = GITIGNORE,
+    env: dict | None = None,
+    prefix: Sequence[str] = (),
+    message: str = "workspace",
+) -> Path:
     """A committed git + DVC repository at ``path``: ``copies`` (paths of this checkout) and
     ``files`` (name -> text); every scratch repository of the suite is made here."""
     path.mkdir(parents=True, exist_ok=True)
     for part in copies:
         if (ROOT / part).is_dir():
-            shutil.copytree(ROOT / part, path / part,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                ROOT / part, path / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         else:
             shutil.copy2(ROOT / part, path / part)
     for name, text in files.items():
@@ -102,13 +143,20 @@ def commit_repo(path: Path, files: dict[str, str], copies: Sequence[str] = (),
     return path
 
 
-def make_pipeline_repo(path: Path, params: dict, parts: Sequence[str] = STAGE_CODE,
-                       env: dict | None = None, prefix: Sequence[str] = ()) -> Path:
+def make_pipeline_repo(
+    path: Path,
+    params: dict,
+    parts: Sequence[str] = STAGE_CODE,
+    env: dict | None = None,
+    prefix: Sequence[str] = (),
+) -> Path:
     """A repository with ``parts`` of this checkout, its dvc.yaml and ``params`` over this
     checkout's params.yaml (dvc.yaml names the keys each stage reads, so every key must be
     present)."""
     defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
-    files = {"dvc.yaml": (ROOT / "dvc.yaml").read_text(),
-             ".dvcignore": (ROOT / ".dvcignore").read_text(),
-             "params.yaml": yaml.safe_dump(with_defaults(params, defaults), sort_keys=False)}
+    files = {
+        "dvc.yaml": (ROOT / "dvc.yaml").read_text(),
+        ".dvcignore": (ROOT / ".dvcignore").read_text(),
+        "params.yaml": yaml.safe_dump(with_defaults(params, defaults), sort_keys=False),
+    }
     return commit_repo(path, files, parts, env=env, prefix=prefix, message="pipeline workspace")

@@ -1,6 +1,7 @@
 """dvc.yaml names what each stage computes from: every module it runs that can change its
 outputs (found by walking its imports), and exactly the params keys of its config fields but
 those that only say how it runs."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,8 +12,12 @@ import pytest
 import yaml
 
 from pipelines.core import code_deps
-from pipelines.core.code_deps import (CANNOT_CHANGE_OUTPUTS, code_digest, imported_modules,
-                                      stage_module)
+from pipelines.core.code_deps import (
+    CANNOT_CHANGE_OUTPUTS,
+    code_digest,
+    imported_modules,
+    stage_module,
+)
 from pipelines.core.fingerprint import HOW_IT_RUNS, result_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,19 +39,25 @@ def is_dep(path: str, deps: list[str]) -> bool:
 def test_every_module_a_stage_runs_is_a_dep_or_cannot_change_its_outputs(stage):
     spec = DVC["stages"][stage]
     assert spec["cmd"] == f"python -m {stage_module(stage)}"
-    missing = [f"{module} ({path.relative_to(ROOT)})"
-               for module, path in imported_modules(stage_module(stage)).items()
-               if module not in CANNOT_CHANGE_OUTPUTS
-               and not is_dep(path.relative_to(ROOT).as_posix(), spec["deps"])]
-    assert not missing, (f"{stage} runs modules that are not among its dvc.yaml deps (add "
-                         f"them, or name them in code_deps.CANNOT_CHANGE_OUTPUTS): {missing}")
+    missing = [
+        f"{module} ({path.relative_to(ROOT)})"
+        for module, path in imported_modules(stage_module(stage)).items()
+        if module not in CANNOT_CHANGE_OUTPUTS
+        and not is_dep(path.relative_to(ROOT).as_posix(), spec["deps"])
+    ]
+    assert not missing, (
+        f"{stage} runs modules that are not among its dvc.yaml deps (add "
+        f"them, or name them in code_deps.CANNOT_CHANGE_OUTPUTS): {missing}"
+    )
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_code_deps_are_files_the_stage_runs(stage):
     """No stale deps: each code dep holds at least one module the stage runs."""
-    files = [p.relative_to(ROOT).as_posix()
-             for p in code_deps.result_modules(stage_module(stage)).values()]
+    files = [
+        p.relative_to(ROOT).as_posix()
+        for p in code_deps.result_modules(stage_module(stage)).values()
+    ]
     code = [d for d in DVC["stages"][stage]["deps"] if d.startswith("pipelines")]
     assert code != ["pipelines"], "the whole package reruns every stage on any edit"
     unused = [d for d in code if not any(is_dep(f, [d]) for f in files)]
@@ -81,9 +92,12 @@ def write(root: Path, name: str, text: str) -> None:
 
 def test_the_walker_follows_imports_in_functions_and_relative_ones(tmp_path):
     write(tmp_path, "pipelines/__init__.py", "")
-    write(tmp_path, "pipelines/stage.py",
-          "import os\nfrom pipelines.core import a\n\n\ndef run():\n"
-          "    from .core.b import thing\n    import pipelines.running.stage\n")
+    write(
+        tmp_path,
+        "pipelines/stage.py",
+        "import os\nfrom pipelines.core import a\n\n\ndef run():\n"
+        "    from .core.b import thing\n    import pipelines.running.stage\n",
+    )
     write(tmp_path, "pipelines/core/__init__.py", '"""Docstring only: runs nothing."""\n')
     write(tmp_path, "pipelines/core/a.py", "from . import c\n")
     write(tmp_path, "pipelines/core/b.py", "thing = 1\n")
@@ -94,8 +108,14 @@ def test_the_walker_follows_imports_in_functions_and_relative_ones(tmp_path):
     write(tmp_path, "pipelines/unused.py", "x = 1\n")
     found = imported_modules("pipelines.stage", tmp_path)
     # the docstring-only package is listed: it has a statement; empty __init__ files are not
-    assert set(found) == {"pipelines.stage", "pipelines.core", "pipelines.core.a",
-                          "pipelines.core.b", "pipelines.core.c", "pipelines.running.stage"}
+    assert set(found) == {
+        "pipelines.stage",
+        "pipelines.core",
+        "pipelines.core.a",
+        "pipelines.core.b",
+        "pipelines.core.c",
+        "pipelines.running.stage",
+    }
     assert found["pipelines.core.c"] == tmp_path / "pipelines/core/c.py"
     with pytest.raises(ModuleNotFoundError, match="pipelines.nothing"):
         imported_modules("pipelines.nothing", tmp_path)
@@ -104,8 +124,9 @@ def test_the_walker_follows_imports_in_functions_and_relative_ones(tmp_path):
 @pytest.fixture
 def code_copy(tmp_path, monkeypatch) -> Path:
     """A copy of the pipelines package that the code digest reads instead of this one."""
-    shutil.copytree(ROOT / "pipelines", tmp_path / "pipelines",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "pipelines", tmp_path / "pipelines", ignore=shutil.ignore_patterns("__pycache__")
+    )
     monkeypatch.setattr(code_deps, "ROOT", tmp_path)
     return tmp_path
 

@@ -1,4 +1,5 @@
 """Params validation: every bad value fails before any work, naming the key."""
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,19 +48,22 @@ def test_values_are_coerced_and_frozen():
         cfg.rate = 0.1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("stage, message", [
-    ({"qualty": [1, 2]}, "stage.qualty: unknown key"),
-    ({"quality": [0, 70]}, "stage.quality: (0, 70) is out of range [1, 100]"),
-    ({"quality": [10, 170]}, "stage.quality"),
-    ({"quality": "high"}, "stage.quality: expected a list"),
-    ({"quality": [10]}, "stage.quality: expected 2 items"),
-    ({"quality": [10, "x"]}, "stage.quality[1]: expected an integer"),
-    ({"mode": "c"}, "stage.mode: 'c' is not one of 'a', 'b'"),
-    ({"rate": "fast"}, "stage.rate: expected a number"),
-    ({"rate": True}, "stage.rate: expected a number"),
-    ({"inner": {"size": -3}}, "stage.inner.size: -3 is out of range"),
-    ({"phases": [{"size": 2}, {"sise": 3}]}, "stage.phases[1].sise: unknown key"),
-])
+@pytest.mark.parametrize(
+    "stage, message",
+    [
+        ({"qualty": [1, 2]}, "stage.qualty: unknown key"),
+        ({"quality": [0, 70]}, "stage.quality: (0, 70) is out of range [1, 100]"),
+        ({"quality": [10, 170]}, "stage.quality"),
+        ({"quality": "high"}, "stage.quality: expected a list"),
+        ({"quality": [10]}, "stage.quality: expected 2 items"),
+        ({"quality": [10, "x"]}, "stage.quality[1]: expected an integer"),
+        ({"mode": "c"}, "stage.mode: 'c' is not one of 'a', 'b'"),
+        ({"rate": "fast"}, "stage.rate: expected a number"),
+        ({"rate": True}, "stage.rate: expected a number"),
+        ({"inner": {"size": -3}}, "stage.inner.size: -3 is out of range"),
+        ({"phases": [{"size": 2}, {"sise": 3}]}, "stage.phases[1].sise: unknown key"),
+    ],
+)
 def test_bad_values_name_the_key(stage, message):
     with pytest.raises(ConfigError) as err:
         load(Stage, "stage", params(**stage))
@@ -96,39 +100,57 @@ def test_build_rejects_non_mapping():
 
 def test_real_params_file_loads(repo_root):
     import importlib
+
     import yaml
+
     data = yaml.safe_load((repo_root / "params.yaml").read_text())
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
     for name in stages:
         module = importlib.import_module(f"pipelines.{name}")
-        cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k.lower().startswith(name.replace("_", "")))
+        cls = next(
+            v
+            for k, v in vars(module).items()
+            if k.endswith("Config") and k.lower().startswith(name.replace("_", ""))
+        )
         load(cls, name, data)
 
 
 def test_recipe_params_file_loads(repo_root):
     import importlib
+
     import yaml
+
     data = yaml.safe_load((repo_root / "params-recipe.yaml").read_text())
     defaults = yaml.safe_load((repo_root / "params.yaml").read_text())
     assert data.keys() == defaults.keys()
     for name in yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]:
         module = importlib.import_module(f"pipelines.{name}")
-        cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k.lower().startswith(name.replace("_", "")))
+        cls = next(
+            v
+            for k, v in vars(module).items()
+            if k.endswith("Config") and k.lower().startswith(name.replace("_", ""))
+        )
         load(cls, name, data)
 
 
 def test_cli_overrides_read_exponent_floats_like_dvc_writes_them():
     from pipelines.running.stage import parse_overrides
+
     assert parse_overrides(["train_gan.lr=1e-05", "a.b=[1, 2]", "c=text"]) == {
-        "train_gan.lr": 1e-05, "a.b": [1, 2], "c": "text"}
+        "train_gan.lr": 1e-05,
+        "a.b": [1, 2],
+        "c": "text",
+    }
 
 
 def test_sun80_params_file_is_the_defaults_on_a_folder(repo_root):
     import yaml
+
     data = yaml.safe_load((repo_root / "params-sun80.yaml").read_text())
     defaults = yaml.safe_load((repo_root / "params.yaml").read_text())
-    assert {k: v for k, v in data.items() if k not in ("download", "evaluate")} == \
-        {k: v for k, v in defaults.items() if k not in ("download", "evaluate")}
+    assert {k: v for k, v in data.items() if k not in ("download", "evaluate")} == {
+        k: v for k, v in defaults.items() if k not in ("download", "evaluate")
+    }
     assert data["download"]["source"] == "folder"
     # relative to the repository root, where DVC runs the stages
     assert data["download"]["folder"] == "../shared/datasets/Sun80"

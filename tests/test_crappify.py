@@ -1,4 +1,5 @@
 """The crappify stage on a few tiny images: outputs, determinism, resume, invalidation."""
+
 from __future__ import annotations
 
 import csv
@@ -9,15 +10,20 @@ import numpy as np
 import pytest
 
 from pipelines import crappify as stage
-from pipelines.datasets import crappified
 from pipelines.core.config import ConfigError, load
 from pipelines.crappify import run
-from pipelines.imaging.degradations import CrappifyConfig
-from pipelines.imaging.degradations import crappify, rng_for
+from pipelines.datasets import crappified
+from pipelines.imaging.degradations import CrappifyConfig, crappify, rng_for
 from pipelines.imaging.images import read_rgb, write_image
 
-SIZES = {"train/a.png": (48, 64), "train/sub/b.png": (97, 131), "train/c.png": (64, 64),
-         "valid/d.png": (48, 64), "valid/e.png": (50, 70), "test/f.png": (40, 72)}
+SIZES = {
+    "train/a.png": (48, 64),
+    "train/sub/b.png": (97, 131),
+    "train/c.png": (64, 64),
+    "valid/d.png": (48, 64),
+    "valid/e.png": (50, 70),
+    "test/f.png": (40, 72),
+}
 
 
 def picture(h: int, w: int, seed: int) -> np.ndarray:
@@ -38,14 +44,19 @@ def repo(tmp_path, monkeypatch):
 
 
 def config(lr: str = "data/lr", scale: int = 4, **section) -> CrappifyConfig:
-    params = {"base": {"seed": 3, "scale": scale, "crop": 8 * scale, "paths": {"lr": lr}},
-              "crappify": {"workers": 1, **section}}
+    params = {
+        "base": {"seed": 3, "scale": scale, "crop": 8 * scale, "paths": {"lr": lr}},
+        "crappify": {"workers": 1, **section},
+    }
     return load(CrappifyConfig, "crappify", params)
 
 
 def tree(root: str = "data/lr") -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def manifest(root: str = "data/lr") -> list[dict]:
@@ -56,7 +67,10 @@ def manifest(root: str = "data/lr") -> list[dict]:
 def test_mirrors_the_hr_tree_with_the_bytes_crappify_makes(repo):
     metrics = run(config(jpeg_quality=[30, 60]))
     out = tree()
-    assert set(out) == {r.replace(".png", ".jpg") for r in SIZES} | {"manifest.csv", ".crappify.json"}
+    assert set(out) == {r.replace(".png", ".jpg") for r in SIZES} | {
+        "manifest.csv",
+        ".crappify.json",
+    }
     rows = {r["source"]: r for r in manifest()}
     for rel, (h, w) in SIZES.items():
         hr = read_rgb(Path("data/hr") / rel)
@@ -91,7 +105,11 @@ def test_byte_identical_whatever_the_worker_count(repo):
 def test_lr_size_follows_base_scale(repo, scale):
     run(config(scale=scale, watermark="none"))
     for rel, (h, w) in SIZES.items():
-        assert read_rgb(Path("data/lr") / rel.replace(".png", ".jpg")).shape == (h // scale, w // scale, 3)
+        assert read_rgb(Path("data/lr") / rel.replace(".png", ".jpg")).shape == (
+            h // scale,
+            w // scale,
+            3,
+        )
 
 
 def test_resumes_after_an_interruption_and_matches_a_clean_run(repo, monkeypatch):
@@ -127,9 +145,9 @@ def test_rerun_keeps_valid_outputs_and_redoes_only_what_changed(repo):
     assert again["processed"] == 0 and again["reused"] == len(SIZES) and tree() == first
 
     Path("data/lr/valid/d.jpg").write_bytes(b"not the recorded bytes")
-    write_image("data/hr/train/a.png", picture(48, 64, 99))   # changed HR content
-    Path("data/hr/test/f.png").unlink()                       # HR gone
-    (Path("data/lr/valid/e.jpg")).unlink()                    # output lost
+    write_image("data/hr/train/a.png", picture(48, 64, 99))  # changed HR content
+    Path("data/hr/test/f.png").unlink()  # HR gone
+    (Path("data/lr/valid/e.jpg")).unlink()  # output lost
     metrics = run(config())
     assert metrics["processed"] == 3 and metrics["count"] == len(SIZES) - 1
     out = tree()
@@ -179,15 +197,18 @@ def test_logs_an_example_grid_of_hr_lr_pairs(repo):
     assert grid.dtype == np.uint8 and grid.shape == (2 * 256, 2 * 256, 3)
 
 
-@pytest.mark.parametrize("section, start, value", [
-    ({"jpeg_quality": [0, 70]}, "crappify.jpeg_quality:", "(0, 70)"),
-    ({"jpeg_quality": [60, 20]}, "crappify.jpeg_quality:", "[60, 20]"),
-    ({"jpeg_quality": [60.5, 70]}, "crappify.jpeg_quality[0]:", "60.5"),
-    ({"short_side": -96}, "crappify.short_side:", "-96"),
-    ({"workers": -1}, "crappify.workers:", "-1"),
-    ({"size_mode": "half"}, "crappify.size_mode:", "'half'"),
-    ({"scale": 2}, "crappify.scale:", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "section, start, value",
+    [
+        ({"jpeg_quality": [0, 70]}, "crappify.jpeg_quality:", "(0, 70)"),
+        ({"jpeg_quality": [60, 20]}, "crappify.jpeg_quality:", "[60, 20]"),
+        ({"jpeg_quality": [60.5, 70]}, "crappify.jpeg_quality[0]:", "60.5"),
+        ({"short_side": -96}, "crappify.short_side:", "-96"),
+        ({"workers": -1}, "crappify.workers:", "-1"),
+        ({"size_mode": "half"}, "crappify.size_mode:", "'half'"),
+        ({"scale": 2}, "crappify.scale:", "unknown key"),
+    ],
+)
 def test_config_errors_name_the_key_and_value(section, start, value):
     with pytest.raises(ConfigError) as err:
         load(CrappifyConfig, "crappify", {"crappify": section})

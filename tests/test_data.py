@@ -1,13 +1,21 @@
 """Datasets: aligned pairs, seeded and index-addressed sampling, exact resume."""
+
 import numpy as np
 import pytest
 import torch
 
-from pipelines.datasets.pairs import (CriticPairs, EvalPairs, StepBatches, TrainPairs, aligned_lr,
-                                      center_crop_pair, step_loader)
-from pipelines.imaging.tensors import to_image, to_tensor
+from pipelines.datasets.pairs import (
+    CriticPairs,
+    EvalPairs,
+    StepBatches,
+    TrainPairs,
+    aligned_lr,
+    center_crop_pair,
+    step_loader,
+)
 from pipelines.imaging.degradations import Degradation, downscale, make_degrader
 from pipelines.imaging.images import write_image
+from pipelines.imaging.tensors import to_image, to_tensor
 
 
 def photo(h, w, seed):
@@ -100,6 +108,7 @@ def test_aligned_lr_and_centre_crop():
 def test_eval_pairs(tmp_path, hr_files):
     for f in hr_files:
         from pipelines.imaging.images import read_rgb
+
         lr = downscale(read_rgb(f), 4, "area")
         write_image((tmp_path / "lr" / "train" / f.name).with_suffix(".jpg"), lr, jpeg_quality=90)
     pairs = EvalPairs(tmp_path / "hr", tmp_path / "lr", "train", 4)
@@ -113,6 +122,7 @@ def test_critic_pairs(tmp_path, hr_files):
     fakes = []
     for f in hr_files:
         from pipelines.imaging.images import read_rgb
+
         fake = tmp_path / "gen" / f.name
         write_image(fake, read_rgb(f)[:64, :64])
         fakes.append(fake)

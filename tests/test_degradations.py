@@ -1,4 +1,5 @@
 """Each degradation alone, then their composition ``crappify()`` and its spec."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,10 +7,20 @@ import numpy as np
 import pytest
 
 from pipelines.core.config import ConfigError, build
+from pipelines.imaging.degradations import (
+    Degradation,
+    crappify,
+    downscale,
+    gaussian_blur,
+    gaussian_noise,
+    jpeg,
+    make_degrader,
+    resize_short_side,
+    rng_for,
+    to_grayscale,
+    watermark,
+)
 from pipelines.imaging.resize import RESAMPLERS
-from pipelines.imaging.degradations import (Degradation, crappify, downscale,
-                                    gaussian_blur, gaussian_noise, jpeg, make_degrader,
-                                    resize_short_side, rng_for, to_grayscale, watermark)
 
 
 def textured(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -57,8 +68,9 @@ def test_jpeg_returns_what_the_bytes_decode_to_with_420_chroma():
     img = textured()
     decoded, data = jpeg(img, 50)
     assert data[:2] == b"\xff\xd8"
-    again = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
-                         cv2.COLOR_BGR2RGB)
+    again = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
     assert np.array_equal(decoded, again)
     # baseline SOF0: precision, height, width, 3 components, then Y's sampling factors 2x2
     sof = data.index(b"\xff\xc0")
@@ -75,8 +87,10 @@ def test_jpeg_higher_quality_means_smaller_error_and_more_bytes():
 def test_gaussian_blur_smooths_and_zero_sigma_is_identity():
     img = textured()
     blurred = gaussian_blur(img, 1.5)
-    assert np.abs(np.diff(blurred.astype(int), axis=1)).mean() < \
-        0.6 * np.abs(np.diff(img.astype(int), axis=1)).mean()
+    assert (
+        np.abs(np.diff(blurred.astype(int), axis=1)).mean()
+        < 0.6 * np.abs(np.diff(img.astype(int), axis=1)).mean()
+    )
     assert np.array_equal(gaussian_blur(img, 0), img)
 
 
@@ -103,14 +117,15 @@ def test_to_grayscale_is_bt601_luma_on_three_channels():
 @pytest.mark.parametrize("seed", range(8))
 def test_watermark_changes_pixels_only_inside_its_box(seed):
     img = np.full((96, 128, 3), 40, np.uint8)
-    out, rec = watermark(img, "57", rng_for(seed, "wm"), height=(0.1, 0.2),
-                         opacity=(0.5, 1.0), color="random")
+    out, rec = watermark(
+        img, "57", rng_for(seed, "wm"), height=(0.1, 0.2), opacity=(0.5, 1.0), color="random"
+    )
     x, y, w, h = rec["x"], rec["y"], rec["box_w"], rec["box_h"]
     assert 0 <= x <= 128 // 2 and 0 <= y <= 96 // 2
     assert x + w <= 128 and y + h <= 96
     changed = np.any(out != img, axis=2)
-    assert changed[y:y + h, x:x + w].sum() >= 10
-    changed[y:y + h, x:x + w] = False
+    assert changed[y : y + h, x : x + w].sum() >= 10
+    changed[y : y + h, x : x + w] = False
     assert not changed.any()
     # the fully covered stroke pixels take the recorded colour at the recorded opacity
     target = 40 + rec["opacity"] * (np.array(rec["color"]) - 40)
@@ -140,8 +155,9 @@ def test_crappify_sizes_and_what_it_returns(scale):
 
 
 def test_crappify_short_side_mode_and_the_smallest_lr():
-    lr, _, _ = crappify(textured(97, 131), Degradation(size_mode="short_side", short_side=48),
-                        rng_for(0, "k"))
+    lr, _, _ = crappify(
+        textured(97, 131), Degradation(size_mode="short_side", short_side=48), rng_for(0, "k")
+    )
     assert lr.shape == (48, int(131 * 48 / 97), 3)
     lr, _, rec = crappify(textured(64, 64), Degradation(scale=8), rng_for(0, "k"))
     assert lr.shape == (8, 8, 3) and rec["text"]
@@ -183,17 +199,20 @@ def test_rng_for_depends_on_seed_and_key_only():
     assert rng_for(1, "a").integers(1 << 62) != rng_for(2, "a").integers(1 << 62)
 
 
-@pytest.mark.parametrize("section, key, words", [
-    ({"jpeg_quality": [0, 50]}, "d.jpeg_quality", "out of range"),
-    ({"jpeg_quality": [50, 101]}, "d.jpeg_quality", "out of range"),
-    ({"jpeg_quality": [70, 10]}, "d.jpeg_quality", "lo > hi"),
-    ({"short_side": -5}, "d.short_side", "-5"),
-    ({"watermark_opacity": [0.9, 0.2]}, "d.watermark_opacity", "lo > hi"),
-    ({"blur_prob": 1.5}, "d.blur_prob", "1.5"),
-    ({"watermark": "fixed"}, "d.watermark_text", "must be set"),
-    ({"watermark": "fixed", "watermark_text": "café"}, "d.watermark_text", "ASCII"),
-    ({"resample": "cubic"}, "d.resample", "cubic"),
-])
+@pytest.mark.parametrize(
+    "section, key, words",
+    [
+        ({"jpeg_quality": [0, 50]}, "d.jpeg_quality", "out of range"),
+        ({"jpeg_quality": [50, 101]}, "d.jpeg_quality", "out of range"),
+        ({"jpeg_quality": [70, 10]}, "d.jpeg_quality", "lo > hi"),
+        ({"short_side": -5}, "d.short_side", "-5"),
+        ({"watermark_opacity": [0.9, 0.2]}, "d.watermark_opacity", "lo > hi"),
+        ({"blur_prob": 1.5}, "d.blur_prob", "1.5"),
+        ({"watermark": "fixed"}, "d.watermark_text", "must be set"),
+        ({"watermark": "fixed", "watermark_text": "café"}, "d.watermark_text", "ASCII"),
+        ({"resample": "cubic"}, "d.resample", "cubic"),
+    ],
+)
 def test_spec_errors_name_the_key_and_value(section, key, words):
     with pytest.raises(ConfigError) as err:
         build(Degradation, section, "d")

@@ -1,6 +1,7 @@
 """Deployments on a real `prefect server start`: prefect.yaml, process workers (in the
 checkout, and on "another machine" that clones the code and pulls data from a DVC remote),
 the gpu limit, and the MLflow server and UI a user browses afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,12 @@ from prefect.client.orchestration import get_client
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from pipelines.running.stages import STAGES
 from tasks.dvc_stage import stage_environment, stage_task
+
 from local_servers import free_port, service
 from pipeline_repo import ORCHESTRATION, TINY, dvc_cli, git, make_pipeline_repo
 from tiny_dvc_repo import INTERVAL_DVC_YAML, make_repo
-from pipelines.running.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +36,30 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-    with service([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                  "--port", str(port)], home, f"{url}/health", env, timeout=120):
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+    }
+    with service(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        home,
+        f"{url}/health",
+        env,
+        timeout=120,
+    ):
         yield url, env
 
 
@@ -47,17 +68,33 @@ def mlflow_server(tmp_path_factory):
     """`mlflow server` on a free loopback port: SQLite backend, artifacts served by the server."""
     home = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    with service([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                  "--port", str(port), "--workers", "1",
-                  "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                  "--artifacts-destination", str(home / "artifacts")],
-                 home, f"http://127.0.0.1:{port}/health"):
+    with service(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+        ],
+        home,
+        f"http://127.0.0.1:{port}/health",
+    ):
         yield f"http://127.0.0.1:{port}"
 
 
 def cli(env: dict, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run(list(args), cwd=CODE, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        list(args), cwd=CODE, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -68,13 +105,32 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(server, tmp_path):
     prefect = [sys.executable, "-m", "prefect"]
     decrappify = [sys.executable, "-m", "flows.cli"]
     cli(env, *prefect, "work-pool", "create", "test-pool", "--type", "process")
-    cli(env, *decrappify, "deploy", "--", "--name", "nightly", "--pool", "test-pool",
-        "--param", f"root={repo}")
+    cli(
+        env,
+        *decrappify,
+        "deploy",
+        "--",
+        "--name",
+        "nightly",
+        "--pool",
+        "test-pool",
+        "--param",
+        f"root={repo}",
+    )
     out = cli(env, *prefect, "deployment", "run", "training/nightly")
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
     # The worker takes the waiting run, runs it to the end in this checkout, and exits.
-    cli(env, *decrappify, "worker", "--root", str(CODE), "--pool", "test-pool", "--run-once",
-        timeout=300)
+    cli(
+        env,
+        *decrappify,
+        "worker",
+        "--root",
+        str(CODE),
+        "--pool",
+        "test-pool",
+        "--run-once",
+        timeout=300,
+    )
 
     with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
@@ -83,11 +139,14 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(server, tmp_path):
     assert (repo / "dvc.lock").exists() and (repo / "model.txt").exists()
     [schedule] = deployment.schedules
     assert schedule.schedule.cron == "0 3 * * *" and not schedule.active
-    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
-        "directory": "{{ $DECRAPPIFY_ROOT }}"}}]
+    assert deployment.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $DECRAPPIFY_ROOT }}"}}
+    ]
 
 
-def test_deployment_artifact_queues_keep_from_git_runs_away_from_a_checkout_worker(server, tmp_path):
+def test_deployment_artifact_queues_keep_from_git_runs_away_from_a_checkout_worker(
+    server, tmp_path
+):
     """Each deployment has its own work queue: a checkout worker takes `nightly` runs and
     leaves a `from-git` run waiting, which needs $DECRAPPIFY_GIT_URL that it does not have."""
     url, env = server
@@ -95,15 +154,34 @@ def test_deployment_artifact_queues_keep_from_git_runs_away_from_a_checkout_work
     prefect = [sys.executable, "-m", "prefect"]
     decrappify = [sys.executable, "-m", "flows.cli"]
     cli(env, *prefect, "work-pool", "create", "queue-pool", "--type", "process")
-    cli(env, *decrappify, "deploy", "--", "--name", "nightly", "--pool", "queue-pool",
-        "--param", f"root={repo}")
+    cli(
+        env,
+        *decrappify,
+        "deploy",
+        "--",
+        "--name",
+        "nightly",
+        "--pool",
+        "queue-pool",
+        "--param",
+        f"root={repo}",
+    )
     cli(env, *decrappify, "deploy", "--", "--name", "from-git", "--pool", "queue-pool")
     ids = {}
     for name in ("from-git", "nightly"):  # the from-git run first: it would be taken first
         out = cli(env, *prefect, "deployment", "run", f"training/{name}")
         ids[name] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
-    cli(env, *decrappify, "worker", "--root", str(CODE), "--pool", "queue-pool", "--run-once",
-        timeout=300)
+    cli(
+        env,
+        *decrappify,
+        "worker",
+        "--root",
+        str(CODE),
+        "--pool",
+        "queue-pool",
+        "--run-once",
+        timeout=300,
+    )
     with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
         runs = {name: client.read_flow_run(i) for name, i in ids.items()}
     assert runs["nightly"].state.is_completed(), runs["nightly"].state.message
@@ -122,8 +200,9 @@ def two_training_stages(roots: list[str]) -> None:
 
 def test_gpu_limit_serialises_training_stages(server, tmp_path):
     url, env = server
-    roots = [make_repo(tmp_path / name, dvc_yaml=INTERVAL_DVC_YAML, params="{}\n")
-             for name in ("a", "b")]
+    roots = [
+        make_repo(tmp_path / name, dvc_yaml=INTERVAL_DVC_YAML, params="{}\n") for name in ("a", "b")
+    ]
 
     def intervals():
         with temporary_settings(updates={PREFECT_API_URL: url}):
@@ -140,13 +219,17 @@ def test_gpu_limit_serialises_training_stages(server, tmp_path):
 def _get(url: str, endpoint: str, **query) -> dict:
     """A GET of the MLflow UI's own JSON API."""
     from urllib.parse import urlencode
+
     with urllib.request.urlopen(f"{url}{endpoint}?{urlencode(query, doseq=True)}", timeout=30) as r:
         return json.loads(r.read())
 
 
 def _post(url: str, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{url}{endpoint}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}{endpoint}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as r:
         return json.loads(r.read())
 
@@ -161,7 +244,8 @@ def _artifacts(url: str, run_id: str, path: str = "") -> list[str]:
 
 
 def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
-        server, mlflow_server, tmp_path):
+    server, mlflow_server, tmp_path
+):
     """The `from-git` deployment on a worker with no checkout, as on another machine: the run
     clones the repository, takes from the DVC remote what is there, runs the real stages on
     the sample photos, logs them to the MLflow server, and pushes itself back as a DVC
@@ -178,62 +262,115 @@ def test_worker_elsewhere_clones_pulls_runs_the_pipeline_and_mlflow_ui_shows_it(
 
     prefect = [sys.executable, "-m", "prefect"]
     cli(env, *prefect, "work-pool", "create", "elsewhere", "--type", "process")
-    cli(env, sys.executable, "-m", "flows.cli", "deploy", "--", "--name", "from-git",
-        "--pool", "elsewhere")
+    cli(
+        env,
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "deploy",
+        "--",
+        "--name",
+        "from-git",
+        "--pool",
+        "elsewhere",
+    )
     out = cli(env, *prefect, "deployment", "run", "training/from-git")
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
     machine = tmp_path / "machine-b"  # no checkout, no DVC cache
     machine.mkdir()
-    worker = subprocess.run([sys.executable, "-m", "flows.cli", "worker", "--pool",
-                             "elsewhere", "--run-once", "--git-url", origin.as_uri()],
-                            cwd=machine, env=env, capture_output=True, text=True, timeout=1200)
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "worker",
+            "--pool",
+            "elsewhere",
+            "--run-once",
+            "--git-url",
+            origin.as_uri(),
+        ],
+        cwd=machine,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-    assert run.state.is_completed(), f"{run.state.message}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
+    assert run.state.is_completed(), (
+        f"{run.state.message}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
+    )
     assert list(machine.iterdir()) == [], "the run worked in a temporary clone"
 
     # -- what the MLflow UI shows, over HTTP ---------------------------------------------------
     with urllib.request.urlopen(mlflow_server, timeout=30) as page:
         assert page.status == 200 and b"MLflow" in page.read()
-    experiment = _get(mlflow_server, "/ajax-api/2.0/mlflow/experiments/get-by-name",
-                      experiment_name="decrappify")["experiment"]
-    runs = _post(mlflow_server, "/ajax-api/2.0/mlflow/runs/search",
-                 {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
-    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
-            for r in runs}
-    [parent] = [r for r in runs if tags[r["info"]["run_id"]].get("prefect.flow_run_id") == flow_run_id]
+    experiment = _get(
+        mlflow_server, "/ajax-api/2.0/mlflow/experiments/get-by-name", experiment_name="decrappify"
+    )["experiment"]
+    runs = _post(
+        mlflow_server,
+        "/ajax-api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+    )["runs"]
+    tags = {
+        r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs
+    }
+    [parent] = [
+        r for r in runs if tags[r["info"]["run_id"]].get("prefect.flow_run_id") == flow_run_id
+    ]
     parent_id = parent["info"]["run_id"]
-    children = {r["info"]["run_name"]: r for r in runs
-                if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent_id}
+    children = {
+        r["info"]["run_name"]: r
+        for r in runs
+        if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent_id
+    }
     stages = list(STAGES)
     assert sorted(children) == sorted(stages)
     assert tags[parent_id]["decrappify.stages.ran"] == ",".join(stages)
     assert all(c["info"]["status"] == "FINISHED" for c in children.values())
-    metrics = {name: {m["key"] for m in c["data"].get("metrics", [])}
-               for name, c in children.items()}
+    metrics = {
+        name: {m["key"] for m in c["data"].get("metrics", [])} for name, c in children.items()
+    }
     assert {"loss", "valid_psnr_y"} <= metrics["pretrain_generator"], metrics["pretrain_generator"]
     assert "test.gain_db.gan_generator" in metrics["evaluate"], metrics["evaluate"]
-    history = _get(mlflow_server, "/ajax-api/2.0/mlflow/metrics/get-history",
-                   run_id=children["pretrain_generator"]["info"]["run_id"], metric_key="loss")
+    history = _get(
+        mlflow_server,
+        "/ajax-api/2.0/mlflow/metrics/get-history",
+        run_id=children["pretrain_generator"]["info"]["run_id"],
+        metric_key="loss",
+    )
     assert [m["step"] for m in history["metrics"]] == list(range(1, 7))
-    images = {name: [a for a in _artifacts(mlflow_server, c["info"]["run_id"]) if a.endswith(".png")]
-              for name, c in children.items()}
+    images = {
+        name: [a for a in _artifacts(mlflow_server, c["info"]["run_id"]) if a.endswith(".png")]
+        for name, c in children.items()
+    }
     assert images["crappify"] and images["pretrain_generator"] and images["evaluate"], images
     exports = _artifacts(mlflow_server, children["export"]["info"]["run_id"])
-    assert {"export/gan_generator.onnx", "export/gan_generator.safetensors",
-            "export/gan_generator.md"} <= set(exports), exports
-    with urllib.request.urlopen(f"{mlflow_server}/get-artifact?path={images['evaluate'][0]}"
-                                f"&run_uuid={children['evaluate']['info']['run_id']}") as r:
+    assert {
+        "export/gan_generator.onnx",
+        "export/gan_generator.safetensors",
+        "export/gan_generator.md",
+    } <= set(exports), exports
+    with urllib.request.urlopen(
+        f"{mlflow_server}/get-artifact?path={images['evaluate'][0]}"
+        f"&run_uuid={children['evaluate']['info']['run_id']}"
+    ) as r:
         assert r.read(8) == b"\x89PNG\r\n\x1a\n"
     # train_gan registered the GAN generator; evaluate tagged the version with its test scores
     # and points `champion` at it only when it beats bicubic (a few steps may not)
-    [version] = _get(mlflow_server, "/ajax-api/2.0/mlflow/model-versions/search",
-                     filter="name='decrappify-generator'")["model_versions"]
+    [version] = _get(
+        mlflow_server,
+        "/ajax-api/2.0/mlflow/model-versions/search",
+        filter="name='decrappify-generator'",
+    )["model_versions"]
     assert version["run_id"] == children["train_gan"]["info"]["run_id"]
     version_tags = {t["key"]: t["value"] for t in version.get("tags", [])}
     gain = float(version_tags["decrappify.eval.gain_db"])
-    model = _get(mlflow_server, "/ajax-api/2.0/mlflow/registered-models/get",
-                 name="decrappify-generator")["registered_model"]
+    model = _get(
+        mlflow_server, "/ajax-api/2.0/mlflow/registered-models/get", name="decrappify-generator"
+    )["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
     scores = {m["key"]: m["value"] for m in children["evaluate"]["data"]["metrics"]}
     assert gain == pytest.approx(scores["test.gain_db.gan_generator"], abs=1e-6)

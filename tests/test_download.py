@@ -1,4 +1,5 @@
 """The download stage: sources, checks, deterministic split, atomic outputs, params."""
+
 from __future__ import annotations
 
 import csv
@@ -11,14 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from archives import tar_bytes
 from pipelines import download
-from pipelines.imaging import images
 from pipelines.core.config import ConfigError, load
-from pipelines.datasets.photos import NoImagesError, output_names, split_key, split_sizes
-from pipelines.download import DownloadConfig, run
 from pipelines.core.errors import StageError
 from pipelines.core.files import sha256_file
+from pipelines.datasets.photos import NoImagesError, output_names, split_key, split_sizes
+from pipelines.download import DownloadConfig, run
+from pipelines.imaging import images
+
+from archives import tar_bytes
 
 SMALL_BASE = {"crop": 16, "scale": 4}
 
@@ -51,10 +53,19 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 # -- pure rules ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n, expected", [
-    (17, (12, 2, 3)), (0, (0, 0, 0)), (1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)),
-    (5, (3, 1, 1)), (7390, (5542, 739, 1109)),
-])
+
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (17, (12, 2, 3)),
+        (0, (0, 0, 0)),
+        (1, (1, 0, 0)),
+        (2, (2, 0, 0)),
+        (3, (1, 1, 1)),
+        (5, (3, 1, 1)),
+        (7390, (5542, 739, 1109)),
+    ],
+)
 def test_split_sizes(n, expected):
     assert split_sizes(n, 0.1, 0.15) == expected
 
@@ -64,12 +75,19 @@ def test_split_sizes_without_held_out_sets():
 
 
 def test_output_names_never_collide():
-    names = output_names(["a.jpg", "a.png", "x/A.jpeg", "x/a.JPG", "d.jpg", "d.png/e.jpg",
-                          "n/b.tif", "n/b.tif.png"])
-    assert names == {"a.png": "a.png", "a.jpg": "a.jpg.png",
-                     "x/A.jpeg": "x/A.png", "x/a.JPG": "x/a.JPG.png",
-                     "d.png/e.jpg": "d.png/e.png", "d.jpg": "d.jpg.png",
-                     "n/b.tif.png": "n/b.tif.png", "n/b.tif": "n/b.png"}
+    names = output_names(
+        ["a.jpg", "a.png", "x/A.jpeg", "x/a.JPG", "d.jpg", "d.png/e.jpg", "n/b.tif", "n/b.tif.png"]
+    )
+    assert names == {
+        "a.png": "a.png",
+        "a.jpg": "a.jpg.png",
+        "x/A.jpeg": "x/A.png",
+        "x/a.JPG": "x/a.JPG.png",
+        "d.png/e.jpg": "d.png/e.png",
+        "d.jpg": "d.jpg.png",
+        "n/b.tif.png": "n/b.tif.png",
+        "n/b.tif": "n/b.png",
+    }
     clash = output_names(["p.jpg", "p.png", "p.jpg.png"])
     assert clash["p.jpg"] == "p.jpg-2.png"
     assert len({v.lower() for v in clash.values()}) == 3
@@ -77,19 +95,23 @@ def test_output_names_never_collide():
 
 # -- params ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("section, key", [
-    ({"source": "url"}, "download.url"),
-    ({"source": "url", "url": "ftp://host/a.tgz", "sha256": "a" * 64}, "download.url"),
-    ({"source": "url", "url": "https://host/a.tgz", "sha256": "abc"}, "download.sha256"),
-    ({"source": "folder"}, "download.folder"),
-    ({"source": "web"}, "download.source"),
-    ({"valid_fraction": 0.5, "test_fraction": 0.5}, "download.test_fraction"),
-    ({"test_fraction": 0.6}, "download.test_fraction"),
-    ({"min_size": 8}, "download.min_size"),
-    ({"max_pixels": 0}, "download.max_pixels"),
-    ({"max_images": -1}, "download.max_images"),
-    ({"bogus": 1}, "download.bogus"),
-])
+
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ({"source": "url"}, "download.url"),
+        ({"source": "url", "url": "ftp://host/a.tgz", "sha256": "a" * 64}, "download.url"),
+        ({"source": "url", "url": "https://host/a.tgz", "sha256": "abc"}, "download.sha256"),
+        ({"source": "folder"}, "download.folder"),
+        ({"source": "web"}, "download.source"),
+        ({"valid_fraction": 0.5, "test_fraction": 0.5}, "download.test_fraction"),
+        ({"test_fraction": 0.6}, "download.test_fraction"),
+        ({"min_size": 8}, "download.min_size"),
+        ({"max_pixels": 0}, "download.max_pixels"),
+        ({"max_images": -1}, "download.max_images"),
+        ({"bogus": 1}, "download.bogus"),
+    ],
+)
 def test_bad_params_name_the_key(section, key):
     with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + ":"):
         config(**section)
@@ -105,6 +127,7 @@ def test_params_yaml_and_presets_load(repo_root):
 
 
 # -- the sample source, end to end -----------------------------------------------------------------
+
 
 def test_sample_source_end_to_end(workdir):
     cfg = load(DownloadConfig, "download", {"base": {}, "download": {}})
@@ -134,6 +157,7 @@ def test_sample_source_end_to_end(workdir):
 
 # -- the folder source -----------------------------------------------------------------------------
 
+
 def test_folder_source_checks_converts_dedupes_and_keeps_names_apart(workdir):
     src = workdir / "photos"
     images.write_image(src / "a.jpg", noise(30, 40, 1))
@@ -149,19 +173,32 @@ def test_folder_source_checks_converts_dedupes_and_keeps_names_apart(workdir):
 
     metrics = run(config(source="folder", folder="photos"))
     rows = {r["source"].removeprefix("folder:"): r for r in manifest()}
-    assert set(rows) in ({"a.jpg", "a.png", "gray.png", "sub/b.jpeg"},
-                         {"a.jpg", "a.png", "gray.png", "sub/b-copy.jpeg"})
+    assert set(rows) in (
+        {"a.jpg", "a.png", "gray.png", "sub/b.jpeg"},
+        {"a.jpg", "a.png", "gray.png", "sub/b-copy.jpeg"},
+    )
     names = {src: r["file"].split("/", 1)[1] for src, r in rows.items()}
     assert names["a.png"] == "a.png" and names["a.jpg"] == "a.jpg.png"
     assert rows["gray.png"]["note"] == "converted: grayscale" and rows["a.png"]["note"] == "ok"
     skipped = dict(metrics["skipped_files"])
     duplicate = {k: skipped.pop(k) for k in list(skipped) if k.startswith("sub/")}
-    assert list(duplicate.values()) in (["duplicate: same pixels as sub/b.jpeg"],
-                                        ["duplicate: same pixels as sub/b-copy.jpeg"])
-    assert skipped == {"empty.png": "empty file", "notes.jpg": "not an image",
-                       "tiny.png": "too small: 12x10 < 16", "trunc.jpg": "truncated"}
-    assert metrics["skipped_by_reason"] == {"duplicate": 1, "empty file": 1, "not an image": 1,
-                                            "too small": 1, "truncated": 1}
+    assert list(duplicate.values()) in (
+        ["duplicate: same pixels as sub/b.jpeg"],
+        ["duplicate: same pixels as sub/b-copy.jpeg"],
+    )
+    assert skipped == {
+        "empty.png": "empty file",
+        "notes.jpg": "not an image",
+        "tiny.png": "too small: 12x10 < 16",
+        "trunc.jpg": "truncated",
+    }
+    assert metrics["skipped_by_reason"] == {
+        "duplicate": 1,
+        "empty file": 1,
+        "not an image": 1,
+        "too small": 1,
+        "truncated": 1,
+    }
     assert (metrics["train"], metrics["valid"], metrics["test"]) == (2, 1, 1)
 
 
@@ -196,12 +233,14 @@ def test_max_images_keeps_the_first_by_seeded_order(workdir):
     cfg = config(source="folder", folder="photos", max_images=4)
     metrics = run(cfg)
     assert metrics["images"] == 4
-    expected = sorted((f"img{i:02d}.png" for i in range(10)),
-                      key=lambda rel: split_key(cfg.base.seed, rel))[:4]
+    expected = sorted(
+        (f"img{i:02d}.png" for i in range(10)), key=lambda rel: split_key(cfg.base.seed, rel)
+    )[:4]
     assert sorted(r["source"] for r in manifest()) == sorted(f"folder:{e}" for e in expected)
 
 
 # -- failure leaves the previous output intact -----------------------------------------------------
+
 
 def test_no_usable_images_fails_clearly_and_keeps_previous_output(workdir, capsys):
     photo_folder(workdir / "photos", 4)
@@ -214,8 +253,9 @@ def test_no_usable_images_fails_clearly_and_keeps_previous_output(workdir, capsy
     with pytest.raises(NoImagesError, match="no usable images"):
         run(config(source="folder", folder="bad"))
     params = workdir / "params.yaml"
-    params.write_text(yaml.safe_dump({"base": SMALL_BASE,
-                                      "download": {"source": "folder", "folder": "bad"}}))
+    params.write_text(
+        yaml.safe_dump({"base": SMALL_BASE, "download": {"source": "folder", "folder": "bad"}})
+    )
     assert download.main(["--params", str(params), "--no-tracking"]) == 1
     assert "error: download: no usable images" in capsys.readouterr().err
     assert Path("data/hr/manifest.csv").read_bytes() == before
@@ -234,6 +274,7 @@ def test_interrupted_run_keeps_previous_output_and_next_run_cleans_up(workdir, m
         if len(calls) == 3:
             raise KeyboardInterrupt
         return encode(rgb)
+
     monkeypatch.setattr(download.images, "encode_png", failing)
     with pytest.raises(KeyboardInterrupt):
         run(config(source="folder", folder="photos"))
@@ -269,15 +310,18 @@ def test_tracker_receives_contact_sheet_and_manifest(workdir):
 
 # -- the url source, against a local server --------------------------------------------------------
 
+
 def test_url_source_downloads_checks_and_strips_the_top_folder(workdir, web):
     root, url = web
-    archive = tar_bytes({
-        "photos/one.png": images.encode_png(noise(24, 32, 1)),
-        "photos/two.jpg": images.encode_jpeg(noise(32, 24, 2)),
-        "photos/more/three.png": images.encode_png(noise(20, 20, 3)),
-        "photos/broken.jpg": images.encode_jpeg(noise(64, 64, 4))[:1500],
-        "photos/LICENSE.txt": b"CC BY-SA",
-    })
+    archive = tar_bytes(
+        {
+            "photos/one.png": images.encode_png(noise(24, 32, 1)),
+            "photos/two.jpg": images.encode_jpeg(noise(32, 24, 2)),
+            "photos/more/three.png": images.encode_png(noise(20, 20, 3)),
+            "photos/broken.jpg": images.encode_jpeg(noise(64, 64, 4))[:1500],
+            "photos/LICENSE.txt": b"CC BY-SA",
+        }
+    )
     (root / "set.tar.gz").write_bytes(archive)
     sha = hashlib.sha256(archive).hexdigest()
     metrics = run(config(source="url", url=f"{url}/set.tar.gz", sha256=sha))
@@ -292,14 +336,26 @@ def test_url_source_with_bad_archive_fails_without_touching_data(workdir, web, c
     run(config(source="folder", folder="photos"))
     before = Path("data/hr/manifest.csv").read_bytes()
     root, url = web
-    evil = tar_bytes({"photos/ok.png": images.encode_png(noise(24, 24, 1)),
-                   "../escape.png": images.encode_png(noise(24, 24, 2))})
+    evil = tar_bytes(
+        {
+            "photos/ok.png": images.encode_png(noise(24, 24, 1)),
+            "../escape.png": images.encode_png(noise(24, 24, 2)),
+        }
+    )
     (root / "evil.tar.gz").write_bytes(evil)
     params = workdir / "params.yaml"
-    for sha, message in [(hashlib.sha256(evil).hexdigest(), "refusing member '../escape.png'"),
-                         ("0" * 64, "sha256 mismatch")]:
-        params.write_text(yaml.safe_dump({"base": SMALL_BASE, "download": {
-            "source": "url", "url": f"{url}/evil.tar.gz", "sha256": sha}}))
+    for sha, message in [
+        (hashlib.sha256(evil).hexdigest(), "refusing member '../escape.png'"),
+        ("0" * 64, "sha256 mismatch"),
+    ]:
+        params.write_text(
+            yaml.safe_dump(
+                {
+                    "base": SMALL_BASE,
+                    "download": {"source": "url", "url": f"{url}/evil.tar.gz", "sha256": sha},
+                }
+            )
+        )
         assert download.main(["--params", str(params), "--no-tracking"]) == 1
         assert message in capsys.readouterr().err
     assert Path("data/hr/manifest.csv").read_bytes() == before

@@ -1,4 +1,5 @@
 """The EMA of the generator weights: the average itself, and exact resume of a stage using it."""
+
 import shutil
 
 import pytest
@@ -61,17 +62,28 @@ TINY = {
     "crappify": {"workers": 1},
     "pretrain_generator": {
         "model": {"kind": "srresnet", "channels": 8, "blocks": 2},
-        "phases": [{"steps": 4, "batch_size": 2, "lr": 0.001},
-                   {"steps": 4, "batch_size": 2, "lr": 0.0005, "crop": 48}],
-        "ema": 0.9, "valid_crop": 48, "eval_every": 3, "checkpoint_every": 2, "sample_every": 0},
+        "phases": [
+            {"steps": 4, "batch_size": 2, "lr": 0.001},
+            {"steps": 4, "batch_size": 2, "lr": 0.0005, "crop": 48},
+        ],
+        "ema": 0.9,
+        "valid_crop": 48,
+        "eval_every": 3,
+        "checkpoint_every": 2,
+        "sample_every": 0,
+    },
 }
 
 
 def _stage(name: str):
     import importlib
+
     module = importlib.import_module(f"pipelines.{name}")
-    cls = next(v for k, v in vars(module).items()
-               if k.endswith("Config") and k.lower() == name.replace("_", "") + "config")
+    cls = next(
+        v
+        for k, v in vars(module).items()
+        if k.endswith("Config") and k.lower() == name.replace("_", "") + "config"
+    )
     return module.run(load(cls, name, TINY))
 
 
@@ -106,6 +118,7 @@ def test_resume_equals_uninterrupted_bitwise(data_dir, tmp_path, monkeypatch, cr
                 save(self, step, **state)
                 if step == crash_at:
                     raise Crash
+
             monkeypatch.setattr(RollingCheckpoint, "save", crash_after)
             with pytest.raises(Crash):
                 _stage("pretrain_generator")

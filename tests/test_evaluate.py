@@ -1,4 +1,5 @@
 """The evaluate stage end to end on tiny images, with generators saved in the checkpoint format."""
+
 import csv
 import json
 import shutil
@@ -10,14 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.training import checkpoint
-
 from pipelines import evaluate
 from pipelines.core.config import ConfigError, load
 from pipelines.evaluate import EvaluateConfig
 from pipelines.imaging.images import read_rgb, write_image
-from pipelines.scoring.metrics import psnr_y
 from pipelines.imaging.resize import benchmark_lr, upscale
+from pipelines.scoring.metrics import psnr_y
+from pipelines.training import checkpoint
 
 # the standard SR benchmark images, in the `shared` folder beside the checkout
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
@@ -35,8 +35,9 @@ class Resampler(nn.Module):
         out = []
         for img in x:
             rgb = (img.permute(1, 2, 0) * 255).round().byte().numpy()
-            big = cv2.resize(rgb, (rgb.shape[1] * self.scale, rgb.shape[0] * self.scale),
-                             interpolation=self.flag)
+            big = cv2.resize(
+                rgb, (rgb.shape[1] * self.scale, rgb.shape[0] * self.scale), interpolation=self.flag
+            )
             out.append(torch.from_numpy(big).permute(2, 0, 1).float() / 255)
         return torch.stack(out)
 
@@ -58,16 +59,20 @@ def workspace(tmp_path, monkeypatch):
         lr = cv2.resize(hr, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
         write_image((tmp_path / "data/lr/test" / name).with_suffix(".jpg"), lr, jpeg_quality=60)
     for method in ("bicubic", "nearest"):
-        checkpoint.save(tmp_path / f"models/{method}_net.pt",
-                        checkpoint.model_payload("generator", {"method": method, "scale": 4},
-                                                 Resampler(method, 4)))
+        checkpoint.save(
+            tmp_path / f"models/{method}_net.pt",
+            checkpoint.model_payload(
+                "generator", {"method": method, "scale": 4}, Resampler(method, 4)
+            ),
+        )
     return tmp_path
 
 
 def config(**section):
     section.setdefault("models", ["models/bicubic_net.pt", "models/nearest_net.pt"])
-    return load(EvaluateConfig, "evaluate",
-                {"base": {"device": "cpu"}, "crappify": {}, "evaluate": section})
+    return load(
+        EvaluateConfig, "evaluate", {"base": {"device": "cpu"}, "crappify": {}, "evaluate": section}
+    )
 
 
 def test_a_generator_that_is_bicubic_gains_exactly_nothing(workspace):
@@ -81,7 +86,8 @@ def test_a_generator_that_is_bicubic_gains_exactly_nothing(workspace):
     assert test["bicubic_net"] == test["bicubic"]
     assert test["nearest_net"] == test["nearest"]
     assert test["gain_db"]["nearest_net"] == pytest.approx(
-        test["nearest"]["psnr_y"] - test["bicubic"]["psnr_y"], abs=2e-4)
+        test["nearest"]["psnr_y"] - test["bicubic"]["psnr_y"], abs=2e-4
+    )
     assert test["gain_db"]["nearest_net"] < 0
     assert set(test["bicubic"]) >= {"psnr_y", "ssim_y", "ms_ssim", "gmsd", "haarpsi", "stlpips"}
     # these LR files are no output of crappify: no watermark mask is claimed for them
@@ -108,9 +114,15 @@ def test_benchmark_folder_uses_bicubic_downscaled_lr(workspace):
     folder.mkdir()
     for name in ("bird.png", "head.png"):
         shutil.copy(f"{SET5}/{name}", folder / name)
-    cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"],
-                 baselines=["bicubic", "matlab_bicubic"], max_images=1, grid_images=1,
-                 degradations=["clean"])
+    cfg = config(
+        splits=[],
+        hr_dirs=[str(folder)],
+        models=["models/bicubic_net.pt"],
+        baselines=["bicubic", "matlab_bicubic"],
+        max_images=1,
+        grid_images=1,
+        degradations=["clean"],
+    )
     results = evaluate.run(cfg, builder=Resampler)
     assert list(results) == ["Set5/clean"] and results["Set5/clean"]["images"] == 1
     assert results["Set5/clean"]["gain_db"] == {"bicubic_net": 0.0}
@@ -125,8 +137,7 @@ def test_benchmark_folder_crappy_and_clean(workspace):
     folder.mkdir()
     for name in ("bird.png", "woman.png"):  # 288x288 and 228x344: crops to 4 px multiples
         shutil.copy(f"{SET5}/{name}", folder / name)
-    cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"],
-                 grid_images=1)
+    cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"], grid_images=1)
     results = evaluate.run(cfg, builder=Resampler)
     assert list(results) == ["Set5/crappy", "Set5/clean"]
     crappy, clean = results["Set5/crappy"], results["Set5/clean"]
@@ -145,21 +156,30 @@ def test_benchmark_folder_crappy_and_clean(workspace):
 
     # the crappy LR is crappify's, seeded by base.seed and the file name: the same every run
     from pipelines.imaging.degradations import crappify, rng_for
+
     base = cfg.base
-    lr, _, _ = crappify(read_rgb(folder / "woman.png"), cfg.crappify, rng_for(base.seed, "woman.png"))
+    lr, _, _ = crappify(
+        read_rgb(folder / "woman.png"), cfg.crappify, rng_for(base.seed, "woman.png")
+    )
     with open(workspace / "metrics/evaluate_images.csv") as f:
-        rows = [r for r in csv.DictReader(f)
-                if r["dataset"] == "Set5/crappy" and r["image"] == "woman.png"
-                and r["method"] == "bicubic"]
+        rows = [
+            r
+            for r in csv.DictReader(f)
+            if r["dataset"] == "Set5/crappy"
+            and r["image"] == "woman.png"
+            and r["method"] == "bicubic"
+        ]
     hr = read_rgb(folder / "woman.png")[: lr.shape[0] * 4, : lr.shape[1] * 4]
-    assert float(rows[0]["psnr_y"]) == pytest.approx(psnr_y(upscale(lr, 4, "bicubic"), hr, 4),
-                                                     abs=1e-5)
+    assert float(rows[0]["psnr_y"]) == pytest.approx(
+        psnr_y(upscale(lr, 4, "bicubic"), hr, 4), abs=1e-5
+    )
     assert evaluate.run(cfg, builder=Resampler) == results
 
 
 def test_split_masks_come_from_the_crappify_stage_draw(workspace, caplog):
     """LR files that crappify made get the watermark mask; a file it did not make gets none."""
     from pipelines.imaging.degradations import crappify, rng_for
+
     cfg = config(models=["models/bicubic_net.pt"], degradations=["crappy"], grid_images=1)
     for rel in ("a.png", "sub/b.png"):
         hr = read_rgb(workspace / "data/hr/test" / rel)
@@ -213,17 +233,22 @@ def test_config_is_checked_before_any_work():
         config(degradations=["clean", "clean"])
     with pytest.raises(ConfigError, match="evaluate.degradations"):
         config(degradations=["noisy"])
-    assert evaluate.model_file("gan_generator", config().base).as_posix() == "models/gan_generator.pt"
+    assert (
+        evaluate.model_file("gan_generator", config().base).as_posix() == "models/gan_generator.pt"
+    )
 
 
 def test_stage_command_with_a_real_untrained_unet(workspace):
     from pipelines.networks import build_generator
+
     net = build_generator(encoder="resnet18", scale=4, pretrained="none")
-    checkpoint.save(workspace / "models/generator.pt",
-                    checkpoint.model_payload("generator", net.arch, net))
+    checkpoint.save(
+        workspace / "models/generator.pt", checkpoint.model_payload("generator", net.arch, net)
+    )
     (workspace / "params.yaml").write_text(
         "base: {device: cpu}\ncrappify: {}\n"
-        "evaluate: {models: [generator], max_images: 1, grid_images: 1}\n")
+        "evaluate: {models: [generator], max_images: 1, grid_images: 1}\n"
+    )
     assert evaluate.main(["--params", "params.yaml", "--no-tracking"]) == 0
     gain = json.loads((workspace / "metrics/evaluate.json").read_text())["test"]["gain_db"]
     # an untrained U-Net outputs its bicubic skip (torch's float bicubic vs OpenCV's)
@@ -232,6 +257,7 @@ def test_stage_command_with_a_real_untrained_unet(workspace):
 
 def test_grid_brings_sizes_to_one_height_under_labels():
     from pipelines.imaging.visualize import grid
+
     small, big = photo(10, 12, 0), photo(40, 30, 1)
     out = grid([[small, big], [big, small]], ["lr", "hr"])
     header = out.shape[0] - 2 * 40 - 3 * 4
@@ -244,8 +270,13 @@ def test_grid_brings_sizes_to_one_height_under_labels():
 
 def test_line_plot_writes_a_png(tmp_path):
     from pipelines.imaging.visualize import line_plot
-    path = line_plot([0, 100, 200], {"psnr_y": [20.0, 21.5, 21.2], "ssim_y": [0.6, 0.7, 0.69]},
-                     tmp_path / "plots/scores.png", "checkpoint scores")
+
+    path = line_plot(
+        [0, 100, 200],
+        {"psnr_y": [20.0, 21.5, 21.2], "ssim_y": [0.6, 0.7, 0.69]},
+        tmp_path / "plots/scores.png",
+        "checkpoint scores",
+    )
     img = read_rgb(path)
     assert img.shape[0] > 100 and img.shape[1] > 100
     with pytest.raises(ValueError, match="2 values for 3"):

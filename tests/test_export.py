@@ -1,6 +1,7 @@
 """Exports a generator to safetensors and ONNX, restoring with them, the MLflow ONNX model,
 and the files export and restore refuse. Tiny networks (resnet18, 8 HR channels) on small
 images; each export is made once per module."""
+
 from __future__ import annotations
 
 import json
@@ -30,15 +31,29 @@ from pipelines.training.checkpoint import plain_copy
 
 SCALE = 2
 ODD_SIZES = [(29, 61), (50, 35)]
-PARAMS = {"base": {"scale": SCALE},
-          "crappify": {"jpeg_quality": [10, 70], "watermark": "quality",
-                       "watermark_height": [0.08, 0.16], "watermark_opacity": [1.0, 1.0],
-                       "blur_prob": 0.5, "blur_sigma": [0.5, 1.5], "resample": "area"},
-          "pretrain_generator": {"loss": "l1"}, "train_gan": {"steps": 4},
-          "evaluate": {"tile": 64}}
-EVALUATION = {"test": {"images": 2, "bicubic": {"psnr_y": 25.0, "ssim": 0.7},
-                       "gan_generator": {"psnr_y": 26.5, "ssim": 0.75},
-                       "gain_db": {"gan_generator": 1.5}}}
+PARAMS = {
+    "base": {"scale": SCALE},
+    "crappify": {
+        "jpeg_quality": [10, 70],
+        "watermark": "quality",
+        "watermark_height": [0.08, 0.16],
+        "watermark_opacity": [1.0, 1.0],
+        "blur_prob": 0.5,
+        "blur_sigma": [0.5, 1.5],
+        "resample": "area",
+    },
+    "pretrain_generator": {"loss": "l1"},
+    "train_gan": {"steps": 4},
+    "evaluate": {"tile": 64},
+}
+EVALUATION = {
+    "test": {
+        "images": 2,
+        "bicubic": {"psnr_y": 25.0, "ssim": 0.7},
+        "gan_generator": {"psnr_y": 26.5, "ssim": 0.75},
+        "gain_db": {"gan_generator": 1.5},
+    }
+}
 
 
 def photo(h: int = 30, w: int = 40, seed: int = 0) -> np.ndarray:
@@ -61,9 +76,21 @@ def repo(tmp_path_factory):
     """A repository root with params, a dvc.lock recording data/hr, an evaluation and a model."""
     root = tmp_path_factory.mktemp("repo")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"download": {
-        "cmd": "python -m pipelines.download",
-        "outs": [{"path": "data/hr", "md5": "0123456789abcdef0123456789abcdef.dir"}]}}}))
+    (root / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "download": {
+                        "cmd": "python -m pipelines.download",
+                        "outs": [
+                            {"path": "data/hr", "md5": "0123456789abcdef0123456789abcdef.dir"}
+                        ],
+                    }
+                },
+            }
+        )
+    )
     (root / "metrics").mkdir()
     (root / "metrics" / "evaluate.json").write_text(json.dumps(EVALUATION))
     model = tiny_generator()
@@ -77,8 +104,17 @@ def repo(tmp_path_factory):
 def exported(repo):
     """``decrappify export`` of the repository's generator: (output folder, CLI exit code)."""
     out = repo / "export"
-    code = main(["export", "--model", str(repo / "models" / "gan_generator.pt"), "--out", str(out),
-                 "--root", str(repo)])
+    code = main(
+        [
+            "export",
+            "--model",
+            str(repo / "models" / "gan_generator.pt"),
+            "--out",
+            str(out),
+            "--root",
+            str(repo),
+        ]
+    )
     return out, code
 
 
@@ -86,8 +122,11 @@ def test_export_writes_the_weights_the_graph_and_the_card(exported):
     out, code = exported
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "gan_generator.card.json", "gan_generator.md", "gan_generator.onnx",
-        "gan_generator.safetensors"]
+        "gan_generator.card.json",
+        "gan_generator.md",
+        "gan_generator.onnx",
+        "gan_generator.safetensors",
+    ]
     card = json.loads((out / "gan_generator.card.json").read_text())
     assert card["scale"] == SCALE and card["task"] == "restore"
     assert "JPEG compression, quality 10-70" in card["trained_on"]
@@ -95,14 +134,15 @@ def test_export_writes_the_weights_the_graph_and_the_card(exported):
     assert card["evaluation"] == EVALUATION and card["parity"]["onnx_max_abs_diff"] <= 1e-3
     text = (out / "gan_generator.md").read_text()
     assert "| **gan_generator** (this model) | 26.5 | 0.75 | +1.500 |" in text
-    assert "chaiNNer" in text and "ort.InferenceSession(\"gan_generator.onnx\"" in text
+    assert "chaiNNer" in text and 'ort.InferenceSession("gan_generator.onnx"' in text
 
 
 def test_onnx_matches_pytorch_on_two_odd_sizes(exported, repo):
     out, code = exported
     assert code == 0
-    session = ort.InferenceSession(str(out / "gan_generator.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(out / "gan_generator.onnx"), providers=["CPUExecutionProvider"]
+    )
     (inp,), (outp,) = session.get_inputs(), session.get_outputs()
     assert inp.type == "tensor(float)" and inp.shape[1] == 3 and outp.shape[1] == 3
     assert all(isinstance(d, str) for d in (inp.shape[2], inp.shape[3]))  # dynamic H and W
@@ -119,8 +159,9 @@ def test_onnx_matches_pytorch_on_two_odd_sizes(exported, repo):
 
 def test_onnx_graph_pads_inputs_below_the_networks_smallest_size(exported):
     out, _ = exported
-    session = ort.InferenceSession(str(out / "gan_generator.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(out / "gan_generator.onnx"), providers=["CPUExecutionProvider"]
+    )
     y = session.run(None, {"input": np.full((1, 3, 5, 9), 0.5, np.float32)})[0]
     assert y.shape == (1, 3, 10, 18) and np.isfinite(y).all() and 0 <= y.min() <= y.max() <= 1
 
@@ -152,12 +193,29 @@ def test_restore_with_onnx_safetensors_and_checkpoint_agree(exported, repo, tmp_
     src = tmp_path / "in" / "a.png"
     write_image(src, photo(45, 70))
     results = {}
-    for model in ("models/gan_generator.pt", "export/gan_generator.safetensors",
-                  "export/gan_generator.onnx"):
+    for model in (
+        "models/gan_generator.pt",
+        "export/gan_generator.safetensors",
+        "export/gan_generator.onnx",
+    ):
         dest = tmp_path / Path(model).suffix[1:]
         # tile 32 on a 70x45 image: the tiled, blended path
-        code = main(["restore", str(src), "--out", str(dest), "--model", str(repo / model),
-                     "--tile", "32", "--overlap", "8", "--device", "cpu"])
+        code = main(
+            [
+                "restore",
+                str(src),
+                "--out",
+                str(dest),
+                "--model",
+                str(repo / model),
+                "--tile",
+                "32",
+                "--overlap",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         results[model] = read_rgb(dest / "a_restored.png").astype(int)
     reference = results.pop("models/gan_generator.pt")
@@ -182,8 +240,12 @@ def test_export_that_differs_from_pytorch_is_never_written(repo, tmp_path):
     source = load_source(str(repo / "models" / "gan_generator.pt"))
     # float32 rounding differs by ~1e-7 between the two runtimes: a zero tolerance fails
     with pytest.raises(ExportError, match="differs from PyTorch by .* not written"):
-        export_generator(source, tmp_path / "out", root=repo,
-                         settings=ExportSettings(check_sizes=((29, 61),), tolerance=1e-12))
+        export_generator(
+            source,
+            tmp_path / "out",
+            root=repo,
+            settings=ExportSettings(check_sizes=((29, 61),), tolerance=1e-12),
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -197,8 +259,14 @@ def test_export_of_a_bad_checkpoint_names_the_file_and_writes_nothing(kind, tmp_
         path.write_bytes(good.read_bytes()[:1000])
     elif kind == "pickled":
         # a whole module is saved by pickling its class: loading it could run any code
-        torch.save({"format": checkpoint.FORMAT_VERSION, "kind": "generator",
-                    "model": torch.nn.Linear(2, 2)}, path)
+        torch.save(
+            {
+                "format": checkpoint.FORMAT_VERSION,
+                "kind": "generator",
+                "model": torch.nn.Linear(2, 2),
+            },
+            path,
+        )
     elif kind == "critic":
         checkpoint.save(path, {"kind": "critic", "arch": {}, "model": {}})
     out = tmp_path / "out"
@@ -206,8 +274,12 @@ def test_export_of_a_bad_checkpoint_names_the_file_and_writes_nothing(kind, tmp_
     err = capsys.readouterr().err
     assert code == 2
     assert f"decrappify export: error: cannot export: {path}: " in err
-    assert {"missing": "not found", "corrupt": "unreadable", "pickled": "refused",
-            "critic": "expected a 'generator'"}[kind] in err
+    assert {
+        "missing": "not found",
+        "corrupt": "unreadable",
+        "pickled": "refused",
+        "critic": "expected a 'generator'",
+    }[kind] in err
     assert "nothing written" in err and not out.exists()
 
 
@@ -226,14 +298,17 @@ def foreign_onnx(path: Path, shape: list, meta: dict | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("rank", "it has input of rank 3"),
-    ("channels", "it has input with 1 channels"),
-    ("metadata", "metadata lacks decrappify.format, task, scale, arch"),
-    ("not onnx", "not a loadable ONNX model"),
-    ("safetensors without metadata", "metadata lacks decrappify.format, task, scale, arch"),
-    ("not safetensors", "not a readable safetensors file"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("rank", "it has input of rank 3"),
+        ("channels", "it has input with 1 channels"),
+        ("metadata", "metadata lacks decrappify.format, task, scale, arch"),
+        ("not onnx", "not a loadable ONNX model"),
+        ("safetensors without metadata", "metadata lacks decrappify.format, task, scale, arch"),
+        ("not safetensors", "not a readable safetensors file"),
+    ],
+)
 def test_restore_refuses_exports_that_are_not_ours(case, expected, tmp_path, capsys):
     if case == "rank":
         model = foreign_onnx(tmp_path / "m.onnx", ["h", "w", 3])
@@ -246,6 +321,7 @@ def test_restore_refuses_exports_that_are_not_ours(case, expected, tmp_path, cap
         model.write_text("not a graph")
     elif case == "safetensors without metadata":
         from safetensors.torch import save_file
+
         model = tmp_path / "m.safetensors"
         save_file({"w": torch.zeros(2)}, str(model))
     else:
@@ -266,13 +342,24 @@ def test_export_stage_writes_the_exports_and_their_metrics(repo, tmp_path, monke
 
     monkeypatch.chdir(repo)
     monkeypatch.setenv("DECRAPPIFY_ROOT", str(repo))
-    params = {**PARAMS, "base": {"scale": SCALE, "crop": 32,
-                                 "paths": {"models": "models", "metrics": str(tmp_path)}},
-              "export": {"check_sizes": [[21, 27]], "fp16": True}}
+    params = {
+        **PARAMS,
+        "base": {
+            "scale": SCALE,
+            "crop": 32,
+            "paths": {"models": "models", "metrics": str(tmp_path)},
+        },
+        "export": {"check_sizes": [[21, 27]], "fp16": True},
+    }
     metrics = run(load(ExportConfig, "export", params), params_file=repo / "params.yaml")
     files = sorted(p.name for p in (repo / "models" / "export").iterdir())
-    assert files == ["gan_generator.card.json", "gan_generator.fp16.onnx", "gan_generator.md",
-                     "gan_generator.onnx", "gan_generator.safetensors"]
+    assert files == [
+        "gan_generator.card.json",
+        "gan_generator.fp16.onnx",
+        "gan_generator.md",
+        "gan_generator.onnx",
+        "gan_generator.safetensors",
+    ]
     assert metrics["onnx_max_abs_diff"] <= 1e-3 and metrics["fp16_max_abs_diff"] <= 2e-3
     assert json.loads((tmp_path / "export.json").read_text()) == metrics
     # the evaluate.json of the stage's metrics folder is absent here: the card says so
@@ -323,9 +410,22 @@ def test_mlflow_onnx_model_predicts_in_a_process_without_the_project(store, tmp_
     clean = tmp_path / "elsewhere"
     clean.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DECRAPPIFY_ROOT")}
-    proc = subprocess.run([sys.executable, "-I", str(script), "models:/t-gen/1",
-                           str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], cwd=clean,
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(script),
+            "models:/t-gen/1",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        cwd=clean,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     schema = json.loads(proc.stdout.strip().splitlines()[-1])
     assert schema == {"shape": [-1, 3, -1, -1], "type": "float32"}
@@ -335,6 +435,7 @@ def test_mlflow_onnx_model_predicts_in_a_process_without_the_project(store, tmp_
     assert got.shape == (1, 3, 54, 70) and np.abs(got - expected).max() <= 1e-3
     # the example and the weights are stored with the model; no pickle anywhere in it
     import mlflow
+
     local = Path(mlflow.artifacts.download_artifacts("models:/t-gen/1"))
     names = {p.name for p in local.rglob("*")}
     assert "model.onnx" in names and "gan_generator.safetensors" in names
@@ -351,13 +452,21 @@ def test_restore_and_export_take_the_mlflow_model(store, tmp_path, capsys, monke
         tracker.log_model(model, "gan_generator", registered_model_name="t-gen")
     src = tmp_path / "a.png"
     write_image(src, photo())
-    code = main(["restore", str(src), "--out", str(tmp_path / "out"), "--model",
-                 "models:/t-gen/1"])
+    code = main(["restore", str(src), "--out", str(tmp_path / "out"), "--model", "models:/t-gen/1"])
     assert code == 0, capsys.readouterr().err
     restored = read_rgb(tmp_path / "out" / "a_restored.png").astype(int)
     assert np.abs(restored - restore(model, photo())).max() <= 1
-    code = main(["export", "--model", "models:/t-gen/1", "--out", str(tmp_path / "exp"),
-                 "--root", str(tmp_path)])
+    code = main(
+        [
+            "export",
+            "--model",
+            "models:/t-gen/1",
+            "--out",
+            str(tmp_path / "exp"),
+            "--root",
+            str(tmp_path),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     again = safetensors_file.load_generator(tmp_path / "exp" / "gan_generator.safetensors")
     x = torch.rand(1, 3, 20, 20)

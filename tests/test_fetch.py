@@ -1,4 +1,5 @@
 """Resumable, checksummed downloads from a local HTTP server, and safe archive extraction."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.datasets.fetch import (
+    ChecksumError,
+    DownloadError,
+    FetchError,
+    UnsafeArchiveError,
+    archive_name,
+    download,
+    fetch_archive,
+    safe_extract,
+)
+
 from archives import tar_bytes
-from pipelines.datasets.fetch import (ChecksumError, DownloadError, FetchError, UnsafeArchiveError,
-                             archive_name, download, fetch_archive, safe_extract)
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -49,7 +59,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if srv.break_off_after is not None:
-            body, srv.break_off_after = body[:srv.break_off_after], None
+            body, srv.break_off_after = body[: srv.break_off_after], None
         self.wfile.write(body)
         srv.bytes_sent += len(body)
 
@@ -63,8 +73,7 @@ def server():
     srv.files, srv.requests, srv.bytes_sent = {}, [], 0
     srv.honour_range, srv.break_off_after = True, None
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -78,6 +87,7 @@ def free_port() -> int:
 
 
 # -- download -------------------------------------------------------------------------------------
+
 
 def test_download_verifies_and_then_reuses_without_network(server, tmp_path):
     server.files["/data.bin"] = PAYLOAD
@@ -188,8 +198,16 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("name, mode", [("a.tar", "w"), ("a.tar.gz", "w:gz"), ("a.tgz", "w:gz"),
-                                        ("a.tar.bz2", "w:bz2"), ("a.tar.xz", "w:xz")])
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("a.tar", "w"),
+        ("a.tar.gz", "w:gz"),
+        ("a.tgz", "w:gz"),
+        ("a.tar.bz2", "w:bz2"),
+        ("a.tar.xz", "w:xz"),
+    ],
+)
 def test_extract_tar_formats(tmp_path, name, mode):
     archive = make_tar(tmp_path / name, mode)
     assert safe_extract(archive, tmp_path / "out") == tmp_path / "out"
@@ -208,15 +226,18 @@ def tar_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> 
     return info
 
 
-@pytest.mark.parametrize("member, why", [
-    (tar_member("/etc/evil"), "absolute path"),
-    (tar_member("top/../../evil"), "path traversal"),
-    (tar_member("../evil"), "path traversal"),
-    (tar_member("top/link", tarfile.SYMTYPE, "/etc/passwd"), "link"),
-    (tar_member("top/hard", tarfile.LNKTYPE, "top/a.txt"), "link"),
-    (tar_member("top/fifo", tarfile.FIFOTYPE), "special file"),
-    (tar_member("top/dev", tarfile.CHRTYPE), "special file"),
-])
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        (tar_member("/etc/evil"), "absolute path"),
+        (tar_member("top/../../evil"), "path traversal"),
+        (tar_member("../evil"), "path traversal"),
+        (tar_member("top/link", tarfile.SYMTYPE, "/etc/passwd"), "link"),
+        (tar_member("top/hard", tarfile.LNKTYPE, "top/a.txt"), "link"),
+        (tar_member("top/fifo", tarfile.FIFOTYPE), "special file"),
+        (tar_member("top/dev", tarfile.CHRTYPE), "special file"),
+    ],
+)
 def test_malicious_tar_members_are_refused_by_name(tmp_path, member, why):
     archive = make_tar(tmp_path / "evil.tar.gz", "w:gz", extra=[member])
     out = tmp_path / "out"
@@ -229,11 +250,14 @@ def test_malicious_tar_members_are_refused_by_name(tmp_path, member, why):
     assert not (tmp_path.parent / "evil").exists()
 
 
-@pytest.mark.parametrize("files, links, why", [
-    ({"../evil.txt": b"x"}, (), "path traversal"),
-    ({"/abs/evil.txt": b"x"}, (), "absolute path"),
-    ({}, [("top/link", "/etc/passwd")], "symbolic link"),
-])
+@pytest.mark.parametrize(
+    "files, links, why",
+    [
+        ({"../evil.txt": b"x"}, (), "path traversal"),
+        ({"/abs/evil.txt": b"x"}, (), "absolute path"),
+        ({}, [("top/link", "/etc/passwd")], "symbolic link"),
+    ],
+)
 def test_malicious_zip_members_are_refused(tmp_path, files, links, why):
     archive = make_zip(tmp_path / "evil.zip", {**FILES, **files}, links)
     with pytest.raises(UnsafeArchiveError, match=why):

@@ -1,7 +1,15 @@
 """Atomic outputs: a failure mid-write leaves the previous output untouched."""
+
 import pytest
 
-from pipelines.core.files import atomic_dir, atomic_path, remove_stale_temporaries, write_csv, write_json, write_text
+from pipelines.core.files import (
+    atomic_dir,
+    atomic_path,
+    remove_stale_temporaries,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 
 def test_write_replaces_atomically_with_normal_mode(tmp_path):
@@ -16,10 +24,9 @@ def test_write_replaces_atomically_with_normal_mode(tmp_path):
 def test_failed_write_keeps_previous_file(tmp_path):
     target = tmp_path / "m.txt"
     write_text(target, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half written")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
 
@@ -28,10 +35,9 @@ def test_atomic_dir_keeps_old_until_complete(tmp_path):
     out = tmp_path / "data"
     with atomic_dir(out) as tmp:
         (tmp / "a.txt").write_text("1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(out) as tmp:
-            (tmp / "b.txt").write_text("2")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("2")
+        raise RuntimeError("interrupted")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 

@@ -1,4 +1,5 @@
 """One resume fingerprint: params that change results, inputs and code; not how a run executes."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.datasets import crappified as crappify
 from pipelines.core import code_deps
 from pipelines.core.config import as_dict, load, read_params
 from pipelines.core.fingerprint import HOW_IT_RUNS, fingerprint
+from pipelines.datasets import crappified as crappify
 from pipelines.pretrain_critic import PretrainCriticConfig
 from pipelines.pretrain_generator import PretrainGeneratorConfig
 from pipelines.train_gan import TrainGanConfig
@@ -18,22 +19,39 @@ from pipelines.training.loop import RollingCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = read_params(ROOT / "params.yaml")
-RESUMING = {"crappify": crappify.CrappifyConfig, "pretrain_generator": PretrainGeneratorConfig,
-            "pretrain_critic": PretrainCriticConfig, "train_gan": TrainGanConfig}
+RESUMING = {
+    "crappify": crappify.CrappifyConfig,
+    "pretrain_generator": PretrainGeneratorConfig,
+    "pretrain_critic": PretrainCriticConfig,
+    "train_gan": TrainGanConfig,
+}
 # a value other than params.yaml's for every how-it-runs key
-OTHER = {"launcher": "torchrun", "nproc": 4, "device": "cuda", "workers": 3,
-         "tracking_uri": "http://127.0.0.1:5000", "experiment": "elsewhere", "log_every": 7,
-         "sample_every": 0, "examples": 1}
+OTHER = {
+    "launcher": "torchrun",
+    "nproc": 4,
+    "device": "cuda",
+    "workers": 3,
+    "tracking_uri": "http://127.0.0.1:5000",
+    "experiment": "elsewhere",
+    "log_every": 7,
+    "sample_every": 0,
+    "examples": 1,
+}
 
 
 def key(stage: str, overrides: dict | None = None) -> str:
     cfg = load(RESUMING[stage], stage, PARAMS, overrides)
-    return crappify.fingerprint(cfg)["fingerprint"] if stage == "crappify" else \
-        fingerprint(as_dict(cfg), stage=stage)
+    return (
+        crappify.fingerprint(cfg)["fingerprint"]
+        if stage == "crappify"
+        else fingerprint(as_dict(cfg), stage=stage)
+    )
 
 
 def how_it_runs_keys(stage: str) -> list[str]:
-    sections = ["base", stage] + (["crappify"] if stage in ("pretrain_generator", "train_gan") else [])
+    sections = ["base", stage] + (
+        ["crappify"] if stage in ("pretrain_generator", "train_gan") else []
+    )
     return [f"{s}.{k}" for s in sections for k in PARAMS[s] if k in HOW_IT_RUNS]
 
 
@@ -56,8 +74,11 @@ def test_how_it_runs_leaves_the_fingerprint_and_results_change_it(stage):
 @pytest.fixture
 def code_copy(tmp_path, monkeypatch) -> Path:
     """A copy of the pipelines package that the code digest reads instead of this one."""
-    shutil.copytree(ROOT / "pipelines", tmp_path / "code/pipelines",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "pipelines",
+        tmp_path / "code/pipelines",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     monkeypatch.setattr(code_deps, "ROOT", tmp_path / "code")
     return tmp_path / "code"
 
@@ -71,9 +92,14 @@ def save_at_step_3(folder: Path, fp: str) -> None:
     RollingCheckpoint(folder, fp).save(3, model={"w": torch.zeros(2)})
 
 
-@pytest.mark.parametrize("module", ["pipelines/pretrain_generator.py",
-                                    "pipelines/training/schedule.py",
-                                    "pipelines/core/runtime.py"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pipelines/pretrain_generator.py",
+        "pipelines/training/schedule.py",
+        "pipelines/core/runtime.py",
+    ],
+)
 def test_a_code_change_discards_the_rolling_checkpoint(code_copy, tmp_path, module):
     folder = tmp_path / "checkpoints/pretrain_generator"
     save_at_step_3(folder, key("pretrain_generator"))
@@ -86,9 +112,16 @@ def test_a_how_it_runs_change_resumes_the_rolling_checkpoint(code_copy, tmp_path
     folder = tmp_path / "checkpoints/train_gan"
     save_at_step_3(folder, key("train_gan"))
     edit(code_copy / "pipelines/running/tracking.py")  # MLflow logging
-    moved = {"base.launcher": "torchrun", "base.nproc": 2, "base.device": "cpu",
-             "base.tracking_uri": "http://127.0.0.1:5000", "base.experiment": "x",
-             "train_gan.workers": 2, "train_gan.log_every": 1, "crappify.workers": 2}
+    moved = {
+        "base.launcher": "torchrun",
+        "base.nproc": 2,
+        "base.device": "cpu",
+        "base.tracking_uri": "http://127.0.0.1:5000",
+        "base.experiment": "x",
+        "train_gan.workers": 2,
+        "train_gan.log_every": 1,
+        "crappify.workers": 2,
+    }
     state = RollingCheckpoint(folder, key("train_gan", moved)).restore()
     assert state is not None and state["step"] == 3
 
@@ -101,8 +134,9 @@ def test_crappify_clears_its_outputs_after_a_change_to_any_module_it_runs(code_c
     cfg = load(crappify.CrappifyConfig, "crappify", PARAMS)
     crappify.prepare(lr, crappify.fingerprint(cfg), sources)
     (lr / "a.jpg").write_bytes(b"old")
-    other = load(crappify.CrappifyConfig, "crappify", PARAMS,
-                 {"crappify.workers": 1, "crappify.examples": 0})
+    other = load(
+        crappify.CrappifyConfig, "crappify", PARAMS, {"crappify.workers": 1, "crappify.examples": 0}
+    )
     crappify.prepare(lr, crappify.fingerprint(other), sources)
     assert (lr / "a.jpg").exists()  # how it runs: outputs kept (then checked one by one)
     edit(code_copy / "pipelines/core/files.py")

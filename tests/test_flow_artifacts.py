@@ -5,6 +5,7 @@ progress of the training stages), the stages drawn as a chain, and a log without
 The workspace is a tiny git + DVC repository whose stages are a few lines each, named like the
 real ones; its evaluate stage writes a real report with the project's page builder.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,16 @@ from prefect.client.schemas.filters import (
     LogFilterTaskRunId,
 )
 from prefect.logging.handlers import APILogHandler
-from tiny_dvc_repo import make_repo
 
 from flows.training import training
 from tasks.process import run_streaming
 
-REFRESHES = 300      # bar refreshes the training stage draws
-EVAL_LINES = 3       # real lines it prints between refreshes (tqdm.write, as StepLogger.metrics)
+from tiny_dvc_repo import make_repo
 
-STAGES_PY = f'''\
+REFRESHES = 300  # bar refreshes the training stage draws
+EVAL_LINES = 3  # real lines it prints between refreshes (tqdm.write, as StepLogger.metrics)
+
+STAGES_PY = f"""\
 import json
 import sys
 from pathlib import Path
@@ -71,7 +73,7 @@ elif stage == "evaluate":
     write_image("plots/evaluate_grid.png", np.full((40, 120, 3), 200, np.uint8))
     write_report(REPORT_FILE, results, None)
 print(f"{{stage}} done")
-'''
+"""
 
 DVC_YAML = """\
 stages:
@@ -117,20 +119,29 @@ def flow_run(prefect_api, tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'm.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        repo = make_repo(tmp_path_factory.mktemp("artifacts") / "repo", dvc_yaml=DVC_YAML,
-                         params="{}\n", files={"stages.py": STAGES_PY})
+        repo = make_repo(
+            tmp_path_factory.mktemp("artifacts") / "repo",
+            dvc_yaml=DVC_YAML,
+            params="{}\n",
+            files={"stages.py": STAGES_PY},
+        )
         state = training(root=str(repo), return_state=True)
         APILogHandler().flush()
     assert state.is_completed(), state.message
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
         tasks = {t.name: t for t in tasks}
-        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(
-            any_=[tasks["pretrain_generator"].id])))
+        logs = client.read_logs(
+            log_filter=LogFilter(
+                task_run_id=LogFilterTaskRunId(any_=[tasks["pretrain_generator"].id])
+            )
+        )
     return repo, state, artifacts, tasks, [log.message for log in logs], uri
 
 
@@ -146,8 +157,10 @@ def test_artifact_table_holds_the_evaluation_with_gains(flow_run):
     assert table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     expected = json.loads((repo / "metrics/evaluate.json").read_text())["test"]
-    assert [(r["dataset"], r["method"]) for r in rows] == [("test", "bicubic"),
-                                                           ("test", "gan_generator")]
+    assert [(r["dataset"], r["method"]) for r in rows] == [
+        ("test", "bicubic"),
+        ("test", "gan_generator"),
+    ]
     gan = rows[1]
     assert gan["psnr_y"] == expected["gan_generator"]["psnr_y"]
     assert gan["haarpsi"] == expected["gan_generator"]["haarpsi"]
@@ -170,17 +183,19 @@ def test_artifact_summary_has_outcomes_chosen_step_and_the_grid_inline(flow_run)
 def test_artifact_links_to_the_mlflow_parent_run_and_the_report(flow_run, monkeypatch):
     repo, state, artifacts, _, _, uri = flow_run
     import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    [parent] = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string="tags.`prefect.flow_run_id` = "
-                                                f"'{state.state_details.flow_run_id}'")
+    [parent] = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
+    )
     link = by_key(artifacts, "mlflow-run")
     assert link.type == "markdown"  # Prefect stores a link artifact as markdown
-    assert (f"/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
-            in link.data)
+    assert f"/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in link.data
     report = by_key(artifacts, "report")
     assert (repo / "reports/index.html").resolve().as_uri() in report.data
-    assert "<table class=\"evaluation\"" in (repo / "reports/index.html").read_text()
+    assert '<table class="evaluation"' in (repo / "reports/index.html").read_text()
 
 
 def test_artifact_progress_of_the_training_stage_reaches_100(flow_run):
@@ -207,7 +222,10 @@ def test_bar_refreshes_are_not_logged_but_real_lines_are(flow_run):
 
 def test_stages_are_drawn_as_a_chain_in_the_run_graph(flow_run):
     _, _, _, tasks, *_ = flow_run
-    assert "wait_for" not in tasks["download"].task_inputs or not tasks["download"].task_inputs["wait_for"]
+    assert (
+        "wait_for" not in tasks["download"].task_inputs
+        or not tasks["download"].task_inputs["wait_for"]
+    )
     for before, after in zip(STAGES, STAGES[1:]):
         upstream = [i.id for i in tasks[after].task_inputs["wait_for"]]
         assert upstream == [tasks[before].id], (after, upstream)
@@ -215,19 +233,29 @@ def test_stages_are_drawn_as_a_chain_in_the_run_graph(flow_run):
 
 # -- the splitting itself, without Prefect ----------------------------------------------------
 def test_stream_with_carriage_return_refreshes_gives_one_line_per_real_line(tmp_path):
-    script = ("import sys\n"
-              "for i in range(500):\n"
-              "    sys.stdout.write(f'\\rbar {i}/500')\n"
-              "    sys.stdout.flush()\n"
-              "    if i % 100 == 99: sys.stdout.write('\\r      \\r' + f'eval {i}\\n')\n"
-              "sys.stdout.write('\\rbar 500/500\\n')\n"
-              "print('crlf line', end='\\r\\n', flush=True)\n"
-              "print('error: the end', file=sys.stderr)\n")
+    script = (
+        "import sys\n"
+        "for i in range(500):\n"
+        "    sys.stdout.write(f'\\rbar {i}/500')\n"
+        "    sys.stdout.flush()\n"
+        "    if i % 100 == 99: sys.stdout.write('\\r      \\r' + f'eval {i}\\n')\n"
+        "sys.stdout.write('\\rbar 500/500\\n')\n"
+        "print('crlf line', end='\\r\\n', flush=True)\n"
+        "print('error: the end', file=sys.stderr)\n"
+    )
     lines, refreshes = [], []
-    code = run_streaming([sys.executable, "-c", script], cwd=tmp_path, on_line=lines.append,
-                         on_progress=refreshes.append)
+    code = run_streaming(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        on_line=lines.append,
+        on_progress=refreshes.append,
+    )
     assert code == 0
-    assert lines == [*(f"eval {i}" for i in range(99, 500, 100)), "bar 500/500", "crlf line",
-                     "error: the end"]
+    assert lines == [
+        *(f"eval {i}" for i in range(99, 500, 100)),
+        "bar 500/500",
+        "crlf line",
+        "error: the end",
+    ]
     assert len(refreshes) == 500 and refreshes[0] == "bar 0/500"
     assert not any("eval" in r or not r.strip() for r in refreshes)  # blank erasers are dropped

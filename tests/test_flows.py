@@ -1,4 +1,5 @@
 """The training flow against real DVC repositories, a real Prefect API and a real MLflow store."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,12 +20,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
-from tasks.workspace import (OverrideError, PipelineOrderError, apply_overrides,
-                                 set_param_args, stage_order)
-from flows.training import training
 from flows.cli import build_parser, main
+from flows.training import training
 from pipelines.core.config import read_params
 from tasks.process import terminate_group
+from tasks.workspace import (
+    OverrideError,
+    PipelineOrderError,
+    apply_overrides,
+    set_param_args,
+    stage_order,
+)
+
 from pipeline_repo import git
 from tiny_dvc_repo import DVC_YAML, SLEEPER_DVC_YAML, make_repo
 
@@ -54,20 +61,29 @@ def run_flow(**kwargs):
 
 def task_runs(state) -> dict:
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
     return {run.name: run for run in runs}
 
 
 def parent_run(state):
     """The MLflow parent run of a flow run, and the names of its child runs."""
     flow_run_id = str(state.state_details.flow_run_id)
-    found = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                               filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+    )
     assert len(found) == 1, f"one parent run per flow run, found {len(found)}"
     parent_id = found[0].info.run_id
-    children = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    children = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+    )
     return found[0], sorted(c.info.run_name for c in children)
 
 
@@ -98,15 +114,30 @@ def test_overrides_are_written_as_dvc_exp_run_set_param_writes_them(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("# kept\nbase:\n  device: auto  # kept too\n  lr: 0.1\n  crop: [1, 2]\n")
     # Text goes to DVC as typed after `-S key=`; other values keep their type.
-    overrides = {"base.device": "cpu", "base.lr": 1e-5, "base.crop": [64, 64],
-                 "+base.note": "'1e-5'", "+base.seed": "7"}
-    assert set_param_args(overrides) == ["base.device=cpu", "base.lr=1e-05", "base.crop=[64,64]",
-                                         "+base.note='1e-5'", "+base.seed=7"]
+    overrides = {
+        "base.device": "cpu",
+        "base.lr": 1e-5,
+        "base.crop": [64, 64],
+        "+base.note": "'1e-5'",
+        "+base.seed": "7",
+    }
+    assert set_param_args(overrides) == [
+        "base.device=cpu",
+        "base.lr=1e-05",
+        "base.crop=[64,64]",
+        "+base.note='1e-5'",
+        "+base.seed=7",
+    ]
     apply_overrides(tmp_path, overrides)
     assert "# kept too" in params.read_text()
     # DVC writes 1e-05, which a YAML 1.1 reader takes for a string unless told otherwise.
-    assert read_params(params)["base"] == {"device": "cpu", "lr": 1e-5, "crop": [64, 64],
-                                           "note": "1e-5", "seed": 7}
+    assert read_params(params)["base"] == {
+        "device": "cpu",
+        "lr": 1e-5,
+        "crop": [64, 64],
+        "note": "1e-5",
+        "seed": 7,
+    }
     with pytest.raises(OverrideError, match="base.nope"):
         apply_overrides(tmp_path, {"base.nope": 1})
 
@@ -162,8 +193,13 @@ def test_override_reruns_only_its_stage_as_a_dvc_experiment_leaving_the_workspac
     name = parent.data.tags["dvc.experiment"]
     head = git(repo, "rev-parse", "HEAD")
     ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"  # based on HEAD: `dvc exp show` lists it
-    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=repo,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "list", "--name-only"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert name in listed
     assert yaml.safe_load(git(repo, "show", f"{ref}:params.yaml"))["train_gan"]["steps"] == 5
     assert yaml.safe_load(git(repo, "show", f"{ref}:metrics/train_gan.json")) == {"steps": 5}
@@ -231,9 +267,13 @@ def test_terminating_the_flow_process_stops_the_stage(prefect_api, tracking_uri,
     repo = make_repo(tmp_path / "sleeper", dvc_yaml=SLEEPER_DVC_YAML, params="{}\n")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     with open(tmp_path / "run.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--root", str(repo)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 120
             pids = repo / "pids.txt"
@@ -259,8 +299,9 @@ def _alive(pid: int) -> bool:
 # -- the command line ----------------------------------------------------------------------
 def test_cli_run_selects_stages_and_passes_overrides(built, capsys):
     repo, _ = built
-    code = main(["run", "--root", str(repo), "--stages", "train_gan", "download",
-                 "-S", "train_gan.steps=3"])
+    code = main(
+        ["run", "--root", str(repo), "--stages", "train_gan", "download", "-S", "train_gan.steps=3"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert out.index("download") < out.index("train_gan")
@@ -289,4 +330,6 @@ def test_worker_exports_the_checkout_or_the_git_url_never_both(monkeypatch, tmp_
     assert cmd[-6:] == ["p", "--work-queue", "checkout", "--type", "process", "--run-once"]
     assert cmd2[-5:] == ["p", "--work-queue", "from-git", "--type", "process"]
     assert env["DECRAPPIFY_ROOT"] == str(tmp_path.resolve()) and "DECRAPPIFY_GIT_URL" not in env
-    assert "DECRAPPIFY_ROOT" not in env2 and env2["DECRAPPIFY_GIT_URL"] == "https://example.org/r.git"
+    assert (
+        "DECRAPPIFY_ROOT" not in env2 and env2["DECRAPPIFY_GIT_URL"] == "https://example.org/r.git"
+    )

@@ -1,4 +1,5 @@
 """Image IO and the checks applied to untrusted image files."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,16 @@ import pytest
 from PIL import Image, ImageOps
 
 from pipelines.imaging import images
-from pipelines.imaging.images import (ImageReadError, check_image, contact_sheet, encode_jpeg, encode_png,
-                              list_images, read_rgb, write_image)
+from pipelines.imaging.images import (
+    ImageReadError,
+    check_image,
+    contact_sheet,
+    encode_jpeg,
+    encode_png,
+    list_images,
+    read_rgb,
+    write_image,
+)
 
 
 def gradient(h: int = 48, w: int = 64) -> np.ndarray:
@@ -36,9 +45,19 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 
 # -- listing, reading, writing ----------------------------------------------------------------
 
+
 def test_list_images_recursive_sorted_case_insensitive_skipping_hidden(tmp_path):
-    for rel in ["b.JPG", "a/c.png", "a/z.Jpeg", "notes.txt", ".x.png.tmp", ".hidden.png",
-                ".cache/d.png", "a/.e.webp", "deep/er/f.tiff"]:
+    for rel in [
+        "b.JPG",
+        "a/c.png",
+        "a/z.Jpeg",
+        "notes.txt",
+        ".x.png.tmp",
+        ".hidden.png",
+        ".cache/d.png",
+        "a/.e.webp",
+        "deep/er/f.tiff",
+    ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
@@ -64,13 +83,16 @@ def test_jpeg_chosen_by_suffix_and_quality_matters(tmp_path):
     assert np.abs(read_rgb(tmp_path / "x.JPG").astype(int) - rgb).mean() < 6
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda p, rgb: write_image(p / "x.gif", rgb), "suffix"),
-    (lambda p, rgb: write_image(p / "x.png", rgb, jpeg_quality=80), "jpeg_quality"),
-    (lambda p, rgb: encode_jpeg(rgb, 0), "quality"),
-    (lambda p, rgb: encode_png(rgb[:, :, 0]), "HxWx3 uint8"),
-    (lambda p, rgb: encode_png(rgb.astype(np.float32)), "HxWx3 uint8"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p, rgb: write_image(p / "x.gif", rgb), "suffix"),
+        (lambda p, rgb: write_image(p / "x.png", rgb, jpeg_quality=80), "jpeg_quality"),
+        (lambda p, rgb: encode_jpeg(rgb, 0), "quality"),
+        (lambda p, rgb: encode_png(rgb[:, :, 0]), "HxWx3 uint8"),
+        (lambda p, rgb: encode_png(rgb.astype(np.float32)), "HxWx3 uint8"),
+    ],
+)
 def test_writing_refuses_bad_requests(tmp_path, call, message):
     with pytest.raises(ValueError, match=message):
         call(tmp_path, gradient())
@@ -97,6 +119,7 @@ def test_contact_sheet_fits_each_image_in_its_tile():
 
 # -- check_image: refusals -----------------------------------------------------------------------
 
+
 def test_empty_and_non_image_files(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("hello, I am a text file\n" * 20)
@@ -115,23 +138,26 @@ def test_corrupt_jpeg_and_png(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(bytes(jpg))
     png = bytearray(encode_png(gradient()))
     at = png.index(b"IDAT")
-    png[at + 20:at + 40] = bytes(20)  # damaged compressed pixels, CRC no longer matches
+    png[at + 20 : at + 40] = bytes(20)  # damaged compressed pixels, CRC no longer matches
     (tmp_path / "bad.png").write_bytes(bytes(png))
     for name in ["bad.jpg", "bad.png"]:
         rgb, reason = check_image(tmp_path / name, 16)
         assert rgb is None and reason.startswith("corrupt"), (name, reason)
 
 
-@pytest.mark.parametrize("name, encode, cut", [
-    ("half.jpg", encode_jpeg, lambda n: n // 2),
-    ("no-end-marker.jpg", encode_jpeg, lambda n: n - 2),
-    ("half.png", encode_png, lambda n: n // 2),
-    ("no-iend.png", encode_png, lambda n: n - 12),
-])
+@pytest.mark.parametrize(
+    "name, encode, cut",
+    [
+        ("half.jpg", encode_jpeg, lambda n: n // 2),
+        ("no-end-marker.jpg", encode_jpeg, lambda n: n - 2),
+        ("half.png", encode_png, lambda n: n // 2),
+        ("no-iend.png", encode_png, lambda n: n - 12),
+    ],
+)
 def test_truncated_files(tmp_path, name, encode, cut):
     # noise, so that most of the file is pixel data and a cut lands in it
     data = encode(np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8))
-    (tmp_path / name).write_bytes(data[:cut(len(data))])
+    (tmp_path / name).write_bytes(data[: cut(len(data))])
     # OpenCV alone would return the half JPEG with grey rows and no error.
     assert check_image(tmp_path / name, 16) == (None, "truncated")
 
@@ -147,12 +173,17 @@ def test_too_small_is_judged_on_the_shorter_side(tmp_path):
 def test_decompression_bomb_refused_from_the_header(tmp_path, monkeypatch):
     # A valid PNG header declaring 20000x20000 RGB with a tiny body: 1.2 GB once decoded.
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
-    body = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(bytes(1000))) + png_chunk(b"IEND", b""))
+    body = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(bytes(1000)))
+        + png_chunk(b"IEND", b"")
+    )
     (tmp_path / "bomb.png").write_bytes(body)
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("pixels were decoded")
+
     monkeypatch.setattr(images.cv2, "imdecode", no_decoding)
     monkeypatch.setattr(images, "_integrity", no_decoding)
     rgb, reason = check_image(tmp_path / "bomb.png", 16)
@@ -171,19 +202,23 @@ def test_unreadable_entries(tmp_path, monkeypatch):
     (tmp_path / "broken.png").symlink_to(tmp_path / "nowhere.png")
     os.mkfifo(tmp_path / "pipe.png")
     assert check_image(tmp_path / "folder.png", 16) == (None, "unreadable: is a directory")
-    assert check_image(tmp_path / "broken.png", 16) == (None,
-                                                        "unreadable: No such file or directory")
+    assert check_image(tmp_path / "broken.png", 16) == (
+        None,
+        "unreadable: No such file or directory",
+    )
     assert check_image(tmp_path / "pipe.png", 16) == (None, "unreadable: not a regular file")
 
     write_image(tmp_path / "locked.png", gradient())
 
     def denied(self):
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(Path, "read_bytes", denied)
     assert check_image(tmp_path / "locked.png", 16) == (None, "unreadable: Permission denied")
 
 
 # -- check_image: conversions ----------------------------------------------------------------------
+
 
 def test_plain_rgb_png_is_ok_and_exact(tmp_path):
     rgb = gradient()
@@ -220,8 +255,8 @@ def test_16_bit_png_is_scaled_with_rounding_not_truncated(tmp_path):
 def test_alpha_is_composited_on_white(tmp_path):
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0] = 200
-    rgba[:, :8, 3] = 255   # opaque left half keeps its colour
-    rgba[:, 8:12, 3] = 0   # transparent: white
+    rgba[:, :8, 3] = 255  # opaque left half keeps its colour
+    rgba[:, 8:12, 3] = 0  # transparent: white
     rgba[:, 12:, 3] = 128  # half: halfway to white
     save_pil(tmp_path / "a.png", Image.fromarray(rgba, "RGBA"))
     out, note = check_image(tmp_path / "a.png", 4)

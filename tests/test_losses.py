@@ -4,9 +4,18 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.scoring.losses import (GP_WEIGHT, FeatureLoss, PixelLoss, build_content_loss, critic_logit_loss,
-                              critic_loss, generator_adv_loss, gradient_penalty, gram_matrix)
 from pipelines.networks.pretrained import IMAGENET_STD
+from pipelines.scoring.losses import (
+    GP_WEIGHT,
+    FeatureLoss,
+    PixelLoss,
+    build_content_loss,
+    critic_logit_loss,
+    critic_loss,
+    generator_adv_loss,
+    gradient_penalty,
+    gram_matrix,
+)
 
 
 def softplus(v: float) -> float:
@@ -31,7 +40,7 @@ def test_gram_matrix_by_hand():
 
 
 def test_bce_labels_every_patch():
-    real = torch.full((2, 3), 2.0)   # 2 images, 3 patches each
+    real = torch.full((2, 3), 2.0)  # 2 images, 3 patches each
     fake = torch.full((2, 3), -1.0)
     expected = 0.5 * (softplus(-2.0) + softplus(-1.0))
     assert critic_logit_loss("bce", real, fake).item() == pytest.approx(expected, rel=1e-6)

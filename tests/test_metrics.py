@@ -1,4 +1,5 @@
 """Image quality metrics: the SR protocol against scikit-image and published Set5 figures."""
+
 from pathlib import Path
 
 import cv2
@@ -8,12 +9,20 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipelines.scoring import metrics
-from pipelines.imaging.tensors import to_tensor
 from pipelines.imaging.images import list_images, read_rgb
-from pipelines.scoring.metrics import (HIGHER_IS_BETTER, PSNR_CAP, VggDistance, crop_border, psnr_y,
-                               rgb_to_y, score, ssim_y)
 from pipelines.imaging.resize import benchmark_lr, upscale
+from pipelines.imaging.tensors import to_tensor
+from pipelines.scoring import metrics
+from pipelines.scoring.metrics import (
+    HIGHER_IS_BETTER,
+    PSNR_CAP,
+    VggDistance,
+    crop_border,
+    psnr_y,
+    rgb_to_y,
+    score,
+    ssim_y,
+)
 
 # the standard SR benchmark images, in the `shared` folder beside the checkout
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
@@ -34,9 +43,12 @@ def test_luma_is_bt601_as_matlab():
 def test_psnr_and_ssim_match_scikit_image(butterfly):
     sr, hr = butterfly
     a, b = crop_border(rgb_to_y(sr), 4), crop_border(rgb_to_y(hr), 4)
-    assert psnr_y(sr, hr, 4) == pytest.approx(peak_signal_noise_ratio(b, a, data_range=255), abs=1e-9)
-    expected = structural_similarity(b, a, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=255)
+    assert psnr_y(sr, hr, 4) == pytest.approx(
+        peak_signal_noise_ratio(b, a, data_range=255), abs=1e-9
+    )
+    expected = structural_similarity(
+        b, a, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     assert ssim_y(sr, hr, 4) == pytest.approx(expected, abs=1e-9)
 
 
@@ -96,7 +108,7 @@ def test_ms_ssim_is_piq_standard_on_large_images_and_reduced_on_small(butterfly)
     assert metrics.ms_ssim_levels(21, 21) == 2
     small = score(sr[:40, :60], hr[:40, :60], 4)  # 32x52 after the border: 2 scales
     assert 0 < small["ms_ssim"] < 1 and "haarpsi" in small
-    tiny = score(sr[:20, :20], hr[:20, :20], 4)   # 12x12: SSIM fits, MS-SSIM and HaarPSI do not
+    tiny = score(sr[:20, :20], hr[:20, :20], 4)  # 12x12: SSIM fits, MS-SSIM and HaarPSI do not
     assert set(tiny) == {"psnr_y", "ssim_y", "gmsd"}
 
 
@@ -112,8 +124,12 @@ def test_no_learned_distance_without_imagenet_weights(tmp_path, monkeypatch, but
 
 def test_vgg_distance_is_zero_for_identical_and_symmetric():
     torch.manual_seed(0)
-    features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                   torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+    features = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+    )
     dist = VggDistance(features, taps=(1, 3))
     x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
     assert float(dist(x, x)) == pytest.approx(0.0, abs=1e-7)
@@ -123,7 +139,10 @@ def test_vgg_distance_is_zero_for_identical_and_symmetric():
 def test_vgg_weights_file_in_torchvision_layout_is_loaded(tmp_path, monkeypatch, butterfly):
     # The layout check only: these weights are random, so the distance itself means nothing.
     from torchvision.models.vgg import cfgs, make_layers
-    state = {f"features.{k}": v for k, v in make_layers(cfgs["D"], batch_norm=True).state_dict().items()}
+
+    state = {
+        f"features.{k}": v for k, v in make_layers(cfgs["D"], batch_norm=True).state_dict().items()
+    }
     torch.save(state, tmp_path / "vgg16_bn.pth")
     monkeypatch.setattr(metrics, "vgg_weights_file", lambda: tmp_path / "vgg16_bn.pth")
     metrics._vgg_distance_model.cache_clear()

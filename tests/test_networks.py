@@ -46,7 +46,7 @@ def test_generator_rejects_tiny_inputs_and_unknown_scales():
 def test_untrained_generator_is_bicubic_upsampling():
     model = small_generator(scale=4).train()
     x = torch.rand(2, 3, 21, 18)
-    x[0, :, :4] = 0.0      # flat black and white areas, where bicubic is clamped
+    x[0, :, :4] = 0.0  # flat black and white areas, where bicubic is clamped
     x[1, :, -4:] = 1.0
     y = model(x)
     expected = upsample(x, 4).clamp(EPS, 1 - EPS)
@@ -98,10 +98,14 @@ def test_blur_flag_switches_the_blur(generator):
 
     def blurs(model):
         return [isinstance(up.blur, Blur) for up in list(model.up) + [b.shuf for b in model.blocks]]
+
     assert not any(blurs(small_generator(blur=False)))
     assert all(blurs(generator))
     no_final = small_generator(blur=True, blur_final=False)
-    assert not isinstance(no_final.up[-1].blur, Blur) and sum(blurs(no_final)) == len(blurs(no_final)) - 1
+    assert (
+        not isinstance(no_final.up[-1].blur, Blur)
+        and sum(blurs(no_final)) == len(blurs(no_final)) - 1
+    )
 
 
 def test_self_attention_starts_as_identity_and_matches_sagan():
@@ -122,7 +126,9 @@ def test_self_attention_sits_in_the_third_from_last_block(generator):
     model = generator
     has = [any(isinstance(m, SelfAttention) for m in b.modules()) for b in model.blocks]
     assert has == [False, True, False, False]
-    assert not any(isinstance(m, SelfAttention) for m in small_generator(self_attention=False).modules())
+    assert not any(
+        isinstance(m, SelfAttention) for m in small_generator(self_attention=False).modules()
+    )
 
 
 @pytest.mark.parametrize("norm", ["weight", "spectral", "none"])

@@ -4,11 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from pipelines.networks import pretrained
-from pipelines.scoring.losses import FeatureLoss
-from pipelines.networks import build_generator
-from pipelines.networks.unet import ResNetEncoder
+from pipelines.networks import build_generator, pretrained
 from pipelines.networks.pretrained import PretrainedError, imagenet_file
+from pipelines.networks.unet import ResNetEncoder
+from pipelines.scoring.losses import FeatureLoss
 
 
 @pytest.fixture(autouse=True)

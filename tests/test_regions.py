@@ -1,4 +1,5 @@
 """Regional scores: Y-PSNR inside the watermark's mask, chroma error near edges."""
+
 from pathlib import Path
 
 import cv2
@@ -38,8 +39,8 @@ def test_the_mask_covers_every_pixel_the_text_changed_and_nothing_else():
     out, record, mask = watermark_with_mask(img, "42", np.random.default_rng(5))
     changed = (out != img).any(axis=-1)
     assert changed.any() and mask.shape == img.shape[:2] and mask.dtype == np.uint8
-    assert not (changed & (mask == 0)).any()            # nothing drawn outside the mask
-    assert changed[mask > 128].all()                     # the strokes themselves changed
+    assert not (changed & (mask == 0)).any()  # nothing drawn outside the mask
+    assert changed[mask > 128].all()  # the strokes themselves changed
     ys, xs = np.nonzero(mask)
     assert record["x"] <= xs.min() and xs.max() < record["x"] + record["box_w"]
     assert record["y"] <= ys.min() and ys.max() < record["y"] + record["box_h"]
@@ -62,24 +63,30 @@ def test_crappify_with_mask_makes_the_same_bytes_as_crappify():
 def test_the_hr_mask_is_the_lr_mask_grown_by_one_lr_pixel_and_scaled():
     m = np.zeros((10, 12), np.uint8)
     m[4, 5] = 200
-    hr = watermark_mask_hr(m, (41, 50, 3), 4)   # 41x50 HR: a 10x12 LR grid, remainder cropped
+    hr = watermark_mask_hr(m, (41, 50, 3), 4)  # 41x50 HR: a 10x12 LR grid, remainder cropped
     assert hr.shape == (41, 50) and hr.dtype == bool
     assert hr.sum() == 9 * 16 and hr[12:24, 16:28].all()
-    short = watermark_mask_hr(cv2.resize(m, (24, 20), interpolation=cv2.INTER_NEAREST),
-                              (40, 48, 3), 4)   # a short-side LR at twice the grid
+    short = watermark_mask_hr(
+        cv2.resize(m, (24, 20), interpolation=cv2.INTER_NEAREST), (40, 48, 3), 4
+    )  # a short-side LR at twice the grid
     assert short.shape == (40, 48) and short[16:20, 20:24].all()
 
 
 def test_error_inside_the_mask_is_higher_when_the_text_is_left_in():
     hr = read_rgb(SET5 / "baby.png")[:256, :256]
-    spec = Degradation(scale=4, jpeg_quality=(90, 90), watermark="fixed", watermark_text="27",
-                       watermark_height=(0.2, 0.2))
+    spec = Degradation(
+        scale=4,
+        jpeg_quality=(90, 90),
+        watermark="fixed",
+        watermark_text="27",
+        watermark_height=(0.2, 0.2),
+    )
     lr, _, _, mask_lr = crappify_with_mask(hr, spec, rng_for(0, "baby"))
     mask = watermark_mask_hr(mask_lr, hr.shape, 4)
     assert 0.005 < mask.mean() < 0.2
-    damaged = upscale(lr, 4, "bicubic")                  # the text is restored along
+    damaged = upscale(lr, 4, "bicubic")  # the text is restored along
     clean_lr = cv2.resize(hr, (64, 64), interpolation=cv2.INTER_AREA)
-    clean = upscale(clean_lr, 4, "bicubic")              # what removing it perfectly would give
+    clean = upscale(clean_lr, 4, "bicubic")  # what removing it perfectly would give
     inside_damaged = masked_psnr_y(damaged, hr, mask, 4)
     inside_clean = masked_psnr_y(clean, hr, mask, 4)
     assert inside_clean - inside_damaged > 6
@@ -100,8 +107,9 @@ def test_a_mask_inside_the_border_gives_no_score():
 
 
 def test_colour_fringes_along_edges_raise_the_chroma_error():
-    gray = cv2.cvtColor(cv2.cvtColor(read_rgb(SET5 / "butterfly.png"), cv2.COLOR_RGB2GRAY),
-                        cv2.COLOR_GRAY2RGB)
+    gray = cv2.cvtColor(
+        cv2.cvtColor(read_rgb(SET5 / "butterfly.png"), cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB
+    )
     np.testing.assert_allclose(rgb_to_cbcr(gray), 128.0, atol=0.02)
     lr = cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA)
     bicubic = upscale(lr, 4, "bicubic")
@@ -113,7 +121,7 @@ def test_colour_fringes_along_edges_raise_the_chroma_error():
     assert base < 0.05 and worse > 2.0
     # and it is an edge score: the fringe error is denser near edges than over the whole image
     d = np.sqrt(((rgb_to_cbcr(fringed) - rgb_to_cbcr(gray)) ** 2).mean(axis=-1))[4:-4, 4:-4]
-    assert worse > np.sqrt((d ** 2).mean())
+    assert worse > np.sqrt((d**2).mean())
     assert regional_scores(fringed, gray, 4, 4) == {"edge_chroma_rmse": worse}
 
 

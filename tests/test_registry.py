@@ -1,4 +1,5 @@
 """The champion alias in a real (temporary sqlite) MLflow registry, and restoring with it."""
+
 from __future__ import annotations
 
 import logging
@@ -10,20 +11,24 @@ import torch
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from pipelines.training import checkpoint
-
-from pipelines import evaluate
-
-from pipelines.running import registry
 from flows.cli import main
+from pipelines import evaluate
 from pipelines.core.config import load
-from pipelines.evaluate import EvaluateConfig
 from pipelines.core.files import sha256_file
+from pipelines.evaluate import EvaluateConfig
 from pipelines.imaging.images import read_rgb, write_image
-from pipelines.networks import build_generator
-from pipelines.running.registry import CHAMPION, DIGEST_TAG, GAIN_TAG, QUALIFIED_TAG, REGISTERED_MODEL
 from pipelines.inference.restore import load_generator, restore
+from pipelines.networks import build_generator
+from pipelines.running import registry
+from pipelines.running.registry import (
+    CHAMPION,
+    DIGEST_TAG,
+    GAIN_TAG,
+    QUALIFIED_TAG,
+    REGISTERED_MODEL,
+)
 from pipelines.running.tracking import Tracker
+from pipelines.training import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +62,13 @@ def train_gan_like(store: str, folder, seed: int) -> tuple[str, object]:
 
 def scores(gan_gain: float, pretrained_gain: float = 0.2) -> dict:
     """evaluate's summary of one data set, reduced to what the registry reads."""
-    return {"images": 3, "bicubic": {"psnr_y": 25.0},
-            "generator": {"psnr_y": 25.0 + pretrained_gain},
-            "gan_generator": {"psnr_y": 25.0 + gan_gain, "haarpsi": 0.7},
-            "gain_db": {"generator": pretrained_gain, "gan_generator": gan_gain}}
+    return {
+        "images": 3,
+        "bicubic": {"psnr_y": 25.0},
+        "generator": {"psnr_y": 25.0 + pretrained_gain},
+        "gan_generator": {"psnr_y": 25.0 + gan_gain, "haarpsi": 0.7},
+        "gain_db": {"generator": pretrained_gain, "gan_generator": gan_gain},
+    }
 
 
 def champion(store: str) -> str | None:
@@ -75,8 +83,12 @@ def test_the_champion_is_the_best_version_that_beats_the_baselines(store, tmp_pa
     checkpoint.save(pretrained, checkpoint.model_payload("generator", {}, tiny_generator(3)))
 
     def evaluated(path, gain, pretrained_gain=0.2):
-        return registry.record_evaluation(store, "test", scores(gain, pretrained_gain),
-                                          {"generator": pretrained, "gan_generator": path})
+        return registry.record_evaluation(
+            store,
+            "test",
+            scores(gain, pretrained_gain),
+            {"generator": pretrained, "gan_generator": path},
+        )
 
     # Worse than the pretrained generator: tagged, but no champion.
     assert evaluated(first, 0.1) is None and champion(store) is None
@@ -93,8 +105,16 @@ def test_the_champion_is_the_best_version_that_beats_the_baselines(store, tmp_pa
     # The alias resolves to the champion's network, which restores images.
     src = tmp_path / "a.png"
     write_image(src, np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
-    code = main(["restore", str(src), "--out", str(tmp_path / "out"),
-                 "--model", f"models:/{REGISTERED_MODEL}@{CHAMPION}"])
+    code = main(
+        [
+            "restore",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            f"models:/{REGISTERED_MODEL}@{CHAMPION}",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     restored = read_rgb(tmp_path / "out" / "a_restored.png").astype(int)
     # The registered copy has its weight norm folded into plain weights: equal up to rounding.
@@ -105,8 +125,16 @@ def test_the_champion_is_the_best_version_that_beats_the_baselines(store, tmp_pa
 def test_an_unknown_alias_is_one_clear_error(store, tmp_path, capsys):
     src = tmp_path / "a.png"
     write_image(src, np.zeros((20, 20, 3), np.uint8))
-    code = main(["restore", str(src), "--out", str(tmp_path / "out"),
-                 "--model", f"models:/{REGISTERED_MODEL}@nobody"])
+    code = main(
+        [
+            "restore",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            f"models:/{REGISTERED_MODEL}@nobody",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"models:/{REGISTERED_MODEL}@nobody: cannot load the model" in err
     assert len(err.strip().splitlines()) == 1
@@ -123,11 +151,14 @@ def test_evaluate_tags_the_version_of_the_file_it_scored(store, tmp_path, monkey
     (tmp_path / "models").mkdir()
     gan.rename(tmp_path / "models" / "gan_generator.pt")
     pre = tiny_generator(5)
-    checkpoint.save(tmp_path / "models" / "generator.pt",
-                    checkpoint.model_payload("generator", pre.arch, pre))
-    cfg = load(EvaluateConfig, "evaluate",
-               {"base": {"device": "cpu", "scale": 2}, "crappify": {},
-                "evaluate": {"grid_crop": 0}})
+    checkpoint.save(
+        tmp_path / "models" / "generator.pt", checkpoint.model_payload("generator", pre.arch, pre)
+    )
+    cfg = load(
+        EvaluateConfig,
+        "evaluate",
+        {"base": {"device": "cpu", "scale": 2}, "crappify": {}, "evaluate": {"grid_crop": 0}},
+    )
     with Tracker("evaluate", store) as tracker:
         results = evaluate.run(cfg, tracker)
     tags = MlflowClient(tracking_uri=store).get_model_version(REGISTERED_MODEL, version).tags
@@ -147,7 +178,11 @@ def test_an_unreachable_registry_warns_once_and_does_not_raise(tmp_path, caplog,
     model = tmp_path / "gan_generator.pt"
     model.write_bytes(b"weights")
     with caplog.at_level(logging.WARNING):
-        assert registry.record_evaluation(f"http://127.0.0.1:{port}", "test", scores(0.5),
-                                          {"gan_generator": model}) is None
+        assert (
+            registry.record_evaluation(
+                f"http://127.0.0.1:{port}", "test", scores(0.5), {"gan_generator": model}
+            )
+            is None
+        )
     warnings = [r for r in caplog.records if "model registry unavailable" in r.getMessage()]
     assert len(warnings) == 1

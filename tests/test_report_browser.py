@@ -6,6 +6,7 @@ metrics/evaluate.json says, the slider, toggle and zoom work, and it looks like 
 
 Set REPORT_SCREENSHOT=path/to.png to keep the screenshot (docs/report.png comes from here).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import chromium, ensure_chromium, open_file
-from pipeline_repo import TINY_SAMPLE, dvc_cli, make_pipeline_repo
 
 from pipelines.imaging.images import read_rgb
 from pipelines.reporting.results import methods_of, metrics_of, read_evaluation
+
+from pipeline_repo import TINY_SAMPLE, dvc_cli, make_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +57,16 @@ def test_report_page_in_a_browser(browser_ready, evaluated, tmp_path):
         open_file(page, report)
         # -- renders, with no console error and no request but the page itself ----------------
         assert page.console_errors() == []
-        fetched = [u for u in page.requested_urls()
-                   if not u.startswith("data:") and u != report.resolve().as_uri()]
+        fetched = [
+            u
+            for u in page.requested_urls()
+            if not u.startswith("data:") and u != report.resolve().as_uri()
+        ]
         assert fetched == [], f"the page fetched {fetched}"
         assert page.evaluate("document.title") == "Decrappify run report"
-        loaded = page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        loaded = page.evaluate(
+            "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+        )
         assert loaded, "an image did not decode"
 
         # -- the table is metrics/evaluate.json ------------------------------------------------
@@ -84,16 +91,22 @@ def test_report_page_in_a_browser(browser_ready, evaluated, tmp_path):
         # -- one image viewer per shown image; the slider follows a drag -----------------------
         samples = page.evaluate("document.querySelectorAll('.sample').length")
         assert samples == sum(min(r["images"], 3) for r in results.values())
-        labels = page.evaluate("Array.from(document.querySelectorAll('#sample-0 .thumb')).map(t => t.dataset.label)")
+        labels = page.evaluate(
+            "Array.from(document.querySelectorAll('#sample-0 .thumb')).map(t => t.dataset.label)"
+        )
         assert labels == ["input", "bicubic", "bilinear", "generator", "gan_generator", "truth"]
         assert page.evaluate("document.querySelector('#sample-0 .left').value") == "bicubic"
         assert page.evaluate("document.querySelector('#sample-0 .right').value") == "gan_generator"
-        natural = page.evaluate("[document.querySelector('#sample-0 .under').naturalWidth,"
-                                " +document.querySelector('#sample-0').dataset.width]")
+        natural = page.evaluate(
+            "[document.querySelector('#sample-0 .under').naturalWidth,"
+            " +document.querySelector('#sample-0').dataset.width]"
+        )
         assert natural[0] == natural[1]  # shown at full resolution, 1 image px = 1 CSS px
         page.evaluate("document.querySelector('#sample-0 .compare').scrollIntoView()")
-        box = page.evaluate("(() => { const r = document.querySelector('#sample-0 .compare')"
-                            ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()")
+        box = page.evaluate(
+            "(() => { const r = document.querySelector('#sample-0 .compare')"
+            ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()"
+        )
         left, top, width, height = box
         y = top + min(height, 200) / 2
         page.mouse("mousePressed", left + width * 0.5, y)
@@ -115,27 +128,43 @@ def test_report_page_in_a_browser(browser_ready, evaluated, tmp_path):
             s.querySelector('.left').value = 'input'; s.querySelector('.left').dispatchEvent(new Event('change'));
             s.querySelector('.zoom').value = '2'; s.querySelector('.zoom').dispatchEvent(new Event('change'));
             s.querySelector('.slider').value = 50; s.querySelector('.slider').dispatchEvent(new Event('input')); })()""")
-        src = page.evaluate("[document.querySelector('#sample-0 .under').src === "
-                            "document.querySelector('#sample-0 .thumb[data-label=input]').src,"
-                            " document.querySelector('#sample-0 .compare').getBoundingClientRect().width]")
+        src = page.evaluate(
+            "[document.querySelector('#sample-0 .under').src === "
+            "document.querySelector('#sample-0 .thumb[data-label=input]').src,"
+            " document.querySelector('#sample-0 .compare').getBoundingClientRect().width]"
+        )
         assert src[0] is True and src[1] == pytest.approx(2 * width, abs=1)
 
         # -- training curves as SVG, the chosen GAN step marked; provenance ------------------
-        charts = page.evaluate("Array.from(document.querySelectorAll('.curves')).map(c => c.dataset.name)")
-        assert charts == ["gan_scores", "pretrain_critic_loss", "pretrain_generator",
-                          "pretrain_generator_loss", "train_gan_loss"]
-        assert page.evaluate("document.querySelectorAll('.curves[data-name=gan_scores] .chart-marker').length") > 0
+        charts = page.evaluate(
+            "Array.from(document.querySelectorAll('.curves')).map(c => c.dataset.name)"
+        )
+        assert charts == [
+            "gan_scores",
+            "pretrain_critic_loss",
+            "pretrain_generator",
+            "pretrain_generator_loss",
+            "train_gan_loss",
+        ]
+        assert (
+            page.evaluate(
+                "document.querySelectorAll('.curves[data-name=gan_scores] .chart-marker').length"
+            )
+            > 0
+        )
         provenance = page.evaluate("document.querySelector('#provenance').textContent")
         assert "git commit" in provenance and "dvc.lock sha256" in provenance
         assert "pretrain_generator.phases" in provenance  # a param that differs from its default
         assert page.console_errors() == []
 
         # -- a screenshot of the top of the page (table and the first image viewer) -----------
-        page.evaluate("document.querySelector('#sample-0 .zoom').value = '1';"
-                      "document.querySelector('#sample-0 .zoom').dispatchEvent(new Event('change'));"
-                      "document.querySelector('#sample-0 .slider').value = 50;"
-                      "document.querySelector('#sample-0 .slider').dispatchEvent(new Event('input'));"
-                      "window.scrollTo(0, 0)")
+        page.evaluate(
+            "document.querySelector('#sample-0 .zoom').value = '1';"
+            "document.querySelector('#sample-0 .zoom').dispatchEvent(new Event('change'));"
+            "document.querySelector('#sample-0 .slider').value = 50;"
+            "document.querySelector('#sample-0 .slider').dispatchEvent(new Event('input'));"
+            "window.scrollTo(0, 0)"
+        )
         shot = page.screenshot(tmp_path / "report.png", full_page=False)
     picture = read_rgb(shot)
     assert picture.shape[:2] == (900, 1280)

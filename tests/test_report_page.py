@@ -1,5 +1,6 @@
 """The report page's building blocks without a browser: the evaluation read generically, the
 page self-contained, the curves, the params that differ from the defaults, `decrappify report`."""
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,19 @@ from pipelines.reporting.results import read_evaluation, table_rows
 # Another layout than today's stage writes: a metric the page has never heard of, two kinds
 # of data set, a baseline that is not bicubic. Nothing may be dropped.
 RESULTS = {
-    "test": {"images": 3,
-             "bicubic": {"psnr_y": 26.3233, "stlpips": 0.31, "gmsd": 0.15},
-             "lanczos": {"psnr_y": 26.5, "stlpips": 0.3, "gmsd": 0.149},
-             "gan_generator": {"psnr_y": 27.3651, "stlpips": 0.25, "gmsd": 0.1467},
-             "gain_db": {"gan_generator": 1.0418}},
-    "Set5-clean": {"images": 5,
-                   "bicubic": {"psnr_y": 30.1, "stlpips": 0.2},
-                   "gan_generator": {"psnr_y": 29.0, "stlpips": 0.22},
-                   "gain_db": {"gan_generator": -1.1}},
+    "test": {
+        "images": 3,
+        "bicubic": {"psnr_y": 26.3233, "stlpips": 0.31, "gmsd": 0.15},
+        "lanczos": {"psnr_y": 26.5, "stlpips": 0.3, "gmsd": 0.149},
+        "gan_generator": {"psnr_y": 27.3651, "stlpips": 0.25, "gmsd": 0.1467},
+        "gain_db": {"gan_generator": 1.0418},
+    },
+    "Set5-clean": {
+        "images": 5,
+        "bicubic": {"psnr_y": 30.1, "stlpips": 0.2},
+        "gan_generator": {"psnr_y": 29.0, "stlpips": 0.22},
+        "gain_db": {"gan_generator": -1.1},
+    },
 }
 
 
@@ -43,8 +48,12 @@ def photo(h, w, seed):
 def test_report_table_rows_hold_every_method_metric_and_gain():
     rows = table_rows(RESULTS)
     assert [(r["dataset"], r["method"]) for r in rows] == [
-        ("test", "bicubic"), ("test", "lanczos"), ("test", "gan_generator"),
-        ("Set5-clean", "bicubic"), ("Set5-clean", "gan_generator")]
+        ("test", "bicubic"),
+        ("test", "lanczos"),
+        ("test", "gan_generator"),
+        ("Set5-clean", "bicubic"),
+        ("Set5-clean", "gan_generator"),
+    ]
     gan = rows[2]
     assert gan["stlpips"] == 0.25 and gan["stlpips_gain"] == pytest.approx(-0.06)
     assert gan["gain_db"] == 1.0418 and gan["psnr_y_gain"] == pytest.approx(1.0418)
@@ -62,8 +71,13 @@ def test_read_evaluation_names_the_file_when_missing_or_broken(tmp_path):
 def test_report_page_is_self_contained_and_shows_every_value():
     samples = Samples(scale=2, crop=16)
     hr = photo(20, 30, 0)
-    samples.add("test", "a.png", photo(10, 15, 1),
-                {"bicubic": photo(20, 30, 2), "gan_generator": photo(20, 30, 3)}, hr)
+    samples.add(
+        "test",
+        "a.png",
+        photo(10, 15, 1),
+        {"bicubic": photo(20, 30, 2), "gan_generator": photo(20, 30, 3)},
+        hr,
+    )
     rows = [{"dataset": "test", "image": "a.png", "method": "bicubic", "psnr_y": 20.0}]
     curves = [charts.Curves("gan_scores", [0, 2, 4], {"haarpsi": [0.5, 0.6, 0.55]})]
     html = build_page(RESULTS, samples.items, rows, curves, [], {"git commit": "abc"}, 2)
@@ -71,7 +85,7 @@ def test_report_page_is_self_contained_and_shows_every_value():
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
     assert "<link" not in html and "<script src" not in html
     assert html.count('src="data:image/png;base64,') == 4  # input, 2 methods, truth
-    for dataset, res in RESULTS.items():
+    for res in RESULTS.values():
         for method, values in res.items():
             if isinstance(values, dict) and method != "gain_db":
                 for metric, value in values.items():
@@ -91,16 +105,21 @@ def test_samples_keep_a_few_per_dataset_and_check_sizes():
     assert [s.image for s in samples.items] == ["a"]
     with pytest.raises(ValueError, match="bicubic is"):
         samples.add("other", "c", lr, {"bicubic": photo(6, 8, 2)}, hr)
-    table = samples_table(samples, [{"dataset": "test", "image": "a", "method": "bicubic",
-                                     "psnr_y": 30.0},
-                                    {"dataset": "test", "image": "b", "method": "bicubic",
-                                     "psnr_y": 31.0}])
+    table = samples_table(
+        samples,
+        [
+            {"dataset": "test", "image": "a", "method": "bicubic", "psnr_y": 30.0},
+            {"dataset": "test", "image": "b", "method": "bicubic", "psnr_y": 31.0},
+        ],
+    )
     assert table["psnr_y"] == [30.0] and table["restoration"][0].shape == (8, 8, 3)
     assert np.array_equal(table["restoration"][0], hr)
 
 
 def test_curves_are_read_from_csv_and_drawn_as_svg(tmp_path):
-    (tmp_path / "train_gan_loss.csv").write_text("step,gen_loss,critic_loss\n2,0.5,nan\n4,0.4,0.7\n")
+    (tmp_path / "train_gan_loss.csv").write_text(
+        "step,gen_loss,critic_loss\n2,0.5,nan\n4,0.4,0.7\n"
+    )
     (tmp_path / "notes.csv").write_text("name,value\na,1\n")  # no step column: skipped
     [curves] = charts.read_all(tmp_path)
     assert curves.name == "train_gan_loss" and curves.x == [2.0, 4.0]
@@ -117,9 +136,13 @@ def test_changed_params_are_those_that_differ_from_the_config_defaults(tmp_path,
     path.write_text(yaml.safe_dump(params))
     changes = {c.key: (c.default, c.value) for c in changed_params(path)}
     assert changes["train_gan.lr"][1] == 0.123 and changes["base.seed"] == (42, 43)
-    assert "train_gan.steps" not in changes or changes["train_gan.steps"][0] != changes["train_gan.steps"][1]
-    assert not any(k.startswith("train_gan.base") or k.startswith("train_gan.crappify")
-                   for k in changes)
+    assert (
+        "train_gan.steps" not in changes
+        or changes["train_gan.steps"][0] != changes["train_gan.steps"][1]
+    )
+    assert not any(
+        k.startswith("train_gan.base") or k.startswith("train_gan.crappify") for k in changes
+    )
 
 
 def test_report_command_prints_the_path_or_says_what_to_run(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,7 @@
 """`dvc repro` reruns a stage exactly when what it computes from changes, in a scratch git + DVC
 copy of the pipeline with tiny params: how-it-runs params rerun nothing, a code edit retrains
 from step 0, an identical rerun leaves git clean, and the registry follows the checkout."""
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,27 @@ pytestmark = pytest.mark.slow
 
 # every how-it-runs key of the params, set to another value
 HOW_IT_RUNS_CHANGES = [
-    ("base.launcher", "torchrun"), ("base.nproc", 2), ("base.device", "auto"),
-    ("base.tracking_uri", "http://127.0.0.1:5000"), ("base.experiment", "elsewhere"),
-    ("crappify.workers", 2), ("crappify.examples", 1),
-    ("pretrain_generator.workers", 1), ("pretrain_generator.log_every", 2),
+    ("base.launcher", "torchrun"),
+    ("base.nproc", 2),
+    ("base.device", "auto"),
+    ("base.tracking_uri", "http://127.0.0.1:5000"),
+    ("base.experiment", "elsewhere"),
+    ("crappify.workers", 2),
+    ("crappify.examples", 1),
+    ("pretrain_generator.workers", 1),
+    ("pretrain_generator.log_every", 2),
     ("pretrain_generator.sample_every", 0),
-    ("pretrain_critic.workers", 1), ("pretrain_critic.log_every", 2),
-    ("train_gan.workers", 1), ("train_gan.log_every", 2),
+    ("pretrain_critic.workers", 1),
+    ("pretrain_critic.log_every", 2),
+    ("train_gan.workers", 1),
+    ("train_gan.log_every", 2),
 ]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """The pipeline reproduced once and committed, as after `make pipeline` and a commit."""
-    path = make_pipeline_repo(tmp_path_factory.mktemp("reruns") / "ws", TINY,
-                              parts=ORCHESTRATION)
+    path = make_pipeline_repo(tmp_path_factory.mktemp("reruns") / "ws", TINY, parts=ORCHESTRATION)
     dvc_cli(path, "repro", timeout=3600)
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "first run")
@@ -62,16 +69,26 @@ def test_how_it_runs_changes_rerun_nothing(workspace):
             set_param(workspace, dotted, value)
             assert status(workspace) == {}, f"{dotted}={value} reruns stages"
         set_param(workspace, "base.seed", 8)  # a param that changes results reruns all
-        assert set(status(workspace)) == set(yaml.safe_load(
-            (workspace / "dvc.yaml").read_text())["stages"])
+        assert set(status(workspace)) == set(
+            yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
+        )
     finally:
         git(workspace, "checkout", "params.yaml")
 
 
 def test_an_experiment_that_only_changes_how_it_runs_runs_no_stage(workspace):
     try:
-        out = dvc_cli(workspace, "exp", "run", "-S", "base.launcher=torchrun",
-                      "-S", "crappify.workers=1", "-S", "train_gan.log_every=3").stdout
+        out = dvc_cli(
+            workspace,
+            "exp",
+            "run",
+            "-S",
+            "base.launcher=torchrun",
+            "-S",
+            "crappify.workers=1",
+            "-S",
+            "train_gan.log_every=3",
+        ).stdout
         assert "Running stage" not in out, out
     finally:
         git(workspace, "checkout", "params.yaml")
@@ -81,11 +98,11 @@ def test_metrics_show_is_the_evaluation_table(workspace):
     out = dvc_cli(workspace, "metrics", "show").stdout
     lines = out.strip().splitlines()
     assert max(map(len, lines)) <= 120, out
-    assert lines[0].split() == ["Path", "gain_db", "gmsd", "haarpsi", "ms_ssim", "psnr_y",
-                                "ssim_y"]
+    assert lines[0].split() == ["Path", "gain_db", "gmsd", "haarpsi", "ms_ssim", "psnr_y", "ssim_y"]
     methods = ["bicubic", "bilinear", "gan_generator", "generator"]
     assert [line.split()[0] for line in lines[1:]] == [
-        f"metrics/evaluate/test/{m}.json" for m in methods]
+        f"metrics/evaluate/test/{m}.json" for m in methods
+    ]
     bicubic = json.loads((workspace / "metrics/evaluate/test/bicubic.json").read_text())
     assert bicubic["gain_db"] == 0
     summary = json.loads((workspace / "metrics/evaluate.json").read_text())["test"]
@@ -96,17 +113,29 @@ def test_metrics_show_is_the_evaluation_table(workspace):
 
 def test_plots_show_renders_every_plot(workspace, tmp_path):
     out = dvc_cli(workspace, "plots", "show", "--json", "-o", str(tmp_path)).stdout
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     rendered = set(data.get("data", data))
-    assert {"pretrain_generator_loss", "pretrain_critic_loss", "train_gan_adversarial",
-            "gan_candidates_haarpsi", "evaluate_gains"} <= rendered, rendered
+    assert {
+        "pretrain_generator_loss",
+        "pretrain_critic_loss",
+        "train_gan_adversarial",
+        "gan_candidates_haarpsi",
+        "evaluate_gains",
+    } <= rendered, rendered
 
 
 def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
-                                                            "DECRAPPIFY_ROOT")}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DECRAPPIFY_ROOT")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_register_makes_the_registry_follow_a_checkout_dvc_skipped(workspace, tmp_path):
@@ -131,8 +160,12 @@ def test_register_makes_the_registry_follow_a_checkout_dvc_skipped(workspace, tm
     assert tags[registry.QUALIFIED_TAG] == str(qualified).lower()
     aliases = client.get_registered_model(registry.REGISTERED_MODEL).aliases
     assert aliases.get(registry.CHAMPION) == ("1" if qualified else None), proc.stdout
-    assert client.get_run(client.get_model_version(registry.REGISTERED_MODEL, "1").run_id
-                          ).data.tags[registry.DIGEST_TAG] == digest
+    assert (
+        client.get_run(client.get_model_version(registry.REGISTERED_MODEL, "1").run_id).data.tags[
+            registry.DIGEST_TAG
+        ]
+        == digest
+    )
 
     # once more: the file is registered already, no second version
     assert cli(workspace, "register").returncode == 0
@@ -147,8 +180,15 @@ def test_register_makes_the_registry_follow_a_checkout_dvc_skipped(workspace, tm
         proc = cli(workspace, "register")
         assert "models:/decrappify-generator@champion -> version 1" in proc.stdout, proc.stderr
         lr = next((workspace / "data/lr/test").glob("*.jpg"))
-        proc = cli(workspace, "restore", str(lr), "--out", str(tmp_path / "restored"),
-                   "--model", "models:/decrappify-generator@champion")
+        proc = cli(
+            workspace,
+            "restore",
+            str(lr),
+            "--out",
+            str(tmp_path / "restored"),
+            "--model",
+            "models:/decrappify-generator@champion",
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert (tmp_path / "restored" / f"{lr.stem}_restored.png").stat().st_size > 0
     finally:

@@ -1,13 +1,14 @@
 """Tiled restoration, generator loading and the resampling baselines."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from pipelines.training import checkpoint
-from pipelines.inference.restore import edge_ramp, load_generator, restore, tile_starts
 from pipelines.imaging.resize import bicubic_upscale, imresize_matlab, upscale
+from pipelines.inference.restore import edge_ramp, load_generator, restore, tile_starts
+from pipelines.training import checkpoint
 
 
 class TinySR(nn.Module):
@@ -15,9 +16,13 @@ class TinySR(nn.Module):
 
     def __init__(self, scale: int = 4, width: int = 8):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(width, 3 * scale ** 2, 3, padding=1),
-                                  nn.PixelShuffle(scale), nn.Sigmoid())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 3 * scale**2, 3, padding=1),
+            nn.PixelShuffle(scale),
+            nn.Sigmoid(),
+        )
         self.calls = 0
 
     def forward(self, x):
@@ -41,7 +46,9 @@ def lr():
 
 
 @pytest.mark.parametrize("tile,overlap", [(16, 8), (20, 8), (24, 12), (30, 10)])
-def test_tiled_equals_single_pass_when_the_margin_covers_the_receptive_field(model, lr, tile, overlap):
+def test_tiled_equals_single_pass_when_the_margin_covers_the_receptive_field(
+    model, lr, tile, overlap
+):
     whole = restore(model, lr, tile=64, overlap=0)
     model.calls = 0
     tiled = restore(model, lr, tile=tile, overlap=overlap)
@@ -75,7 +82,7 @@ def test_tiles_cover_evenly_and_every_pixel_keeps_weight():
                 assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
                 total = np.zeros(length)
                 for k, s in enumerate(starts):
-                    total[s:s + t] += edge_ramp(t, overlap, k > 0, k < len(starts) - 1)
+                    total[s : s + t] += edge_ramp(t, overlap, k > 0, k < len(starts) - 1)
                 assert total.min() > 0, (length, tile, overlap)
 
 
@@ -108,6 +115,7 @@ def test_load_generator_round_trip_and_kind_check(tmp_path, model, lr):
 
 def test_load_generator_rebuilds_the_unet_which_starts_as_bicubic(tmp_path):
     from pipelines.networks import build_generator
+
     net = build_generator(encoder="resnet18", scale=4, pretrained="none")
     path = tmp_path / "generator.pt"
     checkpoint.save(path, checkpoint.model_payload("generator", net.arch, net))

@@ -1,18 +1,19 @@
 """`decrappify restore` and the restoration flow on tiny images with a real (small) generator."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from pipelines.training import checkpoint
 from flows.cli import main
 from pipelines.imaging.images import encode_png, read_rgb, write_image
-from pipelines.networks import build_generator
-from pipelines.inference.restore import load_generator, restore
 from pipelines.imaging.resize import upscale
-from pipelines.inference.restore_files import COMPARE_MAX_SIDE, comparison
 from pipelines.imaging.visualize import GAP
+from pipelines.inference.restore import load_generator, restore
+from pipelines.inference.restore_files import COMPARE_MAX_SIDE, comparison
+from pipelines.networks import build_generator
+from pipelines.training import checkpoint
 
 SCALE = 2
 
@@ -49,7 +50,7 @@ def folder(tmp_path):
     (root / "empty.png").write_bytes(b"")
     (root / "notes.jpg").write_text("a shopping list, not a picture\n")
     png = encode_png(photo(seed=3))
-    (root / "cut.png").write_bytes(png[:len(png) // 2])
+    (root / "cut.png").write_bytes(png[: len(png) // 2])
     (root / "readme.txt").write_text("ignored: not an image suffix\n")
     return root
 
@@ -60,13 +61,26 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_one_file_is_restored_as_the_generator_restores_it(tmp_path, capsys, generator_file,
-                                                           generator):
+def test_one_file_is_restored_as_the_generator_restores_it(
+    tmp_path, capsys, generator_file, generator
+):
     src = tmp_path / "in" / "a.jpg"
     write_image(src, photo(), jpeg_quality=80)
     # tile 16 on a 40x30 image: the tiled, blended path
-    code, out, err = run(capsys, src, "--out", tmp_path / "out", "--model", generator_file,
-                         "--tile", 16, "--overlap", 4, "--device", "cpu")
+    code, out, err = run(
+        capsys,
+        src,
+        "--out",
+        tmp_path / "out",
+        "--model",
+        generator_file,
+        "--tile",
+        16,
+        "--overlap",
+        4,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     restored = read_rgb(tmp_path / "out" / "a_restored.png")
     assert restored.shape == (30 * SCALE, 40 * SCALE, 3)
@@ -75,8 +89,9 @@ def test_one_file_is_restored_as_the_generator_restores_it(tmp_path, capsys, gen
     assert err == ""
 
 
-def test_folder_restores_the_good_images_and_names_each_bad_one(tmp_path, capsys, folder,
-                                                                generator_file):
+def test_folder_restores_the_good_images_and_names_each_bad_one(
+    tmp_path, capsys, folder, generator_file
+):
     out_dir = tmp_path / "out"
     code, out, err = run(capsys, folder, "--out", out_dir, "--model", generator_file)
     assert code == 1
@@ -84,17 +99,31 @@ def test_folder_restores_the_good_images_and_names_each_bad_one(tmp_path, capsys
     assert written == ["good_restored.png", "sub/other_restored.png"]
     assert read_rgb(out_dir / "sub" / "other_restored.png").shape == (34 * SCALE, 44 * SCALE, 3)
     lines = err.strip().splitlines()
-    assert sorted(lines) == sorted([f"{folder / 'cut.png'}: truncated",
-                                    f"{folder / 'empty.png'}: empty file",
-                                    f"{folder / 'notes.jpg'}: not an image"])
+    assert sorted(lines) == sorted(
+        [
+            f"{folder / 'cut.png'}: truncated",
+            f"{folder / 'empty.png'}: empty file",
+            f"{folder / 'notes.jpg'}: not an image",
+        ]
+    )
     assert "restored 2, failed 3" in out
 
 
-def test_glob_patterns_select_files_and_keep_the_path_below_the_pattern(tmp_path, capsys, folder,
-                                                                        generator_file):
+def test_glob_patterns_select_files_and_keep_the_path_below_the_pattern(
+    tmp_path, capsys, folder, generator_file
+):
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, str(folder / "**" / "*.jpg"), str(folder / "good.*"),
-                         "--out", out_dir, "--model", generator_file, "--suffix", "")
+    code, out, err = run(
+        capsys,
+        str(folder / "**" / "*.jpg"),
+        str(folder / "good.*"),
+        "--out",
+        out_dir,
+        "--model",
+        generator_file,
+        "--suffix",
+        "",
+    )
     assert code == 1  # notes.jpg matches and is no image
     assert err.strip() == f"{folder / 'notes.jpg'}: not an image"
     written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
@@ -107,16 +136,17 @@ def test_compare_puts_the_enlarged_input_beside_the_restoration(tmp_path, capsys
     src = tmp_path / "a.png"
     lr = photo()
     write_image(src, lr)
-    code, _, err = run(capsys, src, "--out", tmp_path / "out", "--model", generator_file,
-                       "--compare")
+    code, _, err = run(
+        capsys, src, "--out", tmp_path / "out", "--model", generator_file, "--compare"
+    )
     assert code == 0, err
     restored = read_rgb(tmp_path / "out" / "a_restored.png")
     pair = read_rgb(tmp_path / "out" / "a_restored_compare.png")
     h, w = restored.shape[:2]
     assert pair.shape[1] == 2 * w + 3 * GAP and pair.shape[0] > h
     top = pair.shape[0] - 2 * GAP - h  # under the label strip, GAP above the bottom
-    np.testing.assert_array_equal(pair[top:top + h, GAP:GAP + w], upscale(lr, SCALE, "nearest"))
-    np.testing.assert_array_equal(pair[top:top + h, 2 * GAP + w:2 * GAP + 2 * w], restored)
+    np.testing.assert_array_equal(pair[top : top + h, GAP : GAP + w], upscale(lr, SCALE, "nearest"))
+    np.testing.assert_array_equal(pair[top : top + h, 2 * GAP + w : 2 * GAP + 2 * w], restored)
 
 
 def test_a_large_comparison_is_downscaled():
@@ -137,17 +167,29 @@ def test_outputs_inside_an_input_folder_are_not_restored_again(tmp_path, capsys,
 def test_two_inputs_for_one_output_name_are_refused(tmp_path, capsys, generator_file):
     write_image(tmp_path / "in" / "a.png", photo())
     write_image(tmp_path / "in" / "a.jpg", photo())
-    code, out, err = run(capsys, tmp_path / "in", "--out", tmp_path / "out",
-                         "--model", generator_file)
+    code, out, err = run(
+        capsys, tmp_path / "in", "--out", tmp_path / "out", "--model", generator_file
+    )
     assert code == 1 and "restored 1, failed 1" in out
-    assert err.strip() == f"{tmp_path / 'in' / 'a.png'}: same output name as {tmp_path / 'in' / 'a.jpg'}"
+    assert (
+        err.strip()
+        == f"{tmp_path / 'in' / 'a.png'}: same output name as {tmp_path / 'in' / 'a.jpg'}"
+    )
 
 
 def test_missing_inputs_are_reported(tmp_path, capsys, generator_file):
     write_image(tmp_path / "a.png", photo())
     (tmp_path / "empty").mkdir()
-    code, out, err = run(capsys, tmp_path / "a.png", tmp_path / "nope.png", tmp_path / "empty",
-                         "--out", tmp_path / "out", "--model", generator_file)
+    code, out, err = run(
+        capsys,
+        tmp_path / "a.png",
+        tmp_path / "nope.png",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "out",
+        "--model",
+        generator_file,
+    )
     assert code == 1 and "restored 1, failed 2" in out
     assert f"{tmp_path / 'nope.png'}: no such file or folder" in err
     assert f"{tmp_path / 'empty'}: no images in this folder" in err
@@ -160,8 +202,9 @@ def test_a_missing_model_says_how_to_make_one_and_writes_nothing(tmp_path, capsy
     assert code == 2 and out == ""
     assert str(tmp_path / "models" / "gan_generator.pt") in err
     assert "dvc repro train_gan" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run(capsys, tmp_path / "a.png", "--out", tmp_path / "out",
-                       "--model", tmp_path / "other.pt")
+    code, _, err = run(
+        capsys, tmp_path / "a.png", "--out", tmp_path / "out", "--model", tmp_path / "other.pt"
+    )
     assert code == 2 and f"{tmp_path / 'other.pt'}: model file not found" in err
     assert not (tmp_path / "out").exists()
 
@@ -169,8 +212,9 @@ def test_a_missing_model_says_how_to_make_one_and_writes_nothing(tmp_path, capsy
 def test_an_unusable_model_file_is_one_clear_error(tmp_path, capsys):
     write_image(tmp_path / "a.png", photo())
     (tmp_path / "model.pt").write_text("not a checkpoint")
-    code, _, err = run(capsys, tmp_path / "a.png", "--out", tmp_path / "out",
-                       "--model", tmp_path / "model.pt")
+    code, _, err = run(
+        capsys, tmp_path / "a.png", "--out", tmp_path / "out", "--model", tmp_path / "model.pt"
+    )
     assert code == 2 and "refused or unreadable checkpoint" in err
 
 
@@ -181,8 +225,9 @@ def test_an_unwritable_output_folder_stops_before_any_image(tmp_path, capsys, ge
     write_image(tmp_path / "in" / "a.png", photo())
     (tmp_path / "taken").write_text("keep me")
     before = sorted(tmp_path.rglob("*"))
-    code, stdout, err = run(capsys, tmp_path / "in", "--out", tmp_path / out,
-                            "--model", generator_file)
+    code, stdout, err = run(
+        capsys, tmp_path / "in", "--out", tmp_path / out, "--model", generator_file
+    )
     assert code == 2 and stdout == ""
     assert err.startswith(f"decrappify restore: error: {tmp_path / out}: ")
     assert len(err.strip().splitlines()) == 1
@@ -191,8 +236,18 @@ def test_an_unwritable_output_folder_stops_before_any_image(tmp_path, capsys, ge
 
 
 def test_bad_tiling_is_refused(tmp_path, capsys, generator_file):
-    code, _, err = run(capsys, tmp_path, "--out", tmp_path / "out", "--model", generator_file,
-                       "--tile", 32, "--overlap", 20)
+    code, _, err = run(
+        capsys,
+        tmp_path,
+        "--out",
+        tmp_path / "out",
+        "--model",
+        generator_file,
+        "--tile",
+        32,
+        "--overlap",
+        20,
+    )
     assert code == 2 and "--overlap 20" in err
 
 
@@ -202,23 +257,40 @@ def test_the_flow_restores_with_one_task_per_image(prefect_api, tmp_path, folder
 
     from flows.restoration import restoration
 
-    state = restoration(inputs=[str(folder)], out=str(tmp_path / "out"),
-                        model=str(generator_file), compare=True, return_state=True)
+    state = restoration(
+        inputs=[str(folder)],
+        out=str(tmp_path / "out"),
+        model=str(generator_file),
+        compare=True,
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     summary = state.result()
-    assert sorted(summary["restored"]) == [str(folder / "good.png"),
-                                           str(folder / "sub" / "other.jpg")]
-    assert summary["failed"] == {str(folder / "cut.png"): "truncated",
-                                 str(folder / "empty.png"): "empty file",
-                                 str(folder / "notes.jpg"): "not an image"}
+    assert sorted(summary["restored"]) == [
+        str(folder / "good.png"),
+        str(folder / "sub" / "other.jpg"),
+    ]
+    assert summary["failed"] == {
+        str(folder / "cut.png"): "truncated",
+        str(folder / "empty.png"): "empty file",
+        str(folder / "notes.jpg"): "not an image",
+    }
     assert (tmp_path / "out" / "sub" / "other_restored_compare.png").is_file()
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
     assert sorted(r.name for r in runs) == sorted(
-        f"restore {n}" for n in ("cut.png", "empty.png", "good.png", "notes.jpg", "other.jpg"))
+        f"restore {n}" for n in ("cut.png", "empty.png", "good.png", "notes.jpg", "other.jpg")
+    )
     assert all(r.state.is_completed() for r in runs)
 
-    state = restoration(inputs=[str(folder)], out=str(folder / "good.png"),
-                        model=str(generator_file), return_state=True)
+    state = restoration(
+        inputs=[str(folder)],
+        out=str(folder / "good.png"),
+        model=str(generator_file),
+        return_state=True,
+    )
     assert state.is_failed() and "output folder is an existing file" in state.message

@@ -1,4 +1,5 @@
 """The residual generator at the input resolution: sizes, contract, arch, restore."""
+
 import numpy as np
 import pytest
 import torch
@@ -111,13 +112,17 @@ def test_restore_odd_sizes_single_pass_and_tiled(h, w):
 
 
 def test_config_builds_the_arch_and_refuses_a_frozen_phase():
-    params = {"base": {"scale": 2, "crop": 32}, "crappify": {},
-              "pretrain_generator": {"model": {"kind": "srresnet", "channels": 16, "blocks": 3}}}
+    params = {
+        "base": {"scale": 2, "crop": 32},
+        "crappify": {},
+        "pretrain_generator": {"model": {"kind": "srresnet", "channels": 16, "blocks": 3}},
+    }
     cfg = load(PretrainGeneratorConfig, "pretrain_generator", params)
     assert cfg.model.arch(2) == {"kind": "srresnet", "scale": 2, "channels": 16, "blocks": 3}
     assert isinstance(build_generator(**cfg.model.arch(2)), SRResNetGenerator)
-    unet = load(PretrainGeneratorConfig, "pretrain_generator",
-                {**params, "pretrain_generator": {}}).model.arch(2)
+    unet = load(
+        PretrainGeneratorConfig, "pretrain_generator", {**params, "pretrain_generator": {}}
+    ).model.arch(2)
     assert "kind" not in unet and unet["encoder"] == "resnet18"
     params["pretrain_generator"]["phases"] = [{"steps": 2, "frozen": True}]
     with pytest.raises(ConfigError, match="frozen"):

@@ -1,4 +1,5 @@
 """Every stage end to end on a handful of real photos with tiny settings, and exact resume."""
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,25 @@ import pytest
 import torch
 import yaml
 
-from pipelines.training import checkpoint
 from pipelines.core.config import as_dict, load
 from pipelines.core.errors import DivergenceError
 from pipelines.running.stages import STAGES
+from pipelines.training import checkpoint
+
 from pipeline_repo import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def stage_run(name: str, params: dict):
     import importlib
+
     module = importlib.import_module(f"pipelines.{name}")
-    cls = next(v for k, v in vars(module).items()
-               if k.endswith("Config") and k.lower() == name.replace("_", "") + "config")
+    cls = next(
+        v
+        for k, v in vars(module).items()
+        if k.endswith("Config") and k.lower() == name.replace("_", "") + "config"
+    )
     return module.run(load(cls, name, params))
 
 
@@ -64,20 +71,25 @@ def test_pipeline_outputs(pipeline_dir):
     assert rows[0].startswith("step,") and len(rows) == 1 + 3  # step 0, 2, 4
     chosen = (folder / "plots/gan_chosen.csv").read_text().splitlines()
     assert chosen[0] == rows[0] and chosen[1].startswith(f"{gan['chosen_step']},")
-    for stage, steps, losses in (("pretrain_generator", 6, ["loss"]),
-                                 ("pretrain_critic", 4, ["loss"]),
-                                 ("train_gan", 4, ["critic_loss", "gen_loss", "adv_loss",
-                                                   "content_loss"])):
+    for stage, steps, losses in (
+        ("pretrain_generator", 6, ["loss"]),
+        ("pretrain_critic", 4, ["loss"]),
+        ("train_gan", 4, ["critic_loss", "gen_loss", "adv_loss", "content_loss"]),
+    ):
         curve = (folder / f"plots/{stage}_loss.csv").read_text().splitlines()
         assert curve[0].split(",") == ["step", *losses], stage
         assert [int(r.split(",")[0]) for r in curve[1:]] == list(range(1, steps + 1)), stage
-    ev = (folder / "metrics/evaluate.json")
+    ev = folder / "metrics/evaluate.json"
     assert ev.exists() and (folder / "plots/evaluate_grid.png").exists()
     report = (folder / "reports/index.html").read_text()
     assert "train_gan_loss: gen_loss" in report and "pretrain_critic_loss: loss" in report
     exported = sorted(p.name for p in (folder / "models/export").iterdir())
-    assert exported == ["gan_generator.card.json", "gan_generator.md", "gan_generator.onnx",
-                        "gan_generator.safetensors"]
+    assert exported == [
+        "gan_generator.card.json",
+        "gan_generator.md",
+        "gan_generator.onnx",
+        "gan_generator.safetensors",
+    ]
     assert metrics["export"]["onnx_max_abs_diff"] <= 1e-3
     card = json.loads((folder / "models/export/gan_generator.card.json").read_text())
     assert card["evaluation"] == json.loads(ev.read_text()) and card["scale"] == 2
@@ -85,6 +97,7 @@ def test_pipeline_outputs(pipeline_dir):
 
 def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):
     import csv
+
     folder, metrics = pipeline_dir
     rows = list(csv.DictReader((folder / "plots/gan_scores.csv").open()))
     start = float(rows[0]["psnr_y"])
@@ -95,15 +108,27 @@ def test_chosen_gan_checkpoint_follows_the_rule(pipeline_dir):
 
 def run_module(stage: str, cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}", "--no-tracking", *args],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", f"pipelines.{stage}", "--no-tracking", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def copy_inputs(src: Path, dst: Path) -> None:
     import shutil
-    for part in ("data/hr", "data/lr", "models/generator.pt", "models/critic.pt", "params.yaml",
-                 "dvc.yaml"):
+
+    for part in (
+        "data/hr",
+        "data/lr",
+        "models/generator.pt",
+        "models/critic.pt",
+        "params.yaml",
+        "dvc.yaml",
+    ):
         if (src / part).is_dir():
             shutil.copytree(src / part, dst / part)
         else:
@@ -130,10 +155,13 @@ def kill_after_checkpoint(stage: str, cwd: Path, min_step: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, output, min_step", [
-    ("pretrain_generator", "models/generator.pt", 2),
-    ("train_gan", "models/gan_generator.pt", 2),
-])
+@pytest.mark.parametrize(
+    "stage, output, min_step",
+    [
+        ("pretrain_generator", "models/generator.pt", 2),
+        ("train_gan", "models/gan_generator.pt", 2),
+    ],
+)
 def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, output, min_step):
     folder, _ = pipeline_dir
     params = yaml.safe_load((folder / "params.yaml").read_text())
@@ -184,6 +212,7 @@ def test_nan_loss_stops_with_a_clear_message_and_no_model(pipeline_dir, tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models/gan_generator.pt").unlink(missing_ok=True)
     import pipelines.train_gan as gan
+
     real = gan.generator_adv_loss
     calls = {"n": 0}
 
@@ -193,7 +222,10 @@ def test_nan_loss_stops_with_a_clear_message_and_no_model(pipeline_dir, tmp_path
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(gan, "generator_adv_loss", poisoned)
-    with pytest.raises(DivergenceError, match=r"generator loss is nan at step 3.*last good state is .*last.pt \(step 2\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"generator loss is nan at step 3.*last good state is .*last.pt \(step 2\)",
+    ):
         stage_run("train_gan", TINY)
     assert not (tmp_path / "models/gan_generator.pt").exists()
 
@@ -209,8 +241,10 @@ def test_stage_cli_reports_bad_params_before_work(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, output", [("pretrain_generator", "models/generator.pt"),
-                                           ("train_gan", "models/gan_generator.pt")])
+@pytest.mark.parametrize(
+    "stage, output",
+    [("pretrain_generator", "models/generator.pt"), ("train_gan", "models/gan_generator.pt")],
+)
 def test_two_processes_match_one_with_the_same_global_batch(pipeline_dir, tmp_path, stage, output):
     """torchrun with 2 gloo processes vs 1 process, same global batch of 4. BatchNorm statistics
     are per process (SyncBatchNorm needs CUDA), so the match is close, not bitwise: outputs on
@@ -242,13 +276,15 @@ def test_two_processes_match_one_with_the_same_global_batch(pipeline_dir, tmp_pa
 
 
 def test_how_a_run_executes_is_not_part_of_the_checkpoint_fingerprint():
-    from pipelines.pretrain_generator import PretrainGeneratorConfig
     from pipelines.core.fingerprint import fingerprint
+    from pipelines.pretrain_generator import PretrainGeneratorConfig
 
     def key(**base):
         params = {**TINY, "base": {**TINY["base"], **base}}
-        return fingerprint(as_dict(load(PretrainGeneratorConfig, "pretrain_generator", params)),
-                           stage="pretrain_generator")
+        return fingerprint(
+            as_dict(load(PretrainGeneratorConfig, "pretrain_generator", params)),
+            stage="pretrain_generator",
+        )
 
     same = key()
     assert key(launcher="torchrun", nproc=8) == same

@@ -1,5 +1,6 @@
 """ST-LPIPS: the trained weights load strictly, behave as a distance, and reproduce the
 stlpips-pytorch package's own values (run in a subprocess with its unused imports stubbed)."""
+
 import json
 import logging
 import subprocess
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from pipelines.imaging.images import read_rgb
-from pipelines.scoring import metrics, stlpips
 from pipelines.imaging.tensors import to_tensor as image_tensor
+from pipelines.scoring import metrics, stlpips
 from pipelines.scoring.metrics import score
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
@@ -90,12 +91,22 @@ print(json.dumps(out))
 def test_values_match_the_package_implementation(tmp_path, butterfly):
     head = read_rgb(SET5 / "head.png")[100:164, 90:170]
     shifted = np.roll(butterfly, 1, axis=1)
-    cases = [(butterfly, noisy(butterfly, 8)), (butterfly, shifted),
-             (butterfly, butterfly[:, ::-1].copy()), (head, noisy(head, 20, seed=1))]
+    cases = [
+        (butterfly, noisy(butterfly, 8)),
+        (butterfly, shifted),
+        (butterfly, butterfly[:, ::-1].copy()),
+        (head, noisy(head, 20, seed=1)),
+    ]
     pairs = [(to_tensor(a), to_tensor(b)) for a, b in cases]
     torch.save(pairs, tmp_path / "pairs.pt")
-    done = subprocess.run([sys.executable, "-c", REFERENCE, str(tmp_path / "pairs.pt")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", REFERENCE, str(tmp_path / "pairs.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     expected = json.loads(done.stdout.strip().splitlines()[-1])
     for net in ("vgg", "alex"):
@@ -116,8 +127,9 @@ def test_score_reports_it_lower_is_better(butterfly):
     assert "stlpips" not in score(butterfly[:24, :24], butterfly[:24, :24], 4)  # 16 px left
 
 
-def test_without_weights_it_is_said_once_and_never_computed(tmp_path, monkeypatch, caplog,
-                                                            butterfly):
+def test_without_weights_it_is_said_once_and_never_computed(
+    tmp_path, monkeypatch, caplog, butterfly
+):
     monkeypatch.setattr(stlpips, "weights_file", lambda net="vgg": tmp_path / f"{net}.pth")
     stlpips.cached.cache_clear()
     try:
@@ -138,12 +150,19 @@ def test_without_weights_it_is_said_once_and_never_computed(tmp_path, monkeypatc
 def test_gan_selection_refuses_stlpips_without_weights(tmp_path, monkeypatch):
     from pipelines.core.config import ConfigError, load
     from pipelines.train_gan import TrainGanConfig
-    cfg = load(TrainGanConfig, "train_gan", {"crappify": {}, "train_gan": {"select_metric": "stlpips"}})
+
+    cfg = load(
+        TrainGanConfig, "train_gan", {"crappify": {}, "train_gan": {"select_metric": "stlpips"}}
+    )
     assert cfg.select_metric == "stlpips"
     monkeypatch.setattr(stlpips, "weights_file", lambda net="vgg": tmp_path / f"{net}.pth")
     stlpips.cached.cache_clear()
     try:
         with pytest.raises(ConfigError, match="stlpips-pytorch"):
-            load(TrainGanConfig, "train_gan", {"crappify": {}, "train_gan": {"select_metric": "stlpips"}})
+            load(
+                TrainGanConfig,
+                "train_gan",
+                {"crappify": {}, "train_gan": {"select_metric": "stlpips"}},
+            )
     finally:
         stlpips.cached.cache_clear()

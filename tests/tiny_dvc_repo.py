@@ -4,6 +4,7 @@ The stages are named like the real pipeline's so the flow's per-stage policy (re
 ``download``, the ``gpu`` tag on ``train_gan``) applies to them, and each opens its MLflow
 run through ``pipelines.running.tracking.Tracker`` as the real stages do.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from pipeline_repo import commit_repo
 
-STEPS = '''\
+STEPS = """\
 import json
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ with Tracker(stage) as tracker:
         Path("metrics").mkdir(exist_ok=True)
         Path("metrics/train_gan.json").write_text(json.dumps({"steps": params["steps"]}))
     print(f"{stage} done")
-'''
+"""
 
 PARAMS = """\
 # one section per stage, as in the real params.yaml
@@ -104,9 +105,14 @@ stages:
 """
 
 
-def make_repo(path: Path, dvc_yaml: str = DVC_YAML, params: str = PARAMS,
-              files: dict[str, str] | None = None) -> Path:
+def make_repo(
+    path: Path, dvc_yaml: str = DVC_YAML, params: str = PARAMS, files: dict[str, str] | None = None
+) -> Path:
     """A committed git + DVC repository at ``path`` holding ``dvc_yaml`` and ``params``."""
     files = {"dvc.yaml": dvc_yaml, "params.yaml": params, "steps.py": STEPS, **(files or {})}
-    return commit_repo(path, {k: textwrap.dedent(v) for k, v in files.items()},
-                       gitignore="mlflow.db\npids.txt\n/checkpoints/\n", message="tiny pipeline")
+    return commit_repo(
+        path,
+        {k: textwrap.dedent(v) for k, v in files.items()},
+        gitignore="mlflow.db\npids.txt\n/checkpoints/\n",
+        message="tiny pipeline",
+    )

@@ -7,6 +7,7 @@ resume a checkpoint the old code made). The walk reads ``import`` statements any
 module, inside functions too, and follows them through project modules only (files below the
 repository root); it never imports anything.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,11 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # Project modules that cannot change a stage's outputs: they parse the command line and
 # report (MLflow runs, the model registry). Modules only they import are not followed.
 # Everything else a stage imports is a dvc.yaml dep and part of the code digest.
-CANNOT_CHANGE_OUTPUTS = frozenset({
-    "pipelines.running.stage",     # main(): arguments, params loading, exit codes
-    "pipelines.running.tracking",  # MLflow runs: params, metrics, images, models
-    "pipelines.running.registry",  # MLflow model registry tags and aliases
-})
+CANNOT_CHANGE_OUTPUTS = frozenset(
+    {
+        "pipelines.running.stage",  # main(): arguments, params loading, exit codes
+        "pipelines.running.tracking",  # MLflow runs: params, metrics, images, models
+        "pipelines.running.registry",  # MLflow model registry tags and aliases
+    }
+)
 
 
 def stage_module(stage: str) -> str:
@@ -96,8 +99,9 @@ def imported_modules(entry: str, root: Path | None = None) -> dict[str, Path]:
 
 def result_modules(entry: str, root: Path | None = None) -> dict[str, Path]:
     """The modules of ``imported_modules`` whose code can change the outputs."""
-    return {m: p for m, p in imported_modules(entry, root).items()
-            if m not in CANNOT_CHANGE_OUTPUTS}
+    return {
+        m: p for m, p in imported_modules(entry, root).items() if m not in CANNOT_CHANGE_OUTPUTS
+    }
 
 
 def code_digest(entry: str, root: Path | None = None) -> str:

@@ -4,6 +4,7 @@ Every stage declares a frozen dataclass whose fields are its params section. Bou
 choices live in the field metadata (``bounded``) or in ``Literal`` types, so a bad value is
 rejected with a message naming the exact key (``crappify.jpeg_quality[1]``) and the value.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,9 +12,10 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 
@@ -24,8 +26,9 @@ class ConfigError(ValueError):
     """A params value is missing, unknown, of the wrong type or out of range."""
 
 
-def bounded(default: Any, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False) -> Any:
+def bounded(
+    default: Any, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> Any:
     """A dataclass field whose numeric value (or every item of a tuple value) lies in [lo, hi]."""
     kind = "default_factory" if isinstance(default, (list, dict)) else "default"
     return field(**{kind: default}, metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
@@ -120,7 +123,9 @@ def build(cls: type, section: Any, prefix: str, given: Mapping[str, Any] | None 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in given}
     unknown = sorted(set(section) - set(fields))
     if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+        raise ConfigError(
+            f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})"
+        )
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}"
@@ -151,8 +156,10 @@ class ParamsLoader(yaml.SafeLoader):
 
 
 ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_params(path: Path | str = DEFAULT_PARAMS) -> dict:
@@ -171,6 +178,7 @@ def read_params(path: Path | str = DEFAULT_PARAMS) -> dict:
 @dataclass(frozen=True)
 class Paths:
     """Where stages read and write, relative to the repository root."""
+
     hr: str = "data/hr"
     lr: str = "data/lr"
     generated: str = "data/generated"
@@ -211,8 +219,12 @@ class BaseConfig:
             raise ConfigError(f"{key}: {crop} is not divisible by base.scale {self.scale}")
 
 
-def load(cls: type, section: str, params: Path | str | Mapping = DEFAULT_PARAMS,
-         overrides: Mapping[str, Any] | None = None) -> Any:
+def load(
+    cls: type,
+    section: str,
+    params: Path | str | Mapping = DEFAULT_PARAMS,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
     """Load the stage config ``cls`` from the ``section`` of ``params``, with ``base`` injected.
 
     ``overrides`` maps dotted keys (``crappify.workers``) to values, as ``dvc exp run -S`` does.
@@ -245,12 +257,14 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 def as_dict(cfg: Any) -> dict:
     """A plain, JSON-able dict of a config (tuples as lists), for logs and checkpoints."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(cfg))
 
 

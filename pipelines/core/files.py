@@ -3,6 +3,7 @@
 A reader (the next stage, DVC, a person) never sees a half-written output: everything is
 written to a temporary sibling and renamed into place, which is atomic on one filesystem.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 CHUNK = 1 << 20
 # mkstemp creates 0600 files; outputs get the usual mode of new files instead
@@ -44,8 +46,10 @@ def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (path.parent, *path.parent.parents)
-                        if p.exists() and not p.is_dir()), path.parent)
+        blocker = next(
+            (p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()),
+            path.parent,
+        )
         raise WriteError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path)) from None
     except OSError as exc:
         raise _write_error(path, exc) from exc
@@ -91,11 +95,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -106,8 +109,11 @@ def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None,
-             float_format: str | None = None) -> str:
+def csv_text(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    float_format: str | None = None,
+) -> str:
     """Rows as CSV text, one header line; ``columns`` default to the first row's keys, and
     ``float_format`` (e.g. ".6g") formats float values."""
     rows = list(rows)
@@ -116,13 +122,21 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = 
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: format(v, float_format) if float_format and isinstance(v, float) else v
-                         for k, v in row.items()})
+        writer.writerow(
+            {
+                k: format(v, float_format) if float_format and isinstance(v, float) else v
+                for k, v in row.items()
+            }
+        )
     return buf.getvalue()
 
 
-def write_csv(path: Path | str, rows: Iterable[Mapping[str, Any]],
-              columns: Sequence[str] | None = None, float_format: str | None = ".6g") -> None:
+def write_csv(
+    path: Path | str,
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    float_format: str | None = ".6g",
+) -> None:
     """``csv_text`` written atomically (floats to 6 significant digits by default, for DVC plots)."""
     write_text(path, csv_text(rows, columns, float_format))
 

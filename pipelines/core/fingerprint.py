@@ -8,26 +8,34 @@ they are left out of the fingerprint, so a run interrupted under one setting res
 another (8 GPUs, then 4 or a CPU; another tracking server; another logging cadence), and
 out of the params DVC watches (``result_params``), so changing them reruns nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pipelines.core.code_deps import code_digest, stage_module
 from pipelines.core.files import sha256_file
 
 # Keys, in any params section, that say how a run executes and not what it computes.
-HOW_IT_RUNS = frozenset({
-    "launcher", "nproc", "device",  # processes and hardware (batch sizes are global)
-    "tracking_uri", "experiment",   # where MLflow records the run
-    "workers",                      # data-loading / crappify processes
-    "log_every", "sample_every",    # MLflow logging cadence
-    "examples",                     # images in the MLflow example grid
-})
+HOW_IT_RUNS = frozenset(
+    {
+        "launcher",
+        "nproc",
+        "device",  # processes and hardware (batch sizes are global)
+        "tracking_uri",
+        "experiment",  # where MLflow records the run
+        "workers",  # data-loading / crappify processes
+        "log_every",
+        "sample_every",  # MLflow logging cadence
+        "examples",  # images in the MLflow example grid
+    }
+)
 
 
 # Where files are (base.paths) is no part of the fingerprint either: inputs count by content,
@@ -39,19 +47,26 @@ WHERE = frozenset({"paths"})
 def what_it_computes(config: Any) -> Any:
     """``config`` (a plain dict of a stage config) without ``HOW_IT_RUNS`` and ``WHERE``."""
     if isinstance(config, Mapping):
-        return {k: what_it_computes(v) for k, v in config.items()
-                if k not in HOW_IT_RUNS | WHERE}
+        return {k: what_it_computes(v) for k, v in config.items() if k not in HOW_IT_RUNS | WHERE}
     if isinstance(config, (list, tuple)):
         return [what_it_computes(v) for v in config]
     return config
 
 
-def fingerprint(config: Mapping[str, Any], inputs: Iterable[Path | str] = (), *, stage: str,
-                extra: Mapping[str, Any] | None = None) -> str:
+def fingerprint(
+    config: Mapping[str, Any],
+    inputs: Iterable[Path | str] = (),
+    *,
+    stage: str,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     """A hash of ``config`` (but ``HOW_IT_RUNS``), the code ``stage`` runs, ``extra`` (library
     versions) and the contents of the ``inputs`` files (directories: every file)."""
-    what = {"config": what_it_computes(config), "code": code_digest(stage_module(stage)),
-            "extra": dict(extra or {})}
+    what = {
+        "config": what_it_computes(config),
+        "code": code_digest(stage_module(stage)),
+        "extra": dict(extra or {}),
+    }
     h = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
     for item in inputs:
         path = Path(item)
@@ -73,8 +88,11 @@ def result_params(config_cls: type, section: str) -> list[str]:
             continue
         other = "base" if f.name == "base" else f.metadata.get("section")
         if other:
-            keys += [k for k in result_params(hints[f.name], other) if not k.startswith("base.")
-                     or other == "base"]
+            keys += [
+                k
+                for k in result_params(hints[f.name], other)
+                if not k.startswith("base.") or other == "base"
+            ]
         else:
             keys.append(f"{section}.{f.name}")
     return keys

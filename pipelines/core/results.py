@@ -6,24 +6,30 @@ run (timings, throughput, how much was reused from an interrupted run) goes to
 ``logs/<stage>.json``, which is git-ignored and no DVC output; MLflow gets both, from the
 dict the stage returns.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pipelines.core.config import BaseConfig
 from pipelines.core.files import write_json
 
 
-def write_results(base: BaseConfig, stage: str, metrics: Mapping[str, Any],
-                  run_keys: Iterable[str]) -> None:
+def write_results(
+    base: BaseConfig, stage: str, metrics: Mapping[str, Any], run_keys: Iterable[str]
+) -> None:
     """``metrics`` but ``run_keys`` to paths.metrics/<stage>.json, ``run_keys`` to
     paths.logs/<stage>.json."""
     run_keys = set(run_keys)
     unknown = run_keys - set(metrics)
     if unknown:
         raise KeyError(f"{stage}: run keys {sorted(unknown)} are not among its metrics")
-    write_json(Path(base.paths.metrics) / f"{stage}.json",
-               {k: v for k, v in metrics.items() if k not in run_keys})
-    write_json(Path(base.paths.logs) / f"{stage}.json",
-               {k: v for k, v in metrics.items() if k in run_keys})
+    write_json(
+        Path(base.paths.metrics) / f"{stage}.json",
+        {k: v for k, v in metrics.items() if k not in run_keys},
+    )
+    write_json(
+        Path(base.paths.logs) / f"{stage}.json", {k: v for k, v in metrics.items() if k in run_keys}
+    )

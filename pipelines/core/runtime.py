@@ -1,4 +1,5 @@
 """Device choice, seeding, determinism and mixed precision, decided in one place."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,5 +60,6 @@ def make_deterministic() -> None:
 def hash_seed(seed: int, *keys: int | str) -> int:
     """A 63-bit seed derived from ``seed`` and ``keys`` that does not depend on the process."""
     import hashlib
+
     h = hashlib.sha256(repr((seed,) + tuple(keys)).encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1

@@ -22,6 +22,7 @@ deterministic files (JPEGs, manifest.csv, .crappify.json) and its DVC hash is re
 A simpler scheme (no persistence, rebuild everything each run) would be correct too, but any
 HR change, or an interruption near the end of a long run, would cost a full rebuild.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,31 +32,56 @@ import json
 import logging
 import multiprocessing
 import os
-import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from pipelines.core.code_deps import code_digest, stage_module
-from pipelines.core.config import BaseConfig, as_dict, bounded
-from pipelines.imaging.degradations import Degradation, crappify, rng_for
+from pipelines.core.config import as_dict
+from pipelines.core.files import (
+    atomic_path,
+    remove_stale_temporaries,
+    sha256_bytes,
+    sha256_file,
+    write_csv,
+    write_json,
+)
 from pipelines.core.fingerprint import fingerprint as shared_fingerprint
-from pipelines.core.files import (atomic_path, remove_stale_temporaries, sha256_bytes, sha256_file,
-                                  write_csv, write_json, write_text)
+from pipelines.imaging.degradations import CrappifyConfig, Degradation, crappify, rng_for
 from pipelines.imaging.images import contact_sheet, list_images, read_rgb
-from pipelines.imaging.degradations import CrappifyConfig
 
 log = logging.getLogger(__name__)
 
 STATE = ".crappify.json"
 JOURNAL = ".crappify-journal.jsonl"
 MANIFEST = "manifest.csv"
-COLUMNS = ("file", "source", "split", "hr_sha256", "lr_sha256", "hr_width", "hr_height",
-           "lr_width", "lr_height", "quality", "text", "x", "y", "box_w", "box_h", "font_scale",
-           "thickness", "color", "opacity", "blur_sigma", "noise_sigma", "grayscale")
+COLUMNS = (
+    "file",
+    "source",
+    "split",
+    "hr_sha256",
+    "lr_sha256",
+    "hr_width",
+    "hr_height",
+    "lr_width",
+    "lr_height",
+    "quality",
+    "text",
+    "x",
+    "y",
+    "box_w",
+    "box_h",
+    "font_scale",
+    "thickness",
+    "color",
+    "opacity",
+    "blur_sigma",
+    "noise_sigma",
+    "grayscale",
+)
 
 
 def spec_of(cfg: CrappifyConfig) -> dict:
@@ -67,10 +93,16 @@ def fingerprint(cfg: CrappifyConfig) -> dict:
     """What decides the output bytes for a given HR file, and its hash (the shared resume
     fingerprint: params but how-it-runs, the stage's code, the OpenCV and NumPy versions)."""
     versions = {"opencv": cv2.__version__, "numpy": np.__version__}
-    inputs = {"seed": cfg.base.seed, "spec": as_dict(Degradation(**spec_of(cfg))),
-              "code_sha256": code_digest(stage_module("crappify")), **versions}
-    return {"fingerprint": shared_fingerprint(as_dict(cfg), stage="crappify", extra=versions),
-            **inputs}
+    inputs = {
+        "seed": cfg.base.seed,
+        "spec": as_dict(Degradation(**spec_of(cfg))),
+        "code_sha256": code_digest(stage_module("crappify")),
+        **versions,
+    }
+    return {
+        "fingerprint": shared_fingerprint(as_dict(cfg), stage="crappify", extra=versions),
+        **inputs,
+    }
 
 
 def lr_name(source: str) -> str:
@@ -81,8 +113,9 @@ def lr_name(source: str) -> str:
 _job: dict = {}
 
 
-def _init_worker(spec: Degradation, seed: int, hr_root: str, lr_root: str,
-                 pooled: bool = True) -> None:
+def _init_worker(
+    spec: Degradation, seed: int, hr_root: str, lr_root: str, pooled: bool = True
+) -> None:
     if pooled:  # one OpenCV thread per process: the pool already uses every core
         cv2.setNumThreads(1)
     _job.update(spec=spec, seed=seed, hr=Path(hr_root), lr=Path(lr_root))
@@ -103,16 +136,24 @@ def _crappify_one(source: str) -> dict:
     with atomic_path(_job["lr"] / name) as tmp:
         tmp.write_bytes(data)
     parts = Path(source).parts
-    row = {"file": name, "source": source, "split": parts[0] if len(parts) > 1 else "",
-           "hr_sha256": hr_sha, "lr_sha256": sha256_bytes(data),
-           "hr_width": hr.shape[1], "hr_height": hr.shape[0], **rec,
-           "color": "#{:02x}{:02x}{:02x}".format(*rec["color"])}
+    row = {
+        "file": name,
+        "source": source,
+        "split": parts[0] if len(parts) > 1 else "",
+        "hr_sha256": hr_sha,
+        "lr_sha256": sha256_bytes(data),
+        "hr_width": hr.shape[1],
+        "hr_height": hr.shape[0],
+        **rec,
+        "color": "#{:02x}{:02x}{:02x}".format(*rec["color"]),
+    }
     return {k: str(row[k]) for k in COLUMNS}
 
 
 @contextlib.contextmanager
-def _results(sources: list[str], cfg: CrappifyConfig, hr_root: Path, lr_root: Path
-             ) -> Iterator[Iterator[dict]]:
+def _results(
+    sources: list[str], cfg: CrappifyConfig, hr_root: Path, lr_root: Path
+) -> Iterator[Iterator[dict]]:
     """The rows for ``sources`` in completion order, from ``cfg.workers`` processes.
 
     A context so the pool forks before the caller starts other threads (tqdm's monitor):
@@ -159,8 +200,9 @@ def _our_files(lr_root: Path) -> Iterable[Path]:
 
 
 def _remove_empty_dirs(root: Path) -> None:
-    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                    reverse=True):
+    for d in sorted(
+        (p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+    ):
         if not any(d.iterdir()):
             d.rmdir()
 
@@ -186,18 +228,26 @@ def prepare(lr_root: Path, state: dict, sources: dict[str, Path]) -> dict[str, d
     keep: dict[str, dict] = {}
     for source, row in _read_rows(lr_root).items():
         out = lr_root / row["file"]
-        if (source in sources and out.is_file() and row["hr_sha256"] == sha256_file(sources[source])
-                and row["lr_sha256"] == sha256_file(out)):
+        if (
+            source in sources
+            and out.is_file()
+            and row["hr_sha256"] == sha256_file(sources[source])
+            and row["lr_sha256"] == sha256_file(out)
+        ):
             keep[source] = row
-    expected = {lr_root / lr_name(s) for s in sources} | {state_file, lr_root / MANIFEST,
-                                                          lr_root / JOURNAL}
+    expected = {lr_root / lr_name(s) for s in sources} | {
+        state_file,
+        lr_root / MANIFEST,
+        lr_root / JOURNAL,
+    }
     stray = [p for p in _our_files(lr_root) if p not in expected]
     for p in stray:
         p.unlink()
     if stray:
         log.info("removed %d outputs whose HR image is gone", len(stray))
-    others = [p for p in lr_root.rglob("*") if p.is_file() and p not in expected
-              and p.suffix != ".jpg"]
+    others = [
+        p for p in lr_root.rglob("*") if p.is_file() and p not in expected and p.suffix != ".jpg"
+    ]
     for p in others[:5]:
         log.warning("%s: not an output of this stage (left in place)", p)
     _remove_empty_dirs(lr_root)
@@ -219,7 +269,9 @@ def list_sources(hr_root: Path) -> dict[str, Path]:
 def check_roots(hr_root: Path, lr_root: Path) -> None:
     hr, lr = hr_root.resolve(), lr_root.resolve()
     if hr == lr or hr in lr.parents or lr in hr.parents:
-        raise ValueError(f"paths.lr ({lr_root}) must be outside paths.hr ({hr_root}) and not hold it")
+        raise ValueError(
+            f"paths.lr ({lr_root}) must be outside paths.hr ({hr_root}) and not hold it"
+        )
 
 
 def write_manifest(lr_root: Path, rows: Iterable[dict]) -> None:
@@ -241,16 +293,19 @@ def example_grid(rows: list[dict], hr_root: Path, lr_root: Path, count: int) -> 
     return contact_sheet(tiles, tile=256, columns=2)
 
 
-def crappify_all(todo: list[str], cfg: CrappifyConfig, hr_root: Path, lr_root: Path,
-                 rows: dict[str, dict]) -> dict[str, str]:
+def crappify_all(
+    todo: list[str], cfg: CrappifyConfig, hr_root: Path, lr_root: Path, rows: dict[str, dict]
+) -> dict[str, str]:
     """Crappify ``todo`` (HR paths relative to ``hr_root``) into ``rows``, journalling each
     result so an interrupted run keeps it; returns the failures by source."""
     failed: dict[str, str] = {}
     if not todo:
         return failed
-    with _results(todo, cfg, hr_root, lr_root) as results, \
-            open(lr_root / JOURNAL, "a") as journal, \
-            tqdm(total=len(todo), desc="crappify", unit="img", mininterval=1.0) as bar:
+    with (
+        _results(todo, cfg, hr_root, lr_root) as results,
+        open(lr_root / JOURNAL, "a") as journal,
+        tqdm(total=len(todo), desc="crappify", unit="img", mininterval=1.0) as bar,
+    ):
         for result in results:
             if "error" in result:
                 failed[result["source"]] = result["error"]

@@ -1,4 +1,5 @@
 """The (LR, HR) training set that generator pretraining and the GAN phase share."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,15 +9,29 @@ from pipelines.datasets.pairs import TrainPairs, lr_path_for, split_files
 from pipelines.imaging.degradations import CrappifyConfig, make_degrader
 
 
-def train_dataset(base: BaseConfig, data_mode: str, crappify: CrappifyConfig, crop: int,
-                  lighting: float, clean_prob: float,
-                  clean_resample: tuple[str, ...] = ("area",)) -> TrainPairs:
+def train_dataset(
+    base: BaseConfig,
+    data_mode: str,
+    crappify: CrappifyConfig,
+    crop: int,
+    lighting: float,
+    clean_prob: float,
+    clean_resample: tuple[str, ...] = ("area",),
+) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
     degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files."""
     hr_root = Path(base.paths.hr)
     hr_files = split_files(hr_root, "train")
     if data_mode == "fresh":
-        return TrainPairs(hr_files, crop, base.scale, base.seed, degrade=make_degrader(crappify),
-                          lighting=lighting, clean_prob=clean_prob, clean_resample=clean_resample)
+        return TrainPairs(
+            hr_files,
+            crop,
+            base.scale,
+            base.seed,
+            degrade=make_degrader(crappify),
+            lighting=lighting,
+            clean_prob=clean_prob,
+            clean_resample=clean_resample,
+        )
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)

@@ -15,6 +15,7 @@ Data set names: a crappify split under its own LR files keeps its bare name (``t
 before both degradations existed; every other pairing is ``<source>/<degradation>``
 (``test/clean``, ``Set5/crappy``, ``Set5/clean``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,39 +42,43 @@ KINDS: tuple[Kind, ...] = ("crappy", "clean")
 
 @dataclass(frozen=True)
 class EvalImage:
-    name: str                       # path inside the split or folder
+    name: str  # path inside the split or folder
     lr: np.ndarray
-    hr: np.ndarray                  # cropped to the region the LR covers
-    watermark: np.ndarray | None    # bool HxW over ``hr``: where the text was drawn; None: none
+    hr: np.ndarray  # cropped to the region the LR covers
+    watermark: np.ndarray | None  # bool HxW over ``hr``: where the text was drawn; None: none
 
 
 def dataset_name(source: str, kind: Kind, split: bool) -> str:
     return source if split and kind == "crappy" else f"{source}/{kind}"
 
 
-def _crappy(hr: np.ndarray, spec: Degradation, seed: int, key: str, scale: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bytes]:
+def _crappy(
+    hr: np.ndarray, spec: Degradation, seed: int, key: str, scale: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bytes]:
     """(LR, HR region, watermark mask or None, JPEG bytes) of our degradation of ``hr``."""
     lr, data, _, mask = crappify_with_mask(hr, spec, rng_for(seed, key))
     lr, hr = aligned_lr(lr, hr, scale)
     return lr, hr, (watermark_mask_hr(mask, hr.shape, scale) if mask.any() else None), data
 
 
-def split_images(base: BaseConfig, spec: Degradation, split: str, kind: Kind, limit: int
-                 ) -> Iterator[EvalImage]:
+def split_images(
+    base: BaseConfig, spec: Degradation, split: str, kind: Kind, limit: int
+) -> Iterator[EvalImage]:
     """The images of a crappify split, HR cropped to the region its LR covers.
 
     Missing files are reported now, before any image is restored; pixels are read lazily.
     """
     hr_root, lr_root = Path(base.paths.hr), Path(base.paths.lr)
-    hr_files = list_images(hr_root / split)[:limit or None]
+    hr_files = list_images(hr_root / split)[: limit or None]
     if not hr_files:
         raise FileNotFoundError(f"{hr_root / split}: no images (run the earlier stages first)")
     lr_files = [lr_path_for(f, hr_root, lr_root) for f in hr_files]
     if kind == "crappy":
         for hr_file, lr_file in zip(hr_files, lr_files):
             if not lr_file.is_file():
-                raise FileNotFoundError(f"{lr_file}: LR image of {hr_file} missing (rerun crappify)")
+                raise FileNotFoundError(
+                    f"{lr_file}: LR image of {hr_file} missing (rerun crappify)"
+                )
 
     def images() -> Iterator[EvalImage]:
         resized = unmatched = 0
@@ -85,8 +90,9 @@ def split_images(base: BaseConfig, spec: Degradation, split: str, kind: Kind, li
                 yield EvalImage(name, lr, hr, None)
                 continue
             # the stage's draw for this file, for its watermark mask
-            _, _, mask, data = _crappy(hr, spec, base.seed,
-                                       hr_file.relative_to(hr_root).as_posix(), base.scale)
+            _, _, mask, data = _crappy(
+                hr, spec, base.seed, hr_file.relative_to(hr_root).as_posix(), base.scale
+            )
             if sha256_bytes(data) != sha256_file(lr_file):
                 unmatched += 1
                 mask = None
@@ -96,20 +102,30 @@ def split_images(base: BaseConfig, spec: Degradation, split: str, kind: Kind, li
             lr, hr = aligned_lr(lr, hr, base.scale)
             yield EvalImage(name, lr, hr, mask)
         if resized:
-            log.info("%s: %d LR image(s) not at 1/%d of their HR (short-side crappify) were "
-                     "resized to HR/%d with area interpolation", split, resized, base.scale,
-                     base.scale)
+            log.info(
+                "%s: %d LR image(s) not at 1/%d of their HR (short-side crappify) were "
+                "resized to HR/%d with area interpolation",
+                split,
+                resized,
+                base.scale,
+                base.scale,
+            )
         if unmatched:
-            log.warning("%s: %d LR file(s) differ from what the current crappify params make; "
-                        "their watermark masks are unknown, so mask_psnr_y leaves them out",
-                        split, unmatched)
+            log.warning(
+                "%s: %d LR file(s) differ from what the current crappify params make; "
+                "their watermark masks are unknown, so mask_psnr_y leaves them out",
+                split,
+                unmatched,
+            )
+
     return images()
 
 
-def folder_images(folder: Path, base: BaseConfig, spec: Degradation, kind: Kind, limit: int
-                  ) -> Iterator[EvalImage]:
+def folder_images(
+    folder: Path, base: BaseConfig, spec: Degradation, kind: Kind, limit: int
+) -> Iterator[EvalImage]:
     """The images of a folder of HR images, with LR made here by ``kind``."""
-    files = list_images(folder)[:limit or None]
+    files = list_images(folder)[: limit or None]
     if not files:
         raise FileNotFoundError(f"{folder}: no images")
 
@@ -122,4 +138,5 @@ def folder_images(folder: Path, base: BaseConfig, spec: Degradation, kind: Kind,
             else:
                 lr, hr, mask, _ = _crappy(hr, spec, base.seed, name, base.scale)
                 yield EvalImage(name, lr, hr, mask)
+
     return images()

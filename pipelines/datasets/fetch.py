@@ -8,6 +8,7 @@ Extraction refuses members that could write outside the target (absolute paths, 
 links) or create special files, and works in a temporary sibling folder that replaces the
 target only when complete.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -57,8 +58,14 @@ class _Interrupted(DownloadError):
     """The connection broke off mid-transfer; what arrived is kept for a resume."""
 
 
-def download(url: str, dest: Path | str, sha256: str, progress: bool = True,
-             timeout: float = TIMEOUT_S, attempts: int = ATTEMPTS) -> Path:
+def download(
+    url: str,
+    dest: Path | str,
+    sha256: str,
+    progress: bool = True,
+    timeout: float = TIMEOUT_S,
+    attempts: int = ATTEMPTS,
+) -> Path:
     """Fetch ``url`` into ``dest`` and verify its sha256; return ``dest``.
 
     A ``dest`` already holding the expected bytes is reused without touching the network.
@@ -89,16 +96,19 @@ def download(url: str, dest: Path | str, sha256: str, progress: bool = True,
                 break
             except _Interrupted as exc:
                 if attempt == attempts:
-                    raise DownloadError(f"{exc}; {attempts} attempt(s) failed, run again to "
-                                        f"resume from {part}") from None
+                    raise DownloadError(
+                        f"{exc}; {attempts} attempt(s) failed, run again to resume from {part}"
+                    ) from None
                 log.warning("%s (attempt %d of %d); resuming", exc, attempt, attempts)
         actual = sha256_file(part)
         if actual == expected:
             break
         part.unlink()
         if not resumed:
-            raise ChecksumError(f"{url}: sha256 mismatch: expected {expected}, got {actual}; "
-                                "the download was deleted")
+            raise ChecksumError(
+                f"{url}: sha256 mismatch: expected {expected}, got {actual}; "
+                "the download was deleted"
+            )
         # The kept bytes may belong to an older version of the file: start clean once.
         log.warning("%s: resumed download does not match its sha256; starting over", url)
     os.replace(part, dest)
@@ -141,15 +151,27 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> bool:
         remaining = int(length) if length.isdigit() else None
         total = offset + remaining if remaining is not None else None
         received = 0
-        with open(part, "ab" if resumed else "wb") as f, \
-                tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                     desc=part.name[:-len(".part")], disable=not progress, leave=False) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name[: -len(".part")],
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             while True:
                 try:
                     block = response.read(CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _Interrupted(f"{url}: transfer broke off after {offset + received} "
-                                       f"bytes ({type(exc).__name__})") from None
+                    raise _Interrupted(
+                        f"{url}: transfer broke off after {offset + received} "
+                        f"bytes ({type(exc).__name__})"
+                    ) from None
                 if not block:
                     break
                 f.write(block)
@@ -226,11 +248,14 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             for member in tar:
                 _check_name(archive, member.name)
                 if member.issym() or member.islnk():
-                    raise UnsafeArchiveError(f"{archive}: refusing member {member.name!r}: "
-                                             f"link to {member.linkname!r}")
+                    raise UnsafeArchiveError(
+                        f"{archive}: refusing member {member.name!r}: link to {member.linkname!r}"
+                    )
                 if not (member.isfile() or member.isdir()):
-                    raise UnsafeArchiveError(f"{archive}: refusing member {member.name!r}: "
-                                             "device, fifo or other special file")
+                    raise UnsafeArchiveError(
+                        f"{archive}: refusing member {member.name!r}: "
+                        "device, fifo or other special file"
+                    )
                 # The "data" filter repeats these checks and drops odd permission bits.
                 tar.extract(member, dest, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -246,11 +271,14 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 # Unix file type bits; zips made elsewhere leave them 0 (a plain entry).
                 kind = stat.S_IFMT(info.external_attr >> 16)
                 if kind == stat.S_IFLNK:
-                    raise UnsafeArchiveError(f"{archive}: refusing member {info.filename!r}: "
-                                             "symbolic link")
+                    raise UnsafeArchiveError(
+                        f"{archive}: refusing member {info.filename!r}: symbolic link"
+                    )
                 if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                    raise UnsafeArchiveError(f"{archive}: refusing member {info.filename!r}: "
-                                             "device, fifo or other special file")
+                    raise UnsafeArchiveError(
+                        f"{archive}: refusing member {info.filename!r}: "
+                        "device, fifo or other special file"
+                    )
             for info in members:
                 target = dest / info.filename
                 if info.is_dir():

@@ -6,11 +6,12 @@ sample's position in the whole run. So the data depends neither on worker count 
 a run was interrupted: resuming at step ``s`` reads exactly the batches an uninterrupted run
 would have read, and under torchrun each rank takes its own slice of the same global batch.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import albumentations as A
 import cv2
@@ -20,9 +21,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipelines.core.errors import StageError
-from pipelines.imaging.resize import RESAMPLERS, imresize_matlab
-from pipelines.imaging.images import list_images, read_rgb
 from pipelines.core.runtime import hash_seed
+from pipelines.imaging.images import list_images, read_rgb
+from pipelines.imaging.resize import RESAMPLERS, imresize_matlab
 from pipelines.imaging.tensors import centre_box, to_tensor
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def augmentation(lighting: float) -> A.Compose:
     to an LR and its HR keeps them aligned; lighting changes are pixel-wise and identical."""
     ops: list = [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=1.0)]
     if lighting > 0:
-        ops.append(A.RandomBrightnessContrast(brightness_limit=lighting, contrast_limit=lighting, p=0.75))
+        ops.append(
+            A.RandomBrightnessContrast(brightness_limit=lighting, contrast_limit=lighting, p=0.75)
+        )
     return A.Compose(ops, additional_targets={"lr": "image"}, is_check_shapes=False)
 
 
@@ -95,11 +98,18 @@ def fitting(files: Sequence[Path], crop: int) -> list[int]:
             else:
                 keep.append(i)
     if not keep:
-        raise StageError(f"none of the {len(files)} training images is at least {crop} px on "
-                         "both sides: lower the crop or add larger images")
+        raise StageError(
+            f"none of the {len(files)} training images is at least {crop} px on "
+            "both sides: lower the crop or add larger images"
+        )
     if small:
-        log.warning("%d of %d training images are smaller than the %d px crop and are left out: %s",
-                    len(small), len(files), crop, ", ".join(small))
+        log.warning(
+            "%d of %d training images are smaller than the %d px crop and are left out: %s",
+            len(small),
+            len(files),
+            crop,
+            ", ".join(small),
+        )
     return keep
 
 
@@ -119,10 +129,19 @@ class TrainPairs(Dataset):
     """Random aligned (LR, HR) crops. ``degrade`` given: LR made fresh from each HR crop
     (a new degradation for every sample); else LR cropped from the crappify stage's files."""
 
-    def __init__(self, hr_files: Sequence[Path], crop: int, scale: int, seed: int,
-                 degrade: Degrader | None = None, lr_files: Sequence[Path] | None = None,
-                 augment: bool = True, lighting: float = 0.1, clean_prob: float = 0.0,
-                 clean_resample: Sequence[str] = ("area",)):
+    def __init__(
+        self,
+        hr_files: Sequence[Path],
+        crop: int,
+        scale: int,
+        seed: int,
+        degrade: Degrader | None = None,
+        lr_files: Sequence[Path] | None = None,
+        augment: bool = True,
+        lighting: float = 0.1,
+        clean_prob: float = 0.0,
+        clean_resample: Sequence[str] = ("area",),
+    ):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
         hr_files, lr_files = list(hr_files), (list(lr_files) if lr_files else None)
@@ -137,8 +156,10 @@ class TrainPairs(Dataset):
         # stranger to a photo shrunk by any of them (benchmarks use MATLAB's bicubic)
         unknown = [k for k in clean_resample if k not in CLEAN_RESAMPLE]
         if not clean_resample or unknown:
-            raise ValueError(f"clean_resample: {list(clean_resample)!r} must be a non-empty list "
-                             f"of {', '.join(CLEAN_RESAMPLE)}")
+            raise ValueError(
+                f"clean_resample: {list(clean_resample)!r} must be a non-empty list "
+                f"of {', '.join(CLEAN_RESAMPLE)}"
+            )
         self.clean_resample = tuple(clean_resample)
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
@@ -169,8 +190,11 @@ class TrainPairs(Dataset):
         if lr_crop is None:
             if rng.random() < self.clean_prob:
                 # one kernel draws nothing, so the default stream is the same as before kernels
-                kernel = (self.clean_resample[int(rng.integers(len(self.clean_resample)))]
-                          if len(self.clean_resample) > 1 else self.clean_resample[0])
+                kernel = (
+                    self.clean_resample[int(rng.integers(len(self.clean_resample)))]
+                    if len(self.clean_resample) > 1
+                    else self.clean_resample[0]
+                )
                 lr_crop = shrink(hr_crop, self.crop // self.scale, kernel)
             else:
                 lr_crop = self.degrade(hr_crop, rng, min(hr.shape[:2]) // self.scale)
@@ -183,17 +207,18 @@ class TrainPairs(Dataset):
             raise ValueError(f"image {h}x{w} is smaller than the crop {c}")
         y = int(rng.integers(0, (h - c) // s + 1)) * s
         x = int(rng.integers(0, (w - c) // s + 1)) * s
-        hr_crop = np.ascontiguousarray(hr[y:y + c, x:x + c])
+        hr_crop = np.ascontiguousarray(hr[y : y + c, x : x + c])
         if lr is None:
             return hr_crop, None
-        return hr_crop, np.ascontiguousarray(lr[y // s:(y + c) // s, x // s:(x + c) // s])
+        return hr_crop, np.ascontiguousarray(lr[y // s : (y + c) // s, x // s : (x + c) // s])
 
 
 class EvalPairs(Dataset):
     """Whole (or centre-cropped) LR/HR pairs from the crappify stage's files, in file order."""
 
-    def __init__(self, hr_root: Path | str, lr_root: Path | str, split: str, scale: int,
-                 crop: int = 0):
+    def __init__(
+        self, hr_root: Path | str, lr_root: Path | str, split: str, scale: int, crop: int = 0
+    ):
         self.hr_root, self.lr_root = Path(hr_root), Path(lr_root)
         self.hr_files = split_files(self.hr_root, split)
         self.scale, self.crop = scale, crop
@@ -203,8 +228,11 @@ class EvalPairs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         hr_file = self.hr_files[i]
-        lr, hr = aligned_lr(read_rgb(lr_path_for(hr_file, self.hr_root, self.lr_root)),
-                            read_rgb(hr_file), self.scale)
+        lr, hr = aligned_lr(
+            read_rgb(lr_path_for(hr_file, self.hr_root, self.lr_root)),
+            read_rgb(hr_file),
+            self.scale,
+        )
         if self.crop:
             lr, hr = center_crop_pair(lr, hr, self.crop, self.scale)
         return to_tensor(lr), to_tensor(hr)
@@ -212,13 +240,18 @@ class EvalPairs(Dataset):
 
 def center_crop_pair(lr: np.ndarray, hr: np.ndarray, crop: int, scale: int):
     y, x, c = centre_box(hr.shape[0], hr.shape[1], crop, scale)
-    return (lr[y // scale:(y + c) // scale, x // scale:(x + c) // scale], hr[y:y + c, x:x + c])
+    return (
+        lr[y // scale : (y + c) // scale, x // scale : (x + c) // scale],
+        hr[y : y + c, x : x + c],
+    )
 
 
 class CriticPairs(Dataset):
     """Aligned random crops of a generated image and its real HR original: (fake, real)."""
 
-    def __init__(self, real_files: Sequence[Path], fake_files: Sequence[Path], crop: int, seed: int):
+    def __init__(
+        self, real_files: Sequence[Path], fake_files: Sequence[Path], crop: int, seed: int
+    ):
         real_files, fake_files = list(real_files), list(fake_files)
         keep = fitting(fake_files, crop)  # a batch stacks crops of one size
         self.real_files = [real_files[i] for i in keep]
@@ -239,7 +272,7 @@ class CriticPairs(Dataset):
         y = int(rng.integers(0, fake.shape[0] - c + 1))
         x = int(rng.integers(0, fake.shape[1] - c + 1))
         self.aug.set_random_seed(int(rng.integers(2**31)))
-        out = self.aug(image=real[y:y + c, x:x + c], lr=fake[y:y + c, x:x + c])
+        out = self.aug(image=real[y : y + c, x : x + c], lr=fake[y : y + c, x : x + c])
         return to_tensor(out["lr"]), to_tensor(out["image"])
 
 
@@ -247,8 +280,9 @@ class StepBatches:
     """Batches of global sample indices for steps ``[start, stop)``; rank ``r`` of ``world``
     takes its contiguous share of each global batch."""
 
-    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world: int = 1,
-                 offset: int = 0):
+    def __init__(
+        self, start: int, stop: int, batch_size: int, rank: int = 0, world: int = 1, offset: int = 0
+    ):
         if batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
         self.start, self.stop, self.batch_size = start, stop, batch_size
@@ -264,12 +298,25 @@ class StepBatches:
             yield list(range(first, first + per_rank))
 
 
-def step_loader(dataset: Dataset, start: int, stop: int, batch_size: int, workers: int,
-                rank: int = 0, world: int = 1, offset: int = 0) -> DataLoader:
+def step_loader(
+    dataset: Dataset,
+    start: int,
+    stop: int,
+    batch_size: int,
+    workers: int,
+    rank: int = 0,
+    world: int = 1,
+    offset: int = 0,
+) -> DataLoader:
     # A DataLoader draws a number from the torch RNG it is given each time it is iterated; from
     # the global one, that draw would shift the dropout masks of a resumed run (its loader starts
     # after the checkpoint's RNG state is restored) away from an uninterrupted run's. Samples do
     # not depend on it: their randomness comes from their index.
-    return DataLoader(dataset, batch_sampler=StepBatches(start, stop, batch_size, rank, world, offset),
-                      num_workers=workers, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        dataset,
+        batch_sampler=StepBatches(start, stop, batch_size, rank, world, offset),
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(0),
+    )

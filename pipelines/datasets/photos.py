@@ -2,6 +2,7 @@
 
 See the ``download`` stage for the rules; this module holds how they are carried out.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -9,23 +10,22 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
-import sys
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain, count
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from pipelines.imaging import images
 from pipelines.core.errors import StageError
-from pipelines.datasets.fetch import SHA256_RE, fetch_archive
-from pipelines.core.files import atomic_dir, csv_text, sha256_bytes, write_json, write_text
+from pipelines.core.files import csv_text, sha256_bytes, write_text
 from pipelines.core.runtime import hash_seed
+from pipelines.datasets.fetch import fetch_archive
+from pipelines.imaging import images
 
 if TYPE_CHECKING:
     from pipelines.download import DownloadConfig
@@ -40,18 +40,34 @@ MANIFEST_COLUMNS = ("file", "split", "width", "height", "bytes", "sha256", "sour
 # color, horse, logo, phantom), clock_motion (deliberately motion-blurred: a poor sharp
 # target) and motorcycle_right (a near copy of motorcycle_left that would leak across splits).
 SAMPLE_PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png",
-    "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
-    "microaneurysms.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg",
-    "rocket.jpg", "text.png",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "microaneurysms.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
 )
 
 # sha256 as pinned by tensorflow/datasets (checksums.tsv, 791,918,971 bytes) and by
 # torchvision's prototype OxfordIIITPet; torchvision's stable dataset pins md5
 # 5c4f3ee8e5d25df40f4fd59a7f44e54c for the same file.
 PRESETS = {
-    "oxford-pets": ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
-                    "67195c5e1c01f1ab5f9b6a5d22b8c27a580d896ece458917e61d459337fa318d"),
+    "oxford-pets": (
+        "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
+        "67195c5e1c01f1ab5f9b6a5d22b8c27a580d896ece458917e61d459337fa318d",
+    ),
 }
 
 
@@ -129,15 +145,18 @@ def gather(cfg: DownloadConfig, progress: bool) -> tuple[Path, list[Path], dict[
     if cfg.source == "sample":
         root = sample_folder()
         present = [root / name for name in SAMPLE_PHOTOS if (root / name).exists()]
-        missing = {name: "missing from this scikit-image version"
-                   for name in SAMPLE_PHOTOS if not (root / name).exists()}
+        missing = {
+            name: "missing from this scikit-image version"
+            for name in SAMPLE_PHOTOS
+            if not (root / name).exists()
+        }
         return root, present, missing
     if cfg.source == "folder":
         root = Path(cfg.folder)
         if not root.is_dir():
             raise StageError(f"download.folder: {root} is not a folder")
         return root, images.list_images(root), {}
-    url, sha256 = PRESETS[cfg.source] if cfg.source in PRESETS else (cfg.url, cfg.sha256)
+    url, sha256 = PRESETS.get(cfg.source, (cfg.url, cfg.sha256))
     root = fetch_archive(url, sha256, cfg.base.paths.downloads, progress=progress)
     # Archives usually wrap everything in one top folder (images/): do not repeat it in data/hr.
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
@@ -176,18 +195,21 @@ def _check(path: Path, rel: str, cfg: DownloadConfig) -> _Checked:
     return _Checked(rel, note, images.encode_png(rgb), rgb.shape[1], rgb.shape[0], digest)
 
 
-def _checked_in_order(paths: list[Path], rels: dict[Path, str], cfg: DownloadConfig,
-                      progress: bool) -> Iterator[_Checked]:
+def _checked_in_order(
+    paths: list[Path], rels: dict[Path, str], cfg: DownloadConfig, progress: bool
+) -> Iterator[_Checked]:
     """Check candidates on every core (OpenCV and Pillow release the GIL), in ``paths`` order.
 
     Small batches bound the memory held and the work wasted when the caller stops early.
     """
     workers = os.cpu_count() or 1
     batch = 4 * workers
-    with ThreadPoolExecutor(workers) as pool, \
-            tqdm(total=len(paths), desc="checking", unit="img", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(paths), desc="checking", unit="img", disable=not progress) as bar,
+    ):
         for start in range(0, len(paths), batch):
-            for item in pool.map(lambda p: _check(p, rels[p], cfg), paths[start:start + batch]):
+            for item in pool.map(lambda p: _check(p, rels[p], cfg), paths[start : start + batch]):
                 bar.update()
                 yield item
 
@@ -220,8 +242,14 @@ def shown_names(root: Path, candidates: list[Path], skipped: dict[str, str]) -> 
     return rels
 
 
-def accept(ordered: list[Path], rels: dict[Path, str], cfg: "DownloadConfig", progress: bool,
-           staging: Path, skipped: dict[str, str]) -> list[_Accepted]:
+def accept(
+    ordered: list[Path],
+    rels: dict[Path, str],
+    cfg: DownloadConfig,
+    progress: bool,
+    staging: Path,
+    skipped: dict[str, str],
+) -> list[_Accepted]:
     """The usable images in split-hash order, normalised to PNG in ``staging``, at most
     ``cfg.max_images``; bad files and pixel-identical duplicates go to ``skipped``."""
     staging.mkdir()
@@ -239,15 +267,25 @@ def accept(ordered: list[Path], rels: dict[Path, str], cfg: "DownloadConfig", pr
             seen[item.pixels_sha256] = item.rel
             staged = staging / f"{len(accepted)}.png"
             staged.write_bytes(item.png)
-            accepted.append(_Accepted(item.rel, staged, item.width, item.height, item.note,
-                                      len(item.png), sha256_bytes(item.png)))
+            accepted.append(
+                _Accepted(
+                    item.rel,
+                    staged,
+                    item.width,
+                    item.height,
+                    item.note,
+                    len(item.png),
+                    sha256_bytes(item.png),
+                )
+            )
             if len(accepted) == cfg.max_images:
                 break
     return accepted
 
 
-def place(accepted: list[_Accepted], out: Path, valid_fraction: float, test_fraction: float,
-          source: str) -> tuple[list[dict], tuple[int, int, int]]:
+def place(
+    accepted: list[_Accepted], out: Path, valid_fraction: float, test_fraction: float, source: str
+) -> tuple[list[dict], tuple[int, int, int]]:
     """Move the staged images into ``out``/<split>/ and write the manifest; returns its rows
     and the (train, valid, test) sizes."""
     sizes = split_sizes(len(accepted), valid_fraction, test_fraction)
@@ -261,9 +299,18 @@ def place(accepted: list[_Accepted], out: Path, valid_fraction: float, test_frac
         target = out / file
         target.parent.mkdir(parents=True, exist_ok=True)
         item.staged.rename(target)
-        rows.append({"file": file, "split": split, "width": item.width,
-                     "height": item.height, "bytes": item.size, "sha256": item.sha256,
-                     "source": f"{source}:{item.rel}", "note": item.note})
+        rows.append(
+            {
+                "file": file,
+                "split": split,
+                "width": item.width,
+                "height": item.height,
+                "bytes": item.size,
+                "sha256": item.sha256,
+                "source": f"{source}:{item.rel}",
+                "note": item.note,
+            }
+        )
     (out / ".staging").rmdir()
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)

@@ -5,12 +5,14 @@ Everything is built and checked in memory first (the checkpoint loads without un
 ONNX graph matches PyTorch, the card renders); only then is each file written atomically, so a
 failure leaves the output folder as it was. Used by ``decrappify export`` and the export stage.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipelines.core.files import sha256_file, write_bytes, write_text
 from pipelines.exporting import card, metadata, onnx_file, safetensors_file
@@ -32,10 +34,10 @@ class ExportSettings:
 
 @dataclass(frozen=True)
 class Source:
-    net: Any                 # the generator, eval mode on the CPU
-    name: str                # file stem of the exports
-    description: str         # where it came from, for the metadata
-    params: Mapping[str, Any] | None = None   # shaping params carried by the source itself
+    net: Any  # the generator, eval mode on the CPU
+    name: str  # file stem of the exports
+    description: str  # where it came from, for the metadata
+    params: Mapping[str, Any] | None = None  # shaping params carried by the source itself
 
 
 def load_source(spec: str) -> Source:
@@ -81,8 +83,10 @@ def mlflow_weights(uri: str) -> Path:
         raise ExportError(f"{uri}: cannot download the model from MLflow: {text}") from None
     found = sorted(local.rglob(f"*{safetensors_file.SUFFIX}"))
     if not found:
-        raise ExportError(f"{uri}: the MLflow model holds no {safetensors_file.SUFFIX} weights "
-                          "(a model logged by an older version: retrain or export its file)")
+        raise ExportError(
+            f"{uri}: the MLflow model holds no {safetensors_file.SUFFIX} weights "
+            "(a model logged by an older version: retrain or export its file)"
+        )
     return found[0]
 
 
@@ -90,15 +94,26 @@ def build_metadata(source: Source, root: Path, params: Mapping[str, Any] | None)
     net = source.net
     scale = int(net.arch["scale"]) if "scale" in net.arch else int(getattr(net, "scale", 1))
     shaping = source.params or metadata.shaping_params(params or {}, scale)
-    return metadata.build(net.arch, scale, commit=metadata.git_commit(root),
-                          data_md5=metadata.data_hash(root), params=shaping,
-                          source=source.description, min_size=onnx_file.size_rule(net)[0])
+    return metadata.build(
+        net.arch,
+        scale,
+        commit=metadata.git_commit(root),
+        data_md5=metadata.data_hash(root),
+        params=shaping,
+        source=source.description,
+        min_size=onnx_file.size_rule(net)[0],
+    )
 
 
-def export_generator(source: Source, out: Path | str, *, root: Path,
-                     params: Mapping[str, Any] | None = None,
-                     evaluation: Mapping[str, Any] | None = None,
-                     settings: ExportSettings = ExportSettings()) -> dict[str, Any]:
+def export_generator(
+    source: Source,
+    out: Path | str,
+    *,
+    root: Path,
+    params: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    settings: ExportSettings = ExportSettings(),
+) -> dict[str, Any]:
     """Write the exports of ``source`` into ``out``; returns the files and parity figures.
 
     ``params``: the params.yaml the generator was trained with (its shaping sections go in the
@@ -110,25 +125,41 @@ def export_generator(source: Source, out: Path | str, *, root: Path,
     net = plain_copy(source.net)
     meta = build_metadata(source, root, params)
     name = source.name
-    blobs: dict[str, bytes] = {f"{name}{safetensors_file.SUFFIX}": safetensors_file.to_bytes(net, meta)}
-    data, diff = onnx_file.to_onnx(net, meta, opset=settings.opset,
-                                   check_sizes=settings.check_sizes, tolerance=settings.tolerance)
+    blobs: dict[str, bytes] = {
+        f"{name}{safetensors_file.SUFFIX}": safetensors_file.to_bytes(net, meta)
+    }
+    data, diff = onnx_file.to_onnx(
+        net,
+        meta,
+        opset=settings.opset,
+        check_sizes=settings.check_sizes,
+        tolerance=settings.tolerance,
+    )
     blobs[f"{name}{onnx_file.SUFFIX}"] = data
     figures = {"onnx_max_abs_diff": diff}
     if settings.fp16:
-        data16, diff16 = onnx_file.to_onnx(net, meta, opset=settings.opset, fp16=True,
-                                           check_sizes=settings.check_sizes,
-                                           tolerance=settings.fp16_tolerance)
+        data16, diff16 = onnx_file.to_onnx(
+            net,
+            meta,
+            opset=settings.opset,
+            fp16=True,
+            check_sizes=settings.check_sizes,
+            tolerance=settings.fp16_tolerance,
+        )
         blobs[f"{name}{onnx_file.FP16_SUFFIX}"] = data16
         figures["fp16_max_abs_diff"] = diff16
-    files = {"weights (safetensors)": f"{name}{safetensors_file.SUFFIX}",
-             "onnx": f"{name}{onnx_file.SUFFIX}"}
+    files = {
+        "weights (safetensors)": f"{name}{safetensors_file.SUFFIX}",
+        "onnx": f"{name}{onnx_file.SUFFIX}",
+    }
     if settings.fp16:
         files["onnx fp16"] = f"{name}{onnx_file.FP16_SUFFIX}"
     info = card.build(name, metadata.parse(meta, name), files, evaluation)
     info["parity"] = {"check_sizes": [list(s) for s in settings.check_sizes], **figures}
-    texts = {f"{name}{CARD_SUFFIX}": card.markdown(info),
-             f"{name}{CARD_JSON_SUFFIX}": json.dumps(info, indent=2, sort_keys=True) + "\n"}
+    texts = {
+        f"{name}{CARD_SUFFIX}": card.markdown(info),
+        f"{name}{CARD_JSON_SUFFIX}": json.dumps(info, indent=2, sort_keys=True) + "\n",
+    }
     for file, blob in blobs.items():
         write_bytes(out / file, blob)
     for file, text in texts.items():

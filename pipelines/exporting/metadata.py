@@ -3,12 +3,14 @@
 Safetensors headers and ONNX ``metadata_props`` both hold string -> string maps, so both
 carry the same keys. Nested values (the architecture, the params) are JSON text.
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -28,9 +30,12 @@ class ExportError(StageError):
 
 def git_commit(root: Path) -> str:
     """HEAD of the repository at ``root`` (with ``-dirty`` when files differ), or "unknown"."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=30, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
@@ -61,12 +66,23 @@ def shaping_params(params: Mapping[str, Any], scale: int) -> dict:
         if isinstance(value, Mapping):
             return {k: results_only(v) for k, v in value.items() if k not in HOW_IT_RUNS}
         return value
-    return {"base": {"scale": scale},
-            **{s: results_only(params[s]) for s in SHAPING_SECTIONS if s in params}}
+
+    return {
+        "base": {"scale": scale},
+        **{s: results_only(params[s]) for s in SHAPING_SECTIONS if s in params},
+    }
 
 
-def build(arch: Mapping[str, Any], scale: int, *, commit: str, data_md5: str,
-          params: Mapping[str, Any], source: str, min_size: int) -> dict[str, str]:
+def build(
+    arch: Mapping[str, Any],
+    scale: int,
+    *,
+    commit: str,
+    data_md5: str,
+    params: Mapping[str, Any],
+    source: str,
+    min_size: int,
+) -> dict[str, str]:
     return {
         FORMAT_KEY: FORMAT,
         "task": TASK,
@@ -87,14 +103,22 @@ def parse(meta: Mapping[str, str] | None, where: str) -> dict[str, Any]:
     meta = dict(meta or {})
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
-        raise ExportError(f"{where}: not a decrappify export: metadata lacks "
-                          f"{', '.join(missing)} (expected the keys {', '.join(REQUIRED)})")
+        raise ExportError(
+            f"{where}: not a decrappify export: metadata lacks "
+            f"{', '.join(missing)} (expected the keys {', '.join(REQUIRED)})"
+        )
     if meta[FORMAT_KEY] != FORMAT or meta["task"] != TASK:
-        raise ExportError(f"{where}: export format {meta[FORMAT_KEY]!r}, task {meta['task']!r}; "
-                          f"expected format {FORMAT!r}, task {TASK!r}")
+        raise ExportError(
+            f"{where}: export format {meta[FORMAT_KEY]!r}, task {meta['task']!r}; "
+            f"expected format {FORMAT!r}, task {TASK!r}"
+        )
     try:
-        out = {**meta, "scale": int(meta["scale"]), "arch": json.loads(meta["arch"]),
-               "params": json.loads(meta.get("params") or "{}")}
+        out = {
+            **meta,
+            "scale": int(meta["scale"]),
+            "arch": json.loads(meta["arch"]),
+            "params": json.loads(meta.get("params") or "{}"),
+        }
     except (ValueError, TypeError) as exc:
         raise ExportError(f"{where}: unreadable metadata ({exc})") from None
     if not isinstance(out["arch"], dict):

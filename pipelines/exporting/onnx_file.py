@@ -15,12 +15,14 @@ raises ``ExportError`` beyond the tolerance, so a graph that would restore diffe
 written. ``OnnxRunner`` runs an exported file as a tile runner of ``restore`` (numpy in, numpy
 out, no torch), refusing a file that is not one of ours.
 """
+
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +44,10 @@ def size_rule(net) -> tuple[int, int]:
     from pipelines.networks.unet import MIN_SIZE, UNetGenerator
 
     default = (MIN_SIZE, 1) if isinstance(net, UNetGenerator) else (1, 1)
-    return (int(getattr(net, "min_size", default[0])),
-            int(getattr(net, "size_multiple", default[1])))
+    return (
+        int(getattr(net, "min_size", default[0])),
+        int(getattr(net, "size_multiple", default[1])),
+    )
 
 
 def _nonneg(v):
@@ -61,8 +65,14 @@ def _adapter_class():
         crops the padding off the output; inputs the network takes as they are pass unchanged.
         Runs ``net`` in ``dtype`` with float32 outside."""
 
-        def __init__(self, net: nn.Module, scale: int, min_size: int, multiple: int,
-                     dtype: torch.dtype = torch.float32):
+        def __init__(
+            self,
+            net: nn.Module,
+            scale: int,
+            min_size: int,
+            multiple: int,
+            dtype: torch.dtype = torch.float32,
+        ):
             super().__init__()
             self.net, self.scale, self.min_size, self.multiple = net, scale, min_size, multiple
             self.dtype = dtype
@@ -71,8 +81,18 @@ def _adapter_class():
             h, w = x.shape[-2], x.shape[-1]
             ph, pw = (-h) % self.multiple, (-w) % self.multiple
             # below the smallest size: pad further, by a whole number of multiples
-            ph = ph + (_nonneg(self.min_size - h - ph) + self.multiple - 1) // self.multiple * self.multiple
-            pw = pw + (_nonneg(self.min_size - w - pw) + self.multiple - 1) // self.multiple * self.multiple
+            ph = (
+                ph
+                + (_nonneg(self.min_size - h - ph) + self.multiple - 1)
+                // self.multiple
+                * self.multiple
+            )
+            pw = (
+                pw
+                + (_nonneg(self.min_size - w - pw) + self.multiple - 1)
+                // self.multiple
+                * self.multiple
+            )
             y = self.net(F.pad(x, (0, pw, 0, ph), mode="replicate").to(self.dtype))
             return y[..., : h * self.scale, : w * self.scale].float()
 
@@ -96,9 +116,16 @@ def _trace_example(min_size: int, multiple: int) -> tuple[int, int]:
     return side, side - 8 if (side - 8) % 32 else side - 9
 
 
-def to_onnx(net, meta: dict[str, str], *, opset: int = DEFAULT_OPSET,
-            check_sizes: Sequence[tuple[int, int]] = ((29, 61), (50, 35)),
-            tolerance: float = 1e-3, fp16: bool = False, seed: int = 0) -> tuple[bytes, float]:
+def to_onnx(
+    net,
+    meta: dict[str, str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    check_sizes: Sequence[tuple[int, int]] = ((29, 61), (50, 35)),
+    tolerance: float = 1e-3,
+    fp16: bool = False,
+    seed: int = 0,
+) -> tuple[bytes, float]:
     """The ONNX graph of the generator ``net`` (plain weights, eval mode) with ``meta`` as
     metadata, and its largest absolute difference from PyTorch on ``check_sizes`` (h, w).
 
@@ -110,17 +137,27 @@ def to_onnx(net, meta: dict[str, str], *, opset: int = DEFAULT_OPSET,
 
     scale = int(meta["scale"])
     net = net.float().eval()
-    model = adapt(net if not fp16 else _half_copy(net), scale,
-                  torch.float16 if fp16 else torch.float32)
+    model = adapt(
+        net if not fp16 else _half_copy(net), scale, torch.float16 if fp16 else torch.float32
+    )
     h, w = _trace_example(model.min_size, model.multiple)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # the tracer warns about every shape it turns into a value; they are the intended ones
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.rand(1, 3, h, w),), buf, dynamo=False,
-                          input_names=[INPUT], output_names=[OUTPUT], opset_version=opset,
-                          dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
-                                        OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}})
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, h, w),),
+            buf,
+            dynamo=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            opset_version=opset,
+            dynamic_axes={
+                INPUT: {0: "batch", 2: "height", 3: "width"},
+                OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"},
+            },
+        )
     proto = onnx.load_from_string(buf.getvalue())
     # the crop hides from the tracer that the output keeps 3 channels; tools read it here
     proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3
@@ -128,9 +165,11 @@ def to_onnx(net, meta: dict[str, str], *, opset: int = DEFAULT_OPSET,
     proto.producer_name = "decrappify"
     data = proto.SerializeToString()
     diff = parity(data, net, model, check_sizes, seed)
-    if not diff <= tolerance:   # also catches NaN
-        raise ExportError(f"ONNX graph differs from PyTorch by {diff:.3g} (max abs, tolerance "
-                          f"{tolerance:g}) on sizes {list(check_sizes)}: not written")
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportError(
+            f"ONNX graph differs from PyTorch by {diff:.3g} (max abs, tolerance "
+            f"{tolerance:g}) on sizes {list(check_sizes)}: not written"
+        )
     return data, diff
 
 
@@ -156,8 +195,10 @@ def parity(data: bytes, net, adapted, sizes: Sequence[tuple[int, int]], seed: in
             expected = reference(torch.from_numpy(x)).float().numpy()
         got = session.run([OUTPUT], {INPUT: x})[0]
         if got.shape != expected.shape:
-            raise ExportError(f"ONNX output {got.shape} for input {x.shape}; PyTorch gives "
-                              f"{expected.shape}: not written")
+            raise ExportError(
+                f"ONNX output {got.shape} for input {x.shape}; PyTorch gives "
+                f"{expected.shape}: not written"
+            )
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
@@ -173,8 +214,10 @@ def _session(model: bytes | str | Path, threads: int = 0):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-EXPECTED = ("one float32 input of shape N x 3 x H x W (RGB in [0, 1], dynamic H and W) and "
-            "one 4-D output N x 3 x sH x sW, with decrappify metadata")
+EXPECTED = (
+    "one float32 input of shape N x 3 x H x W (RGB in [0, 1], dynamic H and W) and "
+    "one 4-D output N x 3 x sH x sW, with decrappify metadata"
+)
 
 
 class OnnxRunner:
@@ -191,8 +234,7 @@ class OnnxRunner:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{self.path}: not a loadable ONNX model ({text})") from None
         self._check_io()
-        self.meta = metadata.parse(self.session.get_modelmeta().custom_metadata_map,
-                                   str(self.path))
+        self.meta = metadata.parse(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.scale = self.meta["scale"]
 
     def _check_io(self) -> None:
@@ -209,8 +251,9 @@ class OnnxRunner:
         elif not outputs or len(outputs[0].shape) != 4 or outputs[0].shape[1] != 3:
             problem = f"output {outputs[0].shape if outputs else 'missing'}"
         if problem:
-            raise ExportError(f"{self.path}: not a decrappify export: it has {problem}; "
-                              f"expected {EXPECTED}")
+            raise ExportError(
+                f"{self.path}: not a decrappify export: it has {problem}; expected {EXPECTED}"
+            )
         self.input, self.output = inputs[0].name, outputs[0].name
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:

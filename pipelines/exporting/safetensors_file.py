@@ -3,10 +3,12 @@ parametrizations folded into plain weights) and the metadata that rebuilds it.
 
 Safetensors holds tensors and a string header only: loading it runs no code, unlike a pickle.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +46,11 @@ def read(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return state, metadata.parse(raw_meta, str(path))
 
 
-def load_generator(path: Path | str, device: torch.device | str = "cpu",
-                   builder: Callable[..., nn.Module] | None = None) -> nn.Module:
+def load_generator(
+    path: Path | str,
+    device: torch.device | str = "cpu",
+    builder: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
     """The generator of an exported safetensors file, in eval mode on ``device``.
 
     ``builder`` rebuilds the network from the ``arch`` metadata (default
@@ -62,6 +67,8 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu",
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ExportError(f"{path}: weights do not fit the architecture {meta['arch']}: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise ExportError(
+            f"{path}: weights do not fit the architecture {meta['arch']}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     return model.to(device).eval()

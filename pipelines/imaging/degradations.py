@@ -14,18 +14,20 @@ then averaged away by the downscale would be far weaker than its sigma says), th
 watermark, then JPEG last, so the text is compressed with the picture as in the original and
 the model sees the ringing around letters it has to remove.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from pipelines.core.config import BaseConfig, ConfigError, bounded
-from pipelines.imaging.images import encode_jpeg
 from pipelines.core.runtime import hash_seed
+from pipelines.imaging.images import encode_jpeg
 from pipelines.imaging.resize import RESAMPLERS, Resample
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -108,8 +110,9 @@ def to_grayscale(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
-def _fit_text(text: str, height_px: float, max_w: int, max_h: int
-              ) -> tuple[float, int, int, int, int, int]:
+def _fit_text(
+    text: str, height_px: float, max_w: int, max_h: int
+) -> tuple[float, int, int, int, int, int]:
     """Font scale, thickness, padding and box size for ``text`` about ``height_px`` tall,
     shrunk until the padded box fits in max_w x max_h."""
     thickness = max(1, round(height_px / 12))
@@ -126,22 +129,33 @@ def _fit_text(text: str, height_px: float, max_w: int, max_h: int
     return scale, thickness, pad, th, min(bw, max_w), min(bh, max_h)
 
 
-def watermark(img: np.ndarray, text: str, rng: np.random.Generator, *,
-              height: tuple[float, float] = (0.08, 0.16),
-              opacity: tuple[float, float] = (1.0, 1.0),
-              color: Literal["white", "random"] = "white",
-              ref_side: int | None = None) -> tuple[np.ndarray, dict]:
+def watermark(
+    img: np.ndarray,
+    text: str,
+    rng: np.random.Generator,
+    *,
+    height: tuple[float, float] = (0.08, 0.16),
+    opacity: tuple[float, float] = (1.0, 1.0),
+    color: Literal["white", "random"] = "white",
+    ref_side: int | None = None,
+) -> tuple[np.ndarray, dict]:
     """``watermark_with_mask`` without the mask: (the new image, the record)."""
-    out, record, _ = watermark_with_mask(img, text, rng, height=height, opacity=opacity,
-                                         color=color, ref_side=ref_side)
+    out, record, _ = watermark_with_mask(
+        img, text, rng, height=height, opacity=opacity, color=color, ref_side=ref_side
+    )
     return out, record
 
 
-def watermark_with_mask(img: np.ndarray, text: str, rng: np.random.Generator, *,
-                        height: tuple[float, float] = (0.08, 0.16),
-                        opacity: tuple[float, float] = (1.0, 1.0),
-                        color: Literal["white", "random"] = "white",
-                        ref_side: int | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
+def watermark_with_mask(
+    img: np.ndarray,
+    text: str,
+    rng: np.random.Generator,
+    *,
+    height: tuple[float, float] = (0.08, 0.16),
+    opacity: tuple[float, float] = (1.0, 1.0),
+    color: Literal["white", "random"] = "white",
+    ref_side: int | None = None,
+) -> tuple[np.ndarray, dict, np.ndarray]:
     """Alpha-blend ``text`` in an OpenCV Hershey font at a random place, size, colour, opacity.
 
     As in the original, the text box's top-left corner is uniform in the image's top-left
@@ -162,8 +176,17 @@ def watermark_with_mask(img: np.ndarray, text: str, rng: np.random.Generator, *,
     alpha = float(rng.uniform(opacity[0], opacity[1]))
     rgb = rng.integers(0, 256, size=3) if color == "random" else np.array([255, 255, 255])
     fx, fy = rng.random(2)
-    record = {"text": text, "x": 0, "y": 0, "box_w": 0, "box_h": 0, "font_scale": 0.0,
-              "thickness": 0, "color": [int(c) for c in rgb], "opacity": round(alpha, 4)}
+    record = {
+        "text": text,
+        "x": 0,
+        "y": 0,
+        "box_w": 0,
+        "box_h": 0,
+        "font_scale": 0.0,
+        "thickness": 0,
+        "color": [int(c) for c in rgb],
+        "opacity": round(alpha, 4),
+    }
     full = np.zeros((h, w), np.uint8)
     if not text:
         return img.copy(), record, full
@@ -174,13 +197,19 @@ def watermark_with_mask(img: np.ndarray, text: str, rng: np.random.Generator, *,
     mask = np.zeros((bh, bw), np.uint8)
     cv2.putText(mask, text, (pad, pad + th), FONT, scale, 255, thickness, cv2.LINE_AA)
     out = img.copy()
-    region = out[y:y + bh, x:x + bw].astype(np.float32)
+    region = out[y : y + bh, x : x + bw].astype(np.float32)
     a = mask.astype(np.float32)[..., None] * np.float32(alpha / 255.0)
     region += a * (rgb.astype(np.float32) - region)
-    out[y:y + bh, x:x + bw] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
-    record.update(x=int(x), y=int(y), box_w=int(bw), box_h=int(bh),
-                  font_scale=round(float(scale), 4), thickness=int(thickness))
-    full[y:y + bh, x:x + bw] = mask
+    out[y : y + bh, x : x + bw] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    record.update(
+        x=int(x),
+        y=int(y),
+        box_w=int(bw),
+        box_h=int(bh),
+        font_scale=round(float(scale), 4),
+        thickness=int(thickness),
+    )
+    full[y : y + bh, x : x + bw] = mask
     return out, record, full
 
 
@@ -191,6 +220,7 @@ class Degradation:
     The crappify stage's config is this class (plus workers and ``base``), so the training code
     can pass the loaded stage config as the spec and draw the very same degradations.
     """
+
     # LR = HR / scale ("scale"), or the recipe's fixed shorter side ("short_side")
     scale: int = bounded(4, lo=1, hi=8)
     size_mode: Literal["scale", "short_side"] = "scale"
@@ -212,8 +242,13 @@ class Degradation:
     grayscale: bool = False
 
     def check(self) -> None:
-        for key in ("jpeg_quality", "watermark_height", "watermark_opacity", "blur_sigma",
-                    "noise_sigma"):
+        for key in (
+            "jpeg_quality",
+            "watermark_height",
+            "watermark_opacity",
+            "blur_sigma",
+            "noise_sigma",
+        ):
             lo, hi = getattr(self, key)
             if lo > hi:
                 raise ConfigError(f"{key}: {[lo, hi]!r} has lo > hi")
@@ -231,9 +266,10 @@ class CrappifyConfig(Degradation):
 
     Being a ``Degradation`` itself, a loaded config is the spec that ``crappify()`` takes.
     """
+
     # the section has no scale key: it is base.scale, shared with the training stages
     scale: int = field(default=4, init=False)
-    workers: int = bounded(0, lo=0)         # processes; 0 = every core available
+    workers: int = bounded(0, lo=0)  # processes; 0 = every core available
     examples: int = bounded(6, lo=0, hi=64)  # HR/LR pairs in the image logged to MLflow
     base: BaseConfig = field(default_factory=BaseConfig)
 
@@ -246,16 +282,17 @@ def rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(hash_seed(seed, key))
 
 
-def crappify(hr: np.ndarray, spec: Degradation, rng: np.random.Generator,
-             ref_side: int | None = None) -> tuple[np.ndarray, bytes, dict]:
+def crappify(
+    hr: np.ndarray, spec: Degradation, rng: np.random.Generator, ref_side: int | None = None
+) -> tuple[np.ndarray, bytes, dict]:
     """Degrade one HR image: (LR as decoded RGB uint8, its JPEG bytes, the record of draws)."""
     lr, data, record, _ = crappify_with_mask(hr, spec, rng, ref_side)
     return lr, data, record
 
 
-def crappify_with_mask(hr: np.ndarray, spec: Degradation, rng: np.random.Generator,
-                       ref_side: int | None = None
-                       ) -> tuple[np.ndarray, bytes, dict, np.ndarray]:
+def crappify_with_mask(
+    hr: np.ndarray, spec: Degradation, rng: np.random.Generator, ref_side: int | None = None
+) -> tuple[np.ndarray, bytes, dict, np.ndarray]:
     """``crappify`` plus the watermark's mask at LR size (see ``watermark_with_mask``).
 
     The LR array is the decoded JPEG, bit for bit what a reader of the written bytes gets.
@@ -280,15 +317,25 @@ def crappify_with_mask(hr: np.ndarray, spec: Degradation, rng: np.random.Generat
     if noise_on:
         img = gaussian_noise(img, noise_sigma, noise_rng)
     text = {"quality": str(quality), "fixed": spec.watermark_text, "none": ""}[spec.watermark]
-    img, mark, mask = watermark_with_mask(img, text, mark_rng, height=spec.watermark_height,
-                                          opacity=spec.watermark_opacity,
-                                          color=spec.watermark_color, ref_side=ref_side)
+    img, mark, mask = watermark_with_mask(
+        img,
+        text,
+        mark_rng,
+        height=spec.watermark_height,
+        opacity=spec.watermark_opacity,
+        color=spec.watermark_color,
+        ref_side=ref_side,
+    )
     lr, data = jpeg(img, quality)
-    record = {"quality": quality, **mark,
-              "blur_sigma": round(blur_sigma, 4) if blur_on else 0.0,
-              "noise_sigma": round(noise_sigma, 4) if noise_on else 0.0,
-              "grayscale": spec.grayscale,
-              "lr_width": int(lr.shape[1]), "lr_height": int(lr.shape[0])}
+    record = {
+        "quality": quality,
+        **mark,
+        "blur_sigma": round(blur_sigma, 4) if blur_on else 0.0,
+        "noise_sigma": round(noise_sigma, 4) if noise_on else 0.0,
+        "grayscale": spec.grayscale,
+        "lr_width": int(lr.shape[1]),
+        "lr_height": int(lr.shape[0]),
+    }
     return lr, data, record, mask
 
 
@@ -300,6 +347,7 @@ def make_degrader(spec: Degradation) -> Callable[[np.ndarray, np.random.Generato
     return functools.partial(_lr_only, spec)
 
 
-def _lr_only(spec: Degradation, hr: np.ndarray, rng: np.random.Generator,
-             ref_side: int | None = None) -> np.ndarray:
+def _lr_only(
+    spec: Degradation, hr: np.ndarray, rng: np.random.Generator, ref_side: int | None = None
+) -> np.ndarray:
     return crappify(hr, spec, rng, ref_side)[0]

@@ -9,13 +9,14 @@ Two ways in:
   (empty, truncated, corrupt, too small, decompression bombs) with a short stable reason and
   normalises the rest (16-bit, grayscale, alpha, palette, CMYK, EXIF orientation) to 8-bit RGB.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -56,8 +57,11 @@ def list_images(folder: Path | str) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root) / name for name in files
-                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        found.extend(
+            Path(root) / name
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
     return sorted(found)
 
 
@@ -79,8 +83,12 @@ def read_rgb(path: Path | str) -> np.ndarray:
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
-    if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3
-            and rgb.shape[2] == 3):
+    if not (
+        isinstance(rgb, np.ndarray)
+        and rgb.dtype == np.uint8
+        and rgb.ndim == 3
+        and rgb.shape[2] == 3
+    ):
         kind = getattr(rgb, "dtype", type(rgb))
         shape = getattr(rgb, "shape", "")
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {kind} {shape}")
@@ -89,8 +97,9 @@ def _check_rgb(rgb: np.ndarray) -> None:
 def encode_png(rgb: np.ndarray) -> bytes:
     """Lossless PNG bytes of an HxWx3 uint8 RGB array."""
     _check_rgb(rgb)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    )
     if not ok:
         raise ValueError("OpenCV could not encode the image as PNG")
     return buf.tobytes()
@@ -101,8 +110,9 @@ def encode_jpeg(rgb: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     _check_rgb(rgb)
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality {quality} is not in 1..100")
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
     if not ok:
         raise ValueError("OpenCV could not encode the image as JPEG")
     return buf.tobytes()
@@ -119,13 +129,15 @@ def write_image(path: Path | str, rgb: np.ndarray, jpeg_quality: int | None = No
     elif suffix in (".jpg", ".jpeg"):
         data = encode_jpeg(rgb, DEFAULT_JPEG_QUALITY if jpeg_quality is None else jpeg_quality)
     else:
-        raise ValueError(f"{path}: cannot choose an encoder for suffix {path.suffix!r} "
-                         "(use .png, .jpg or .jpeg)")
+        raise ValueError(
+            f"{path}: cannot choose an encoder for suffix {path.suffix!r} (use .png, .jpg or .jpeg)"
+        )
     write_bytes(path, data)
 
 
-def check_image(path: Path | str, min_size: int,
-                max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, str]:
+def check_image(
+    path: Path | str, min_size: int, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray | None, str]:
     """Decode an untrusted image file into 8-bit RGB, or say why it is refused.
 
     Returns ``(rgb, "ok")``, ``(rgb, "converted: <what>")`` or ``(None, <reason>)``, where a
@@ -152,8 +164,9 @@ def check_image(path: Path | str, min_size: int,
     return check_image_bytes(data, min_size, max_pixels)
 
 
-def check_image_bytes(data: bytes, min_size: int,
-                      max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, str]:
+def check_image_bytes(
+    data: bytes, min_size: int, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray | None, str]:
     """``check_image`` for the bytes of a file."""
     if not data:
         return None, "empty file"
@@ -279,8 +292,9 @@ def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def contact_sheet(images: Sequence[np.ndarray], tile: int = 128, columns: int = 6,
-                  background: int = 255) -> np.ndarray:
+def contact_sheet(
+    images: Sequence[np.ndarray], tile: int = 128, columns: int = 6, background: int = 255
+) -> np.ndarray:
     """A grid of RGB images, each scaled to fit a ``tile`` square, for a quick look in MLflow."""
     if not images:
         raise ValueError("contact_sheet needs at least one image")
@@ -296,5 +310,5 @@ def contact_sheet(images: Sequence[np.ndarray], tile: int = 128, columns: int = 
         thumb = cv2.resize(rgb, size, interpolation=shrink)
         top = (i // columns) * tile + (tile - size[1]) // 2
         left = (i % columns) * tile + (tile - size[0]) // 2
-        sheet[top:top + size[1], left:left + size[0]] = thumb
+        sheet[top : top + size[1], left : left + size[0]] = thumb
     return sheet

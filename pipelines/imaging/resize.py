@@ -1,4 +1,5 @@
 """Resampling by name: OpenCV's methods and MATLAB's bicubic ``imresize`` (the SR benchmarks')."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -48,8 +49,11 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 def _keys_cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5, the one MATLAB's ``imresize`` uses."""
     ax = np.abs(x)
-    return np.where(ax <= 1, 1.5 * ax ** 3 - 2.5 * ax ** 2 + 1,
-                    np.where(ax <= 2, -0.5 * ax ** 3 + 2.5 * ax ** 2 - 4 * ax + 2, 0.0))
+    return np.where(
+        ax <= 1,
+        1.5 * ax**3 - 2.5 * ax**2 + 1,
+        np.where(ax <= 2, -0.5 * ax**3 + 2.5 * ax**2 - 4 * ax + 2, 0.0),
+    )
 
 
 def _matlab_weights(in_len: int, out_len: int) -> tuple[np.ndarray, np.ndarray]:

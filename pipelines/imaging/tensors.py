@@ -1,4 +1,5 @@
 """Images as arrays and as tensors, and the centred crops every stage takes of them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 def to_image(t: torch.Tensor) -> np.ndarray:
     """3xHxW float in [0, 1] -> HxWx3 uint8 RGB (rounded, clipped)."""
-    return (t.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    return t.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def centre_box(height: int, width: int, size: int, multiple: int = 1) -> tuple[int, int, int]:
@@ -29,4 +30,4 @@ def centre_crop(img: np.ndarray, size: int, multiple: int = 1) -> np.ndarray:
     if not size:
         return img
     y, x, c = centre_box(img.shape[0], img.shape[1], size, multiple)
-    return img[y:y + c, x:x + c]
+    return img[y : y + c, x : x + c]

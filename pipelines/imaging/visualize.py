@@ -1,8 +1,9 @@
 """Pictures for people: labelled side-by-side comparisons and score-per-step line plots."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -36,8 +37,9 @@ def _label_strip(text: str, width: int, height: int) -> np.ndarray:
     return strip
 
 
-def grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
-         height: int | None = None) -> np.ndarray:
+def grid(
+    rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], height: int | None = None
+) -> np.ndarray:
     """One RGB uint8 image: ``rows`` of images side by side under a header of column ``labels``.
 
     Images are resized to a common ``height`` (default: the tallest image), aspect kept; a column
@@ -61,18 +63,23 @@ def grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str],
     out = np.full((total_h, total_w, 3), BACKGROUND, dtype=np.uint8)
     x = GAP
     for j, w in enumerate(widths):
-        out[:header, x:x + w] = _label_strip(labels[j], w, header)
+        out[:header, x : x + w] = _label_strip(labels[j], w, header)
         for i, row in enumerate(cells):
             img = row[j]
             y = header + i * (height + GAP)
             dx = x + (w - img.shape[1]) // 2
-            out[y:y + height, dx:dx + img.shape[1]] = img
+            out[y : y + height, dx : dx + img.shape[1]] = img
         x += w + GAP
     return out
 
 
-def line_plot(xs: Sequence[float], series: Mapping[str, Sequence[float]], path: Path | str,
-              title: str, xlabel: str = "step") -> Path:
+def line_plot(
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path: Path | str,
+    title: str,
+    xlabel: str = "step",
+) -> Path:
     """A PNG of each series over ``xs``, one panel per series sharing the x axis (scores in dB
     and in [0, 1] would flatten each other on one axis); written atomically to ``path``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -18,26 +18,30 @@ product of two 1-D sums and need no HR-sized map. Memory is one tile on the devi
 uint8 result and one band on the host: a 4000x3000 photo at x4 needs about 0.6 GB for its
 16000x12000 result and 0.2 GB of band, where a float32 accumulator would take 2.3 GB.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from pipelines.training import checkpoint
 from pipelines.core.runtime import autocast
+from pipelines.training import checkpoint
 
 # one LR tile (RGB uint8, HxWx3) -> its HR output (RGB float32 in [0, 1], (sH)x(sW)x3)
 TileRunner = Callable[[np.ndarray], np.ndarray]
-Network = Union[nn.Module, TileRunner]
+Network = nn.Module | TileRunner
 
-def load_generator(path: Path | str, device: torch.device | str = "cpu",
-                   builder: Callable[..., nn.Module] | None = None) -> nn.Module:
+
+def load_generator(
+    path: Path | str,
+    device: torch.device | str = "cpu",
+    builder: Callable[..., nn.Module] | None = None,
+) -> nn.Module:
     """The generator saved at ``path`` (checkpoint format, kind "generator"), in eval mode.
 
     ``builder`` rebuilds the network from the saved ``arch`` keywords; by default
@@ -52,7 +56,8 @@ def load_generator(path: Path | str, device: torch.device | str = "cpu",
     except RuntimeError as exc:
         raise checkpoint.CheckpointError(
             f"{path}: weights do not fit the saved architecture {data['arch']}: "
-            f"{str(exc).splitlines()[0]}") from None
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     return model.to(device).eval()
 
 
@@ -96,8 +101,9 @@ def _check_restore_args(lr: np.ndarray, tile: int, overlap: int) -> None:
         raise ValueError(f"overlap must be in [0, tile / 2], got {overlap} with tile {tile}")
 
 
-def _run(model: nn.Module, lr_tile: np.ndarray, device: torch.device,
-         dtype: torch.dtype | None) -> np.ndarray:
+def _run(
+    model: nn.Module, lr_tile: np.ndarray, device: torch.device, dtype: torch.dtype | None
+) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(lr_tile)).permute(2, 0, 1)[None]
     x = x.to(device=device, dtype=torch.float32).div_(255.0)
     with torch.inference_mode(), autocast(device, dtype):
@@ -108,8 +114,10 @@ def _run(model: nn.Module, lr_tile: np.ndarray, device: torch.device,
 def _scale_of(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> int:
     scale, rem = divmod(out_shape[0], in_shape[0])
     if rem or scale < 1 or out_shape[1] != in_shape[1] * scale:
-        raise ValueError(f"the generator maps {in_shape[1]}x{in_shape[0]} px to "
-                         f"{out_shape[1]}x{out_shape[0]} px, not an integer upscaling")
+        raise ValueError(
+            f"the generator maps {in_shape[1]}x{in_shape[0]} px to "
+            f"{out_shape[1]}x{out_shape[0]} px, not an integer upscaling"
+        )
     return scale
 
 
@@ -117,8 +125,9 @@ def to_uint8(rgb01: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb01 * 255.0), 0, 255).astype(np.uint8)
 
 
-def tile_runner(model: Network, device: torch.device | str = "cpu",
-                dtype: torch.dtype | None = None) -> TileRunner:
+def tile_runner(
+    model: Network, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> TileRunner:
     """``model`` as a function of one numpy tile: a module runs on ``device`` under autocast
     ``dtype``; anything else is taken to be a tile runner already."""
     if isinstance(model, nn.Module):
@@ -126,8 +135,14 @@ def tile_runner(model: Network, device: torch.device | str = "cpu",
     return model
 
 
-def restore(model: Network, lr: np.ndarray, tile: int = 256, overlap: int = 32,
-            device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> np.ndarray:
+def restore(
+    model: Network,
+    lr: np.ndarray,
+    tile: int = 256,
+    overlap: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> np.ndarray:
     """Restore the RGB uint8 image ``lr`` with ``model``; returns its RGB uint8 HR output.
 
     ``model``: a PyTorch module, or a ``TileRunner`` (``device`` and ``dtype`` then unused).
@@ -147,13 +162,17 @@ def restore(model: Network, lr: np.ndarray, tile: int = 256, overlap: int = 32,
     hr = band = None
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
-            out = run(lr[y0:y0 + th, x0:x0 + tw])
+            out = run(lr[y0 : y0 + th, x0 : x0 + tw])
             if hr is None:
                 scale = _scale_of(out.shape, (th, tw))
-                row_w = [edge_ramp(th * scale, overlap * scale, k > 0, k < len(ys) - 1)
-                         for k in range(len(ys))]
-                col_w = [edge_ramp(tw * scale, overlap * scale, k > 0, k < len(xs) - 1)
-                         for k in range(len(xs))]
+                row_w = [
+                    edge_ramp(th * scale, overlap * scale, k > 0, k < len(ys) - 1)
+                    for k in range(len(ys))
+                ]
+                col_w = [
+                    edge_ramp(tw * scale, overlap * scale, k > 0, k < len(xs) - 1)
+                    for k in range(len(xs))
+                ]
                 row_sum = _summed(row_w, ys, th, h, scale)
                 col_sum = _summed(col_w, xs, tw, w, scale)
                 hr = np.empty((h * scale, w * scale, 3), dtype=np.uint8)
@@ -161,26 +180,27 @@ def restore(model: Network, lr: np.ndarray, tile: int = 256, overlap: int = 32,
             elif out.shape[:2] != (th * scale, tw * scale):
                 raise ValueError(f"the generator's output size changed between tiles: {out.shape}")
             window = row_w[i][:, None] * col_w[j][None, :]
-            band[:, x0 * scale:(x0 + tw) * scale] += out * window[..., None]
+            band[:, x0 * scale : (x0 + tw) * scale] += out * window[..., None]
         top = y0 * scale
         # Later tile rows start at or below the next one's top: the rows above it are final.
         bottom = ys[i + 1] * scale if i + 1 < len(ys) else h * scale
-        done = band[:bottom - top]
+        done = band[: bottom - top]
         np.divide(done, (row_sum[top:bottom, None] * col_sum[None, :])[..., None], out=done)
         _to_uint8_into(done, hr[top:bottom])
         # The unfinished rows move to the top of the band, which becomes the next row's band.
         rest = band.shape[0] - (bottom - top)
-        band[:rest] = band[bottom - top:]
+        band[:rest] = band[bottom - top :]
         band[rest:] = 0.0
     return hr
 
 
-def _summed(ramps: list[np.ndarray], starts: list[int], size: int, length: int,
-            scale: int) -> np.ndarray:
+def _summed(
+    ramps: list[np.ndarray], starts: list[int], size: int, length: int, scale: int
+) -> np.ndarray:
     """Sum of the 1-D tile ramps along one HR axis; positive everywhere, or tiling is broken."""
     total = np.zeros(length * scale, dtype=np.float32)
     for ramp, s in zip(ramps, starts):
-        total[s * scale:(s + size) * scale] += ramp
+        total[s * scale : (s + size) * scale] += ramp
     if not (total > 0).all():
         raise RuntimeError("tile windows left pixels without weight")
     return total

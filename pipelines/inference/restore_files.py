@@ -11,6 +11,7 @@ first run's results. Each image is written as ``<out>/<path below its input><suf
 Problems that stop everything (an output folder that cannot be written, a model that cannot be
 loaded, bad tiling arguments) raise ``RestoreError`` before any image is read.
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,21 +19,21 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from pipelines.core.errors import StageError
-from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, write_image
-from pipelines.networks.unet import MIN_SIZE
-from pipelines.exporting.metadata import ExportError
-from pipelines.inference.restore import Network, load_generator, restore
 from pipelines.core.runtime import autocast_dtype, pick_device
-from pipelines.running.tracking import fail_fast, project_tracking_uri, repo_root
+from pipelines.exporting.metadata import ExportError
+from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, write_image
 from pipelines.imaging.visualize import grid
+from pipelines.inference.restore import Network, load_generator, restore
+from pipelines.networks.unet import MIN_SIZE
+from pipelines.running.tracking import fail_fast, project_tracking_uri, repo_root
 
 DEFAULT_MODEL = Path("models") / "gan_generator.pt"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -57,8 +58,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Settings:
-    tile: int = 256     # LR px per tile
-    overlap: int = 32   # LR px shared by neighbouring tiles
+    tile: int = 256  # LR px per tile
+    overlap: int = 32  # LR px shared by neighbouring tiles
     device: str = "cpu"
     dtype: torch.dtype | None = None
 
@@ -67,7 +68,7 @@ class Settings:
 class Outcome:
     source: str
     output: str | None = None
-    error: str | None = None   # why the image was not restored
+    error: str | None = None  # why the image was not restored
     seconds: float = 0.0
     size: tuple[int, int] | None = None  # restored width, height
 
@@ -75,7 +76,7 @@ class Outcome:
 @dataclass
 class Summary:
     restored: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)   # input -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # input -> reason
     seconds: float = 0.0
 
     @property
@@ -83,8 +84,10 @@ class Summary:
         return len(self.restored) / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        return (f"restored {len(self.restored)}, failed {len(self.failed)} in "
-                f"{self.seconds:.1f} s ({self.images_per_s:.3g} images/s)")
+        return (
+            f"restored {len(self.restored)}, failed {len(self.failed)} in "
+            f"{self.seconds:.1f} s ({self.images_per_s:.3g} images/s)"
+        )
 
     def as_dict(self) -> dict:
         return {**asdict(self), "images_per_s": round(self.images_per_s, 4)}
@@ -94,11 +97,20 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def restore_paths(inputs: Sequence[str], out: Path | str, model: str | None = None, *,
-                  compare: bool = False, tile: int = 256, overlap: int = 32,
-                  device: str = "auto", suffix: str = "_restored",
-                  report: Report = _stderr, progress: Report | None = None,
-                  run_one: Callable[[Job, Network, Settings], Outcome] | None = None) -> Summary:
+def restore_paths(
+    inputs: Sequence[str],
+    out: Path | str,
+    model: str | None = None,
+    *,
+    compare: bool = False,
+    tile: int = 256,
+    overlap: int = 32,
+    device: str = "auto",
+    suffix: str = "_restored",
+    report: Report = _stderr,
+    progress: Report | None = None,
+    run_one: Callable[[Job, Network, Settings], Outcome] | None = None,
+) -> Summary:
     """Restore every image ``inputs`` name into ``out``; see the module docstring.
 
     ``model``: a checkpoint file, an exported ``.onnx`` (run by ONNX Runtime) or
@@ -154,11 +166,13 @@ def prepare_output(out: Path) -> Path:
     except FileExistsError:
         raise RestoreError(f"{out}: output folder is an existing file") from None
     except NotADirectoryError:
-        raise RestoreError(f"{out}: cannot create the output folder: part of its path is a "
-                           "file") from None
+        raise RestoreError(
+            f"{out}: cannot create the output folder: part of its path is a file"
+        ) from None
     except OSError as exc:
-        raise RestoreError(f"{out}: cannot create the output folder: "
-                           f"{exc.strerror or exc}") from None
+        raise RestoreError(
+            f"{out}: cannot create the output folder: {exc.strerror or exc}"
+        ) from None
     # Permissions, a read-only mount or a full disk show only when writing; better now than
     # after the first image has been restored.
     try:
@@ -178,8 +192,10 @@ def load_model(spec: str | None, device: torch.device) -> Network:
     path = Path(spec) if spec else repo_root() / DEFAULT_MODEL
     if not path.is_file():
         what = "model file" if spec else "default model"
-        raise RestoreError(f"{path}: {what} not found; train one with `dvc repro train_gan` "
-                           "(or pass --model PATH|models:/NAME@ALIAS)")
+        raise RestoreError(
+            f"{path}: {what} not found; train one with `dvc repro train_gan` "
+            "(or pass --model PATH|models:/NAME@ALIAS)"
+        )
     try:
         if path.suffix == ".onnx":
             from pipelines.exporting.onnx_file import OnnxRunner
@@ -212,9 +228,11 @@ def _load_mlflow(uri: str, device: torch.device) -> Network:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RestoreError(f"{uri}: cannot load the model from MLflow at {store}: {text}") from None
     if "onnx" not in flavors:
-        raise RestoreError(f"{uri}: an MLflow model of flavour(s) {', '.join(flavors)}; expected "
-                           "the ONNX flavour that train_gan logs (older pickled models are not "
-                           "loaded: register a newly trained generator)")
+        raise RestoreError(
+            f"{uri}: an MLflow model of flavour(s) {', '.join(flavors)}; expected "
+            "the ONNX flavour that train_gan logs (older pickled models are not "
+            "loaded: register a newly trained generator)"
+        )
     try:
         return OnnxRunner(local / flavors["onnx"]["data"])
     except ExportError as exc:
@@ -222,12 +240,13 @@ def _load_mlflow(uri: str, device: torch.device) -> Network:
 
 
 # -- the inputs --------------------------------------------------------------------------------
-def collect(inputs: Iterable[str], out: Path, suffix: str,
-            compare: bool) -> tuple[list[Job], dict[str, str]]:
+def collect(
+    inputs: Iterable[str], out: Path, suffix: str, compare: bool
+) -> tuple[list[Job], dict[str, str]]:
     """The jobs for ``inputs`` and, per input that yields no image, the reason."""
     jobs: list[Job] = []
     failed: dict[str, str] = {}
-    taken: dict[Path, Path] = {}   # output -> source, to refuse two sources for one output
+    taken: dict[Path, Path] = {}  # output -> source, to refuse two sources for one output
     seen: set[Path] = set()
     out_abs = out.absolute()
     for item in inputs:
@@ -244,8 +263,11 @@ def collect(inputs: Iterable[str], out: Path, suffix: str,
             seen.add(source.absolute())
             rel = Path(os.path.relpath(source.absolute(), root.absolute()))
             stem = out / rel.parent / (rel.stem + suffix)
-            job = Job(source, stem.with_name(stem.name + ".png"),
-                      stem.with_name(stem.name + COMPARE_SUFFIX + ".png") if compare else None)
+            job = Job(
+                source,
+                stem.with_name(stem.name + ".png"),
+                stem.with_name(stem.name + COMPARE_SUFFIX + ".png") if compare else None,
+            )
             clash = next((taken[p] for p in (job.output, job.comparison) if p in taken), None)
             if clash is not None:
                 failed[str(source)] = f"same output name as {clash}"
@@ -262,7 +284,7 @@ def _expand(item: str) -> tuple[list[tuple[Path, Path]], str | None]:
         files = list_images(path)
         return [(f, path) for f in files], None if files else "no images in this folder"
     if path.exists() or path.is_symlink():
-        return [(path, path.parent)], None    # named explicitly: checked whatever its suffix
+        return [(path, path.parent)], None  # named explicitly: checked whatever its suffix
     if not glob.has_magic(item):
         return [], "no such file or folder"
     # Outputs keep the path below the pattern's fixed leading folders.
@@ -293,16 +315,24 @@ def restore_file(job: Job, model: Network, settings: Settings) -> Outcome:
         if job.comparison is not None:
             write_image(job.comparison, comparison(rgb, hr))
     except (MemoryError, torch.cuda.OutOfMemoryError):
-        return Outcome(source, error=f"out of memory at {rgb.shape[1]}x{rgb.shape[0]} px "
-                                     "(a smaller --tile needs less)")
+        return Outcome(
+            source,
+            error=f"out of memory at {rgb.shape[1]}x{rgb.shape[0]} px "
+            "(a smaller --tile needs less)",
+        )
     except OSError as exc:
-        return Outcome(source, error=f"cannot write {exc.filename or job.output}: "
-                                     f"{exc.strerror or exc}")
+        return Outcome(
+            source, error=f"cannot write {exc.filename or job.output}: {exc.strerror or exc}"
+        )
     except Exception as exc:  # one image's failure must not stop the others
         text = str(exc).splitlines()[0] if str(exc) else ""
         return Outcome(source, error=f"restore failed: {type(exc).__name__}: {text}")
-    return Outcome(source, output=str(job.output), seconds=time.perf_counter() - start,
-                   size=(hr.shape[1], hr.shape[0]))
+    return Outcome(
+        source,
+        output=str(job.output),
+        seconds=time.perf_counter() - start,
+        size=(hr.shape[1], hr.shape[0]),
+    )
 
 
 def comparison(lr: np.ndarray, hr: np.ndarray) -> np.ndarray:

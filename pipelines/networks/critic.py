@@ -3,6 +3,7 @@
 Every conv is spectral-normed with a bias, followed by LeakyReLU(0.2); no BatchNorm (it would
 couple the real and generated images of a batch). At 128 px the default critic gives 5x5 patches.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ FINAL_KERNEL = 4
 class PatchCritic(nn.Module):
     """Arguments as ``build_critic``. Input: images in [0, 1]; output: logits (N, patches)."""
 
-    def __init__(self, nf: int = 128, n_blocks: int = 3, p: float = 0.15,
-                 self_attention: bool = True):
+    def __init__(
+        self, nf: int = 128, n_blocks: int = 3, p: float = 0.15, self_attention: bool = True
+    ):
         super().__init__()
         self.arch = dict(nf=nf, n_blocks=n_blocks, p=p, self_attention=self_attention)
         self.n_blocks = n_blocks
@@ -30,9 +32,18 @@ class PatchCritic(nn.Module):
         ]
         nf *= 2
         for i in range(n_blocks):
-            layers += [nn.Dropout2d(p),
-                       conv_layer(nf, nf * 2, ks=4, stride=2, norm="spectral", leaky=LEAKY,
-                                  self_attention=self_attention and i == 0)]
+            layers += [
+                nn.Dropout2d(p),
+                conv_layer(
+                    nf,
+                    nf * 2,
+                    ks=4,
+                    stride=2,
+                    norm="spectral",
+                    leaky=LEAKY,
+                    self_attention=self_attention and i == 0,
+                ),
+            ]
             nf *= 2
         self.body = nn.Sequential(*layers)
         self.final = conv(nf, 1, ks=FINAL_KERNEL, padding=0, bias=False, norm="spectral")
@@ -44,8 +55,10 @@ class PatchCritic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if min(h, w) < self.min_size():
-            raise ValueError(f"critic input {h}x{w} is smaller than {self.min_size()} px, the "
-                             f"minimum for n_blocks={self.n_blocks}")
+            raise ValueError(
+                f"critic input {h}x{w} is smaller than {self.min_size()} px, the "
+                f"minimum for n_blocks={self.n_blocks}"
+            )
         # centred on 0 like the ImageNet-normalised images the recipe's critic saw
         y = self.body(x * 2 - 1)
         # A map smaller than the final kernel (inputs under ~52 px with 3 blocks) is zero-padded
@@ -56,8 +69,9 @@ class PatchCritic(nn.Module):
         return self.final(y).flatten(1)
 
 
-def build_critic(nf: int = 128, n_blocks: int = 3, p: float = 0.15,
-                 self_attention: bool = True) -> PatchCritic:
+def build_critic(
+    nf: int = 128, n_blocks: int = 3, p: float = 0.15, self_attention: bool = True
+) -> PatchCritic:
     """The patch critic.
 
     nf: channels of the first conv (doubled by the dense block and by every down block).

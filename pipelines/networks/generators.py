@@ -3,6 +3,7 @@
 ``arch["kind"]`` names the architecture: "unet" (the default, and what model files written
 before the key existed hold) or "srresnet". The rest of the dict is that builder's keywords.
 """
+
 from __future__ import annotations
 
 from torch import nn

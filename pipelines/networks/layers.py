@@ -6,6 +6,7 @@ norm recomputes from its own parameters; here the norm is applied to the finishe
 Weight and spectral norm use ``torch.nn.utils.parametrizations``: state dict keys are
 ``<conv>.parametrizations.weight.original0/1`` (weight norm) or ``...original`` (spectral norm).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -29,20 +30,35 @@ def apply_norm(module: nn.Module, norm: Norm) -> nn.Module:
     raise ValueError(f"norm: {norm!r} is not one of {', '.join(NORMS)}")
 
 
-def conv(ni: int, nf: int, ks: int = 3, stride: int = 1, padding: int | None = None,
-         bias: bool = True, norm: Norm = "weight") -> nn.Module:
+def conv(
+    ni: int,
+    nf: int,
+    ks: int = 3,
+    stride: int = 1,
+    padding: int | None = None,
+    bias: bool = True,
+    norm: Norm = "weight",
+) -> nn.Module:
     """A kaiming-initialised conv with zero bias, wrapped in ``norm``."""
-    layer = nn.Conv2d(ni, nf, ks, stride=stride, padding=(ks - 1) // 2 if padding is None else padding,
-                      bias=bias)
+    layer = nn.Conv2d(
+        ni, nf, ks, stride=stride, padding=(ks - 1) // 2 if padding is None else padding, bias=bias
+    )
     nn.init.kaiming_normal_(layer.weight)
     if bias:
         nn.init.zeros_(layer.bias)
     return apply_norm(layer, norm)
 
 
-def conv_layer(ni: int, nf: int, ks: int = 3, stride: int = 1, norm: Norm = "weight",
-               leaky: float | None = None, self_attention: bool = False,
-               padding: int | None = None) -> nn.Sequential:
+def conv_layer(
+    ni: int,
+    nf: int,
+    ks: int = 3,
+    stride: int = 1,
+    norm: Norm = "weight",
+    leaky: float | None = None,
+    self_attention: bool = False,
+    padding: int | None = None,
+) -> nn.Sequential:
     """conv -> norm -> ReLU (or LeakyReLU) [-> self-attention], as fastai's conv_layer."""
     act = nn.ReLU(inplace=True) if leaky is None else nn.LeakyReLU(leaky, inplace=True)
     layers = [conv(ni, nf, ks, stride, padding, norm=norm), act]
@@ -122,19 +138,23 @@ class SelfAttention(nn.Module):
         # fastai: beta = softmax_i(f_i . g_j), o_j = sum_i h_i beta_ij: attention with queries g,
         # keys f, values h and no 1/sqrt(d) scaling; the fused kernel avoids the (hw)^2 matrix
         # when it can, which matters at inference on large images.
-        attn = F.scaled_dot_product_attention(g.transpose(1, 2), f.transpose(1, 2),
-                                              v.transpose(1, 2), scale=1.0)
+        attn = F.scaled_dot_product_attention(
+            g.transpose(1, 2), f.transpose(1, 2), v.transpose(1, 2), scale=1.0
+        )
         return (self.gamma * attn.transpose(1, 2) + flat).reshape(n, c, h, w)
 
 
 class ResBlock(nn.Module):
     """Two conv layers with a skip: x + convs(x), or cat([x, convs(x)]) when ``dense``."""
 
-    def __init__(self, channels: int, norm: Norm = "weight", leaky: float | None = None,
-                 dense: bool = False):
+    def __init__(
+        self, channels: int, norm: Norm = "weight", leaky: float | None = None, dense: bool = False
+    ):
         super().__init__()
-        self.convs = nn.Sequential(conv_layer(channels, channels, norm=norm, leaky=leaky),
-                                   conv_layer(channels, channels, norm=norm, leaky=leaky))
+        self.convs = nn.Sequential(
+            conv_layer(channels, channels, norm=norm, leaky=leaky),
+            conv_layer(channels, channels, norm=norm, leaky=leaky),
+        )
         self.dense = dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

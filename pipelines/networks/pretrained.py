@@ -15,6 +15,7 @@ A ``pretrained`` spec is one of:
 Files are read with ``weights_only=True`` (a pickled object that would run code is refused) and
 loaded strictly: missing or unexpected keys and shape mismatches are errors that list them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,18 +96,24 @@ def state_dict_for(network: str, spec: str) -> dict[str, torch.Tensor] | None:
         return read_state_dict(path)
     if os.environ.get(ALLOW_DOWNLOAD_ENV) == "1":
         log.info("downloading ImageNet weights for %s from %s", network, url)
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True,
-                                                  weights_only=True)
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", check_hash=True, weights_only=True
+        )
     if network not in _warned:
         _warned.add(network)
-        log.warning("ImageNet weights for %s not found at %s; training from random initialisation "
-                    "(put the file there, or set %s=1 to download it)",
-                    network, path, ALLOW_DOWNLOAD_ENV)
+        log.warning(
+            "ImageNet weights for %s not found at %s; training from random initialisation "
+            "(put the file there, or set %s=1 to download it)",
+            network,
+            path,
+            ALLOW_DOWNLOAD_ENV,
+        )
     return None
 
 
-def load_pretrained(module: nn.Module, network: str, spec: str,
-                    ignore: tuple[str, ...] = ()) -> bool:
+def load_pretrained(
+    module: nn.Module, network: str, spec: str, ignore: tuple[str, ...] = ()
+) -> bool:
     """Load ``spec``'s weights into ``module`` strictly; True when weights were loaded.
 
     ``ignore`` lists key prefixes of the source that the module deliberately lacks (the
@@ -119,13 +126,24 @@ def load_pretrained(module: nn.Module, network: str, spec: str,
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
-        parts = [f"{name}: {_listing(keys)}" for name, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected),
-                  ("shape mismatches", shapes)) if keys]
-        raise PretrainedError(f"pretrained weights {spec!r} do not fit {network}: " + "; ".join(parts))
+        parts = [
+            f"{name}: {_listing(keys)}"
+            for name, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", shapes),
+            )
+            if keys
+        ]
+        raise PretrainedError(
+            f"pretrained weights {spec!r} do not fit {network}: " + "; ".join(parts)
+        )
     module.load_state_dict(state)
     return True
 

@@ -12,6 +12,7 @@ bicubic upscale of the input, so the untrained network (last conv zero) returns 
 clamped to [0, 1] with a straight-through gradient: the value never leaves the range, and a
 pixel that overshoots still gets the gradient that pulls it back (a plain clamp would stop it).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,7 @@ class ResidualBlock(nn.Module):
 class SRResNetGenerator(nn.Module):
     """See the module docstring. Arguments as ``build_srresnet``."""
 
-    def __init__(self, scale: int = 4, channels: int = 64, blocks: int = 16,
-                 kind: str = KIND):
+    def __init__(self, scale: int = 4, channels: int = 64, blocks: int = 16, kind: str = KIND):
         super().__init__()
         if kind != KIND:
             raise ValueError(f"kind: {kind!r} is not {KIND!r}")
@@ -73,8 +73,9 @@ class SRResNetGenerator(nn.Module):
         return y + (y.clamp(0.0, 1.0) - y).detach()
 
 
-def build_srresnet(scale: int = 4, channels: int = 64, blocks: int = 16,
-                   kind: str = KIND) -> SRResNetGenerator:
+def build_srresnet(
+    scale: int = 4, channels: int = 64, blocks: int = 16, kind: str = KIND
+) -> SRResNetGenerator:
     """The residual generator at the input resolution.
 
     scale: output size / input size, 1, 2, 4 or 8.

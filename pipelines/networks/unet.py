@@ -16,6 +16,7 @@ Sizes: inputs of at least 16 px of any shape work. They are reflection-padded to
 decoder features onto misaligned skips), and the padding is cropped off at the input resolution
 before the high-resolution blocks.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipelines.training.checkpoint import unwrap
 from pipelines.networks.layers import NORMS, Norm, PixelShuffleICNR, ResBlock, conv_layer
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from pipelines.training.checkpoint import unwrap
 
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 SCALES = (1, 2, 4, 8)
@@ -47,16 +48,27 @@ class ResNetEncoder(nn.Module):
         resnet = getattr(torchvision.models, name)(weights=None)
         del resnet.fc, resnet.avgpool
         load_pretrained(resnet, name, pretrained, ignore=("fc.",))
-        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+        )
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+        )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def channels(self) -> list[int]:
         """Channels of the features ``forward`` returns: stem, layer1..layer4."""
+
         def last_bn(m: nn.Module) -> int:
             return [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)][-1].num_features
+
         return [self.bn1.num_features] + [last_bn(getattr(self, f"layer{i}")) for i in range(1, 5)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -71,16 +83,24 @@ class ResNetEncoder(nn.Module):
 class UnetBlock(nn.Module):
     """Upsample the decoder features x2, merge the skip (BN), two conv layers (fastai UnetBlock)."""
 
-    def __init__(self, up_in: int, skip_in: int, final_div: bool = True, blur: bool = False,
-                 self_attention: bool = False, norm: Norm = "weight"):
+    def __init__(
+        self,
+        up_in: int,
+        skip_in: int,
+        final_div: bool = True,
+        blur: bool = False,
+        self_attention: bool = False,
+        norm: Norm = "weight",
+    ):
         super().__init__()
         self.shuf = PixelShuffleICNR(up_in, up_in // 2, blur=blur, norm=norm)
         self.bn = nn.BatchNorm2d(skip_in)
         ni = up_in // 2 + skip_in
         self.out_channels = ni if final_div else ni // 2
         self.conv1 = conv_layer(ni, self.out_channels, norm=norm)
-        self.conv2 = conv_layer(self.out_channels, self.out_channels, norm=norm,
-                                self_attention=self_attention)
+        self.conv2 = conv_layer(
+            self.out_channels, self.out_channels, norm=norm, self_attention=self_attention
+        )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         # the skip keeps its graph: the original's detached hooks cut this gradient path
@@ -91,9 +111,18 @@ class UnetBlock(nn.Module):
 class UNetGenerator(nn.Module):
     """See the module docstring. Arguments as ``build_generator``."""
 
-    def __init__(self, encoder: str = "resnet34", scale: int = 4, pretrained: str = "none",
-                 blur: bool = True, blur_final: bool = True, self_attention: bool = True,
-                 norm: Norm = "weight", hr_channels: int = 32, lr_cross: bool = True):
+    def __init__(
+        self,
+        encoder: str = "resnet34",
+        scale: int = 4,
+        pretrained: str = "none",
+        blur: bool = True,
+        blur_final: bool = True,
+        self_attention: bool = True,
+        norm: Norm = "weight",
+        hr_channels: int = 32,
+        lr_cross: bool = True,
+    ):
         super().__init__()
         if scale not in SCALES:
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
@@ -102,20 +131,38 @@ class UNetGenerator(nn.Module):
         if hr_channels < 8:
             raise ValueError(f"hr_channels: {hr_channels} is below 8")
         self.scale = scale
-        self.arch = dict(encoder=encoder, scale=scale, pretrained="none", blur=blur,
-                         blur_final=blur_final, self_attention=self_attention, norm=norm,
-                         hr_channels=hr_channels, lr_cross=lr_cross)
+        self.arch = dict(
+            encoder=encoder,
+            scale=scale,
+            pretrained="none",
+            blur=blur,
+            blur_final=blur_final,
+            self_attention=self_attention,
+            norm=norm,
+            hr_channels=hr_channels,
+            lr_cross=lr_cross,
+        )
         self.encoder = ResNetEncoder(encoder, pretrained)
         skips = self.encoder.channels()
         ni = skips[-1]
-        self.middle = nn.Sequential(nn.BatchNorm2d(ni), nn.ReLU(),
-                                    conv_layer(ni, ni * 2, norm=norm), conv_layer(ni * 2, ni, norm=norm))
+        self.middle = nn.Sequential(
+            nn.BatchNorm2d(ni),
+            nn.ReLU(),
+            conv_layer(ni, ni * 2, norm=norm),
+            conv_layer(ni * 2, ni, norm=norm),
+        )
         # decoder S/32 -> S/2 on the skips S/16, S/8, S/4, S/2; attention on the third-from-last
         self.blocks = nn.ModuleList()
         for i, skip in enumerate(reversed(skips[:-1])):
             final = i == len(skips) - 2
-            block = UnetBlock(ni, skip, final_div=not final, blur=blur, norm=norm,
-                              self_attention=self_attention and i == len(skips) - 4)
+            block = UnetBlock(
+                ni,
+                skip,
+                final_div=not final,
+                blur=blur,
+                norm=norm,
+                self_attention=self_attention and i == len(skips) - 4,
+            )
             self.blocks.append(block)
             ni = block.out_channels
         # S/2 -> S, then x2 per octave of ``scale``; only the last one produces the output size
@@ -126,15 +173,19 @@ class UNetGenerator(nn.Module):
             last = i == n_up - 1
             # the input fills 3 of the head's channels: a width such as 32 rather than 35 runs
             # the head's convs, the costliest layers, 2-3x faster on CPU (oneDNN blocking)
-            self.up.append(PixelShuffleICNR(ni, nf - 3 if last else nf,
-                                            blur=blur and (blur_final or not last), norm=norm))
+            self.up.append(
+                PixelShuffleICNR(
+                    ni, nf - 3 if last else nf, blur=blur and (blur_final or not last), norm=norm
+                )
+            )
             ni = nf
             if i == 0:
                 # fastai's U-Net had its last skip at half the input size and saw the input again
                 # only at the end; at x2..x8 that end is the output size, so the input resolution
                 # got no features of its own. lr_cross merges the input there (cheap at S).
-                self.lr_cross = (conv_layer(nf + 3, nf, norm=norm)
-                                 if lr_cross and scale > 1 else None)
+                self.lr_cross = (
+                    conv_layer(nf + 3, nf, norm=norm) if lr_cross and scale > 1 else None
+                )
         # the input cross-connection at the output size, as fastai's last_cross
         self.head = ResBlock(ni, norm=norm)
         self.to_residual = nn.Conv2d(ni, 3, 1)
@@ -146,14 +197,17 @@ class UNetGenerator(nn.Module):
         if min(h, w) < MIN_SIZE:
             raise ValueError(f"generator input {h}x{w} is smaller than {MIN_SIZE} px")
         ph, pw = -h % 32, -w % 32
-        padded = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect") \
-            if ph or pw else x
+        padded = (
+            F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")
+            if ph or pw
+            else x
+        )
         *skips, y = self.encoder(padded)
         y = self.middle(y)
         for block, skip in zip(self.blocks, reversed(skips)):
             y = block(y, skip)
         y = self.up[0](y)
-        y = y[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+        y = y[..., ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
         if self.lr_cross is not None:
             y = self.lr_cross(torch.cat([y, (x - self.encoder.mean) / self.encoder.std], dim=1))
         for up in self.up[1:]:
@@ -197,10 +251,17 @@ def param_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     return [early, late, [p for p in model.parameters() if id(p) not in seen]]
 
 
-def build_generator(encoder: str = "resnet34", scale: int = 4, pretrained: str = "none",
-                    blur: bool = True, blur_final: bool = True, self_attention: bool = True,
-                    norm: Norm = "weight", hr_channels: int = 32,
-                    lr_cross: bool = True) -> UNetGenerator:
+def build_generator(
+    encoder: str = "resnet34",
+    scale: int = 4,
+    pretrained: str = "none",
+    blur: bool = True,
+    blur_final: bool = True,
+    self_attention: bool = True,
+    norm: Norm = "weight",
+    hr_channels: int = 32,
+    lr_cross: bool = True,
+) -> UNetGenerator:
     """The U-Net generator.
 
     encoder: torchvision ResNet name (resnet18/34/50/101/152).
@@ -215,5 +276,6 @@ def build_generator(encoder: str = "resnet34", scale: int = 4, pretrained: str =
     ``model.arch`` holds these arguments (with pretrained="none": the weights come from the
     checkpoint) for ``build_generator(**arch)``.
     """
-    return UNetGenerator(encoder, scale, pretrained, blur, blur_final, self_attention, norm,
-                         hr_channels, lr_cross)
+    return UNetGenerator(
+        encoder, scale, pretrained, blur, blur_final, self_attention, norm, hr_channels, lr_cross
+    )

@@ -6,6 +6,7 @@ bicubic), per test image the input, every method's restoration and the truth at 
 with a before/after slider and a zoom, the training curves, and where the results come from
 (git commit, dvc.lock digest, the params that differ from the defaults).
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,7 +32,7 @@ from pipelines.reporting.results import (
 )
 
 REPORT_FILE = Path("reports") / "index.html"
-CROP = 512             # HR px of each image region shown at full resolution
+CROP = 512  # HR px of each image region shown at full resolution
 IMAGES_PER_DATASET = 3  # the page stays a few MB: every cell is a lossless PNG
 INPUT_LABEL, TRUTH_LABEL = "input", "truth"
 # The CSV whose curve gets the GAN's chosen step marked, and where that step is written.
@@ -41,11 +42,12 @@ GAN_SCORES, GAN_METRICS = "gan_scores", "train_gan.json"
 @dataclass
 class Sample:
     """One test image: each view (input, methods, truth) as PNG bytes of the same region."""
+
     dataset: str
     image: str
     views: dict[str, bytes]
-    size: tuple[int, int]            # (height, width) of every view
-    region: tuple[int, int]          # (y, x) of the region in the HR image
+    size: tuple[int, int]  # (height, width) of every view
+    region: tuple[int, int]  # (y, x) of the region in the HR image
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Samples:
     Only a region of at most ``crop`` x ``crop`` HR px per image is kept, PNG-encoded at once,
     so a long evaluation does not hold full restorations in memory.
     """
+
     scale: int
     per_dataset: int = IMAGES_PER_DATASET
     crop: int = CROP
@@ -63,49 +66,88 @@ class Samples:
     def wants(self, dataset: str) -> bool:
         return sum(s.dataset == dataset for s in self.items) < self.per_dataset
 
-    def add(self, dataset: str, image: str, lr: np.ndarray, outputs: Mapping[str, np.ndarray],
-            hr: np.ndarray) -> None:
+    def add(
+        self,
+        dataset: str,
+        image: str,
+        lr: np.ndarray,
+        outputs: Mapping[str, np.ndarray],
+        hr: np.ndarray,
+    ) -> None:
         """``outputs``: method -> restoration (HR-sized RGB uint8), in the order to show them."""
         if not self.wants(dataset):
             return
         h, w = hr.shape[:2]
-        big = cv2.resize(lr, (lr.shape[1] * self.scale, lr.shape[0] * self.scale),
-                         interpolation=cv2.INTER_NEAREST)[:h, :w]
+        big = cv2.resize(
+            lr,
+            (lr.shape[1] * self.scale, lr.shape[0] * self.scale),
+            interpolation=cv2.INTER_NEAREST,
+        )[:h, :w]
         ch, cw = min(h, self.crop), min(w, self.crop)
         y, x = (h - ch) // 2, (w - cw) // 2
         views = {INPUT_LABEL: big, **outputs, TRUTH_LABEL: hr}
         for label, img in views.items():
             if img.shape[:2] != (h, w):
                 raise ValueError(f"{dataset}/{image}: {label} is {img.shape[:2]}, HR is {(h, w)}")
-        self.items.append(Sample(dataset, image,
-                                 {k: encode_png(np.ascontiguousarray(v[y:y + ch, x:x + cw]))
-                                  for k, v in views.items()}, (ch, cw), (y, x)))
+        self.items.append(
+            Sample(
+                dataset,
+                image,
+                {
+                    k: encode_png(np.ascontiguousarray(v[y : y + ch, x : x + cw]))
+                    for k, v in views.items()
+                },
+                (ch, cw),
+                (y, x),
+            )
+        )
 
 
-def write_report(path: Path | str, results: Mapping[str, Any], samples: Samples | None,
-                 rows: Sequence[Mapping[str, Any]] = (), root: Path | str = ".",
-                 plots_dir: Path | str = "plots", metrics_dir: Path | str = "metrics",
-                 params_path: Path | str = "params.yaml") -> Path:
+def write_report(
+    path: Path | str,
+    results: Mapping[str, Any],
+    samples: Samples | None,
+    rows: Sequence[Mapping[str, Any]] = (),
+    root: Path | str = ".",
+    plots_dir: Path | str = "plots",
+    metrics_dir: Path | str = "metrics",
+    params_path: Path | str = "params.yaml",
+) -> Path:
     """Gather curves and provenance from the workspace ``root`` and write the page atomically."""
     root = Path(root)
     plots_dir, metrics_dir = root / plots_dir, root / metrics_dir
     gan = metrics_dir / GAN_METRICS
     chosen = json.loads(gan.read_text()).get("chosen_step") if gan.exists() else None
     params = root / params_path
-    info = {"git commit": provenance.git_commit(root) or "not a git checkout",
-            "uncommitted changes": {True: "yes", False: "no", None: "unknown"}[
-                provenance.git_dirty(root)],
-            "dvc.lock sha256 (before this evaluation)": provenance.lock_digest(root) or "none yet"}
-    html = build_page(results, samples.items if samples else [], rows, charts.read_all(plots_dir),
-                      provenance.changed_params(params) if params.exists() else [], info, chosen)
+    info = {
+        "git commit": provenance.git_commit(root) or "not a git checkout",
+        "uncommitted changes": {True: "yes", False: "no", None: "unknown"}[
+            provenance.git_dirty(root)
+        ],
+        "dvc.lock sha256 (before this evaluation)": provenance.lock_digest(root) or "none yet",
+    }
+    html = build_page(
+        results,
+        samples.items if samples else [],
+        rows,
+        charts.read_all(plots_dir),
+        provenance.changed_params(params) if params.exists() else [],
+        info,
+        chosen,
+    )
     write_text(path, html)
     return Path(path)
 
 
-def build_page(results: Mapping[str, Any], samples: Sequence[Sample],
-               rows: Sequence[Mapping[str, Any]], curves: Sequence[charts.Curves],
-               changes: Sequence[provenance.ParamChange], info: Mapping[str, str],
-               chosen_step: int | None) -> str:
+def build_page(
+    results: Mapping[str, Any],
+    samples: Sequence[Sample],
+    rows: Sequence[Mapping[str, Any]],
+    curves: Sequence[charts.Curves],
+    changes: Sequence[provenance.ParamChange],
+    info: Mapping[str, str],
+    chosen_step: int | None,
+) -> str:
     body = [
         "<h1>Decrappify run report</h1>",
         '<nav><a href="#evaluation">Evaluation</a> <a href="#images">Images</a> '
@@ -126,11 +168,16 @@ def build_page(results: Mapping[str, Any], samples: Sequence[Sample],
         "" if curves else "<p>No plots/*.csv yet.</p>",
         "</section>",
         '<section id="provenance"><h2>Provenance</h2>',
-        _info_table(info), _changes_table(changes), "</section>",
+        _info_table(info),
+        _changes_table(changes),
+        "</section>",
     ]
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Decrappify run report</title><style>{STYLE}</style></head>\n<body>\n"
-            + "\n".join(body) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Decrappify run report</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -149,13 +196,17 @@ def _evaluation_table(dataset: str, res: Mapping[str, Any]) -> str:
         values = [res[m][metric] for m in methods if metric in res[m]]
         if values:
             best[metric] = min(values) if metric in LOWER_IS_BETTER else max(values)
-    head = "".join(f'<th data-metric="{escape(m)}">{escape(m)}'
-                   f'{" &darr;" if m in LOWER_IS_BETTER else ""}</th>' for m in metrics)
+    head = "".join(
+        f'<th data-metric="{escape(m)}">{escape(m)}{" &darr;" if m in LOWER_IS_BETTER else ""}</th>'
+        for m in metrics
+    )
     count = res.get("images", "?")
-    lines = [f'<h3>{escape(dataset)} <small>({escape(str(count))} image{"" if count == 1 else "s"})'
-             '</small></h3>',
-             f'<table class="evaluation" data-dataset="{escape(dataset)}"><thead><tr><th>method</th>'
-             f'{head}<th data-metric="{GAIN_KEY}">Y-PSNR gain, dB</th></tr></thead><tbody>']
+    lines = [
+        f"<h3>{escape(dataset)} <small>({escape(str(count))} image{'' if count == 1 else 's'})"
+        "</small></h3>",
+        f'<table class="evaluation" data-dataset="{escape(dataset)}"><thead><tr><th>method</th>'
+        f'{head}<th data-metric="{GAIN_KEY}">Y-PSNR gain, dB</th></tr></thead><tbody>',
+    ]
     for method in methods:
         cells = []
         for metric in metrics:
@@ -164,17 +215,27 @@ def _evaluation_table(dataset: str, res: Mapping[str, Any]) -> str:
                 cells.append(f'<td data-metric="{escape(metric)}"></td>')
                 continue
             ref = reference.get(metric)
-            delta = ("" if ref is None or method == REFERENCE
-                     else f'<span class="delta">{value - ref:+.4f}</span>')
+            delta = (
+                ""
+                if ref is None or method == REFERENCE
+                else f'<span class="delta">{value - ref:+.4f}</span>'
+            )
             strong = " best" if value == best.get(metric) else ""
-            cells.append(f'<td class="num{strong}" data-metric="{escape(metric)}" '
-                         f'data-value="{value!r}">{_fmt(value)}{delta}</td>')
+            cells.append(
+                f'<td class="num{strong}" data-metric="{escape(metric)}" '
+                f'data-value="{value!r}">{_fmt(value)}{delta}</td>'
+            )
         gain = gains.get(method)
-        cells.append(f'<td class="num" data-metric="{GAIN_KEY}"'
-                     + (f' data-value="{gain!r}">{gain:+.4f}' if gain is not None else ">")
-                     + "</td>")
-        lines.append(f'<tr data-method="{escape(method)}"><th>{escape(method)}</th>'
-                     + "".join(cells) + "</tr>")
+        cells.append(
+            f'<td class="num" data-metric="{GAIN_KEY}"'
+            + (f' data-value="{gain!r}">{gain:+.4f}' if gain is not None else ">")
+            + "</td>"
+        )
+        lines.append(
+            f'<tr data-method="{escape(method)}"><th>{escape(method)}</th>'
+            + "".join(cells)
+            + "</tr>"
+        )
     lines.append("</tbody></table>")
     return "\n".join(lines)
 
@@ -187,28 +248,41 @@ def _sample_html(index: int, sample: Sample, rows: Sequence[Mapping[str, Any]]) 
     labels = list(sample.views)
     methods = labels[1:-1]
     right = methods[-1] if methods else TRUTH_LABEL
-    left = REFERENCE if REFERENCE in labels and REFERENCE != right else INPUT_LABEL
+    left = REFERENCE if REFERENCE in labels and right != REFERENCE else INPUT_LABEL
     h, w = sample.size
 
     def options(selected: str) -> str:
-        return "".join(f'<option{" selected" if lab == selected else ""}>{escape(lab)}</option>'
-                       for lab in labels)
+        return "".join(
+            f"<option{' selected' if lab == selected else ''}>{escape(lab)}</option>"
+            for lab in labels
+        )
 
     # Each PNG is in the file once, in its thumbnail; the comparison reuses the thumbnail's src.
-    thumbs = "".join(f'<figure><img class="thumb" data-label="{escape(lab)}" alt="{escape(lab)}" '
-                     f'src="{_data_uri(png)}"><figcaption>{escape(lab)}</figcaption></figure>'
-                     for lab, png in sample.views.items())
-    scores = [r for r in rows if r.get("dataset") == sample.dataset and r.get("image") == sample.image]
-    metric_names = list(dict.fromkeys(k for r in scores for k in r
-                                      if k not in ("dataset", "image", "method")))
+    thumbs = "".join(
+        f'<figure><img class="thumb" data-label="{escape(lab)}" alt="{escape(lab)}" '
+        f'src="{_data_uri(png)}"><figcaption>{escape(lab)}</figcaption></figure>'
+        for lab, png in sample.views.items()
+    )
+    scores = [
+        r for r in rows if r.get("dataset") == sample.dataset and r.get("image") == sample.image
+    ]
+    metric_names = list(
+        dict.fromkeys(k for r in scores for k in r if k not in ("dataset", "image", "method"))
+    )
     score_table = ""
     if scores:
-        score_table = ('<table class="scores"><tr><th>method</th>'
-                       + "".join(f"<th>{escape(m)}</th>" for m in metric_names) + "</tr>"
-                       + "".join(f'<tr><th>{escape(str(r["method"]))}</th>'
-                                 + "".join(f'<td class="num">{_fmt(r.get(m, ""))}</td>'
-                                           for m in metric_names) + "</tr>" for r in scores)
-                       + "</table>")
+        score_table = (
+            '<table class="scores"><tr><th>method</th>'
+            + "".join(f"<th>{escape(m)}</th>" for m in metric_names)
+            + "</tr>"
+            + "".join(
+                f"<tr><th>{escape(str(r['method']))}</th>"
+                + "".join(f'<td class="num">{_fmt(r.get(m, ""))}</td>' for m in metric_names)
+                + "</tr>"
+                for r in scores
+            )
+            + "</table>"
+        )
     return f"""<div class="sample" id="sample-{index}" data-width="{w}" data-height="{h}">
 <h3>{escape(sample.dataset)} / {escape(sample.image)} <small>{w}&times;{h} px from ({sample.region[1]}, {sample.region[0]})</small></h3>
 <div class="controls">
@@ -230,27 +304,42 @@ def _sample_html(index: int, sample: Sample, rows: Sequence[Mapping[str, Any]]) 
 def _curves_html(curves: charts.Curves, chosen_step: int | None) -> str:
     marker = chosen_step if curves.name == GAN_SCORES else None
     label = f"chosen step {chosen_step}" if marker is not None else ""
-    note = (f"<p>The GAN stage keeps the checkpoint of step {chosen_step} (the dashed line).</p>"
-            if marker is not None else "")
-    return (f'<div class="curves" data-name="{escape(curves.name)}"><h3>{escape(curves.name)}'
-            f"</h3>{note}{charts.charts_html(curves, marker, label)}</div>")
+    note = (
+        f"<p>The GAN stage keeps the checkpoint of step {chosen_step} (the dashed line).</p>"
+        if marker is not None
+        else ""
+    )
+    return (
+        f'<div class="curves" data-name="{escape(curves.name)}"><h3>{escape(curves.name)}'
+        f"</h3>{note}{charts.charts_html(curves, marker, label)}</div>"
+    )
 
 
 def _info_table(info: Mapping[str, str]) -> str:
-    return ('<table class="info">' + "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(str(v))}"
-                                            f"</code></td></tr>" for k, v in info.items())
-            + "</table>")
+    return (
+        '<table class="info">'
+        + "".join(
+            f"<tr><th>{escape(k)}</th><td><code>{escape(str(v))}</code></td></tr>"
+            for k, v in info.items()
+        )
+        + "</table>"
+    )
 
 
 def _changes_table(changes: Sequence[provenance.ParamChange]) -> str:
     if not changes:
         return "<p>Every param has its default value.</p>"
-    return ('<h3>Params that differ from the defaults</h3><table class="params"><tr><th>key</th>'
-            "<th>default</th><th>this run</th></tr>"
-            + "".join(f"<tr><td><code>{escape(c.key)}</code></td><td><code>"
-                      f"{escape(json.dumps(c.default))}</code></td><td><code>"
-                      f"{escape(json.dumps(c.value))}</code></td></tr>" for c in changes)
-            + "</table>")
+    return (
+        '<h3>Params that differ from the defaults</h3><table class="params"><tr><th>key</th>'
+        "<th>default</th><th>this run</th></tr>"
+        + "".join(
+            f"<tr><td><code>{escape(c.key)}</code></td><td><code>"
+            f"{escape(json.dumps(c.default))}</code></td><td><code>"
+            f"{escape(json.dumps(c.value))}</code></td></tr>"
+            for c in changes
+        )
+        + "</table>"
+    )
 
 
 STYLE = """
@@ -340,7 +429,10 @@ def samples_table(samples: Samples, rows: Sequence[Mapping[str, Any]]) -> dict[s
     for sample in samples.items:
         for row in rows:
             png = sample.views.get(str(row.get("method")))
-            if (row.get("dataset"), row.get("image")) != (sample.dataset, sample.image) or png is None:
+            if (row.get("dataset"), row.get("image")) != (
+                sample.dataset,
+                sample.image,
+            ) or png is None:
                 continue
             bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
             records.append({**row, "restoration": cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)})

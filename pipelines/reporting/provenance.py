@@ -1,5 +1,6 @@
 """Where a run's results come from: the git commit, the dvc.lock digest, and the params that
 differ from the defaults of the stage configs (the dataclasses, not params.yaml's comments)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,7 @@ from pipelines.core.config import (
 
 @dataclass(frozen=True)
 class ParamChange:
-    key: str        # dotted, as `dvc exp run -S` takes it
+    key: str  # dotted, as `dvc exp run -S` takes it
     default: Any
     value: Any
 
@@ -31,8 +32,13 @@ class ParamChange:
 def git_commit(root: Path) -> str | None:
     """HEAD of the repository at ``root``, or None outside git."""
     try:
-        proc = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=root,
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -41,8 +47,13 @@ def git_commit(root: Path) -> str | None:
 def git_dirty(root: Path) -> bool | None:
     """Whether tracked files differ from HEAD."""
     try:
-        proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return bool(proc.stdout.strip()) if proc.returncode == 0 else None
@@ -61,17 +72,23 @@ def stage_config_class(stage: str) -> type | None:
     except ImportError:
         return None
     for value in vars(module).values():
-        if (dataclasses.is_dataclass(value) and isinstance(value, type)
-                and value.__module__ == module.__name__
-                and any(f.name == "base" for f in dataclasses.fields(value))):
+        if (
+            dataclasses.is_dataclass(value)
+            and isinstance(value, type)
+            and value.__module__ == module.__name__
+            and any(f.name == "base" for f in dataclasses.fields(value))
+        ):
             return value
     return None
 
 
 def _own_fields(cfg: Any) -> dict:
     """A stage config as a flat dict, without ``base`` and sections borrowed from others."""
-    own = {f.name for f in dataclasses.fields(cfg)
-           if f.name != "base" and not f.metadata.get("section") and f.init}
+    own = {
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name != "base" and not f.metadata.get("section") and f.init
+    }
     return flatten({k: v for k, v in as_dict(cfg).items() if k in own})
 
 
@@ -94,8 +111,9 @@ def changed_params(params_path: Path | str) -> list[ParamChange]:
             continue
         cls = stage_config_class(section)
         if cls is None:
-            changes += [ParamChange(f"{section}.{k}", None, v)
-                        for k, v in flatten(given or {}).items()]
+            changes += [
+                ParamChange(f"{section}.{k}", None, v) for k, v in flatten(given or {}).items()
+            ]
             continue
         try:
             actual = _own_fields(_load(cls, section, given, base, data))
@@ -115,6 +133,7 @@ def _load(cls: type, section: str, given: Any, base: BaseConfig, data: dict) -> 
     for f in dataclasses.fields(cls):
         other = f.metadata.get("section")
         if other:
-            borrowed[f.name] = build(hints[f.name], data.get(other) or {}, other,
-                                     given={"base": base})
+            borrowed[f.name] = build(
+                hints[f.name], data.get(other) or {}, other, given={"base": base}
+            )
     return build(cls, given or {}, section, given=borrowed)

@@ -5,6 +5,7 @@ metrics layout is adapted in one place. The structure is evaluate.json's: per da
 image count, one mapping of metric -> mean per method, and ``gain_db`` (each model's Y-PSNR
 gain over bicubic). Methods and metrics are taken as they come: nothing here names them.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,14 +57,20 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
         reference = res.get(REFERENCE, {})
         gains = res.get(GAIN_KEY, {})
         for method in methods_of(res):
-            row: dict[str, Any] = {"dataset": dataset, "method": method,
-                                   "images": res.get(COUNT_KEY)}
+            row: dict[str, Any] = {
+                "dataset": dataset,
+                "method": method,
+                "images": res.get(COUNT_KEY),
+            }
             for metric in metrics_of(res):
                 value = res[method].get(metric)
                 row[metric] = value
                 ref = reference.get(metric)
-                row[f"{metric}_gain"] = (None if value is None or ref is None or method == REFERENCE
-                                         else round(value - ref, 4))
+                row[f"{metric}_gain"] = (
+                    None
+                    if value is None or ref is None or method == REFERENCE
+                    else round(value - ref, 4)
+                )
             row[GAIN_KEY] = gains.get(method)
             rows.append(row)
     return rows

@@ -22,11 +22,13 @@ rerun that changed nothing), and then neither train_gan registers nor evaluate t
 files in the checkout: ``register_file`` logs models/gan_generator.pt unless a version with its
 digest exists, and ``record_evaluation`` applies metrics/evaluate.json.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipelines.core.files import sha256_file
 from pipelines.running.tracking import fail_fast
@@ -42,9 +44,14 @@ GAIN_TAG = EVAL_PREFIX + "gain_db"
 QUALIFIED_TAG = EVAL_PREFIX + "qualified"
 
 
-def record_evaluation(tracking_uri: str, dataset: str, summary: Mapping[str, Any],
-                      model_files: Mapping[str, Path | str], evaluation_run: str | None = None,
-                      name: str = REGISTERED_MODEL) -> str | None:
+def record_evaluation(
+    tracking_uri: str,
+    dataset: str,
+    summary: Mapping[str, Any],
+    model_files: Mapping[str, Path | str],
+    evaluation_run: str | None = None,
+    name: str = REGISTERED_MODEL,
+) -> str | None:
     """Tag the registered versions of the evaluated model files, then move the champion alias.
 
     ``summary`` is evaluate's result for ``dataset`` (means per method and ``gain_db`` per
@@ -55,12 +62,24 @@ def record_evaluation(tracking_uri: str, dataset: str, summary: Mapping[str, Any
     try:
         from mlflow import MlflowClient
 
-        return _record(MlflowClient(tracking_uri=tracking_uri), dataset, summary, model_files,
-                       evaluation_run, name)
+        return _record(
+            MlflowClient(tracking_uri=tracking_uri),
+            dataset,
+            summary,
+            model_files,
+            evaluation_run,
+            name,
+        )
     except Exception as exc:  # the registry is a convenience: evaluation results are on disk
         text = str(exc).splitlines()[0] if str(exc) else ""
-        log.warning("MLflow model registry unavailable at %s (%s: %s); versions not tagged, "
-                    "alias %r not updated.", tracking_uri, type(exc).__name__, text, CHAMPION)
+        log.warning(
+            "MLflow model registry unavailable at %s (%s: %s); versions not tagged, "
+            "alias %r not updated.",
+            tracking_uri,
+            type(exc).__name__,
+            text,
+            CHAMPION,
+        )
         return None
 
 
@@ -69,9 +88,14 @@ def qualifies(model: str, gains: Mapping[str, float]) -> bool:
     return gains[model] > 0 and all(gains[model] > g for m, g in gains.items() if m != model)
 
 
-def _record(client, dataset: str, summary: Mapping[str, Any],
-            model_files: Mapping[str, Path | str], evaluation_run: str | None,
-            name: str) -> str | None:
+def _record(
+    client,
+    dataset: str,
+    summary: Mapping[str, Any],
+    model_files: Mapping[str, Path | str],
+    evaluation_run: str | None,
+    name: str,
+) -> str | None:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         log.info("model registry: no versions of %r yet; nothing to tag", name)
@@ -85,17 +109,27 @@ def _record(client, dataset: str, summary: Mapping[str, Any],
         matched = [v for v in versions if v.run_id in run_ids]
         if not matched:
             continue
-        tags = {EVAL_PREFIX + "dataset": dataset, EVAL_PREFIX + "images": summary.get("images"),
-                GAIN_TAG: gains[model], QUALIFIED_TAG: str(qualifies(model, gains)).lower(),
-                **{EVAL_PREFIX + k: v for k, v in summary.get(model, {}).items()}}
+        tags = {
+            EVAL_PREFIX + "dataset": dataset,
+            EVAL_PREFIX + "images": summary.get("images"),
+            GAIN_TAG: gains[model],
+            QUALIFIED_TAG: str(qualifies(model, gains)).lower(),
+            **{EVAL_PREFIX + k: v for k, v in summary.get(model, {}).items()},
+        }
         if evaluation_run:
             tags[EVAL_PREFIX + "run_id"] = evaluation_run
         for v in matched:
             for key, value in tags.items():
                 client.set_model_version_tag(name, v.version, key, str(value))
-            log.info("model registry: %s version %s (%s): gain %+.3f dB over bicubic on %s, %s",
-                     name, v.version, model, gains[model], dataset,
-                     "qualified" if tags[QUALIFIED_TAG] == "true" else "not qualified")
+            log.info(
+                "model registry: %s version %s (%s): gain %+.3f dB over bicubic on %s, %s",
+                name,
+                v.version,
+                model,
+                gains[model],
+                dataset,
+                "qualified" if tags[QUALIFIED_TAG] == "true" else "not qualified",
+            )
     return _move_champion(client, name)
 
 
@@ -105,8 +139,9 @@ def _runs_with_digest(client, digest: str) -> list:
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     if not experiments:
         return []
-    return client.search_runs(experiments, f"tags.`{DIGEST_TAG}` = '{digest}'",
-                              run_view_type=ViewType.ALL)
+    return client.search_runs(
+        experiments, f"tags.`{DIGEST_TAG}` = '{digest}'", run_view_type=ViewType.ALL
+    )
 
 
 def _move_champion(client, name: str) -> str | None:
@@ -117,43 +152,58 @@ def _move_champion(client, name: str) -> str | None:
     if not qualified:
         if current is not None:
             client.delete_registered_model_alias(name, CHAMPION)
-            log.info("model registry: no version of %s qualifies; alias %r removed",
-                     name, CHAMPION)
+            log.info("model registry: no version of %s qualifies; alias %r removed", name, CHAMPION)
         return None
     best = max(qualified, key=lambda v: (float(v.tags[GAIN_TAG]), int(v.version)))
     if str(current) != str(best.version):
         client.set_registered_model_alias(name, CHAMPION, best.version)
-        log.info("model registry: %s@%s -> version %s (gain %s dB)", name, CHAMPION,
-                 best.version, best.tags[GAIN_TAG])
+        log.info(
+            "model registry: %s@%s -> version %s (gain %s dB)",
+            name,
+            CHAMPION,
+            best.version,
+            best.tags[GAIN_TAG],
+        )
     return str(best.version)
 
 
-def registered_versions(tracking_uri: str, model_file: Path | str,
-                        name: str = REGISTERED_MODEL) -> list[str]:
+def registered_versions(
+    tracking_uri: str, model_file: Path | str, name: str = REGISTERED_MODEL
+) -> list[str]:
     """Versions of ``name`` whose run carries the digest of ``model_file``."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run_ids = {r.info.run_id for r in _runs_with_digest(client, sha256_file(model_file))}
-    return sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")
-                   if v.run_id in run_ids), key=int)
+    return sorted(
+        (
+            str(v.version)
+            for v in client.search_model_versions(f"name = '{name}'")
+            if v.run_id in run_ids
+        ),
+        key=int,
+    )
 
 
-def register_file(tracking_uri: str, experiment: str, model_file: Path | str,
-                  name: str = REGISTERED_MODEL) -> list[str]:
+def register_file(
+    tracking_uri: str, experiment: str, model_file: Path | str, name: str = REGISTERED_MODEL
+) -> list[str]:
     """Make sure the generator in ``model_file`` is a version of ``name``: log it in a
     ``register`` run tagged with its digest, unless a version with that digest exists.
     Returns the versions holding it (empty: the registry was unavailable)."""
     from pipelines.inference.restore import load_generator
     from pipelines.running.tracking import Tracker
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast()
     try:
         versions = registered_versions(tracking_uri, model_file, name)
     except Exception as exc:  # as record_evaluation: a warning, results are on disk
-        log.warning("MLflow model registry unavailable at %s (%s); %s not registered.",
-                    tracking_uri, type(exc).__name__, model_file)
+        log.warning(
+            "MLflow model registry unavailable at %s (%s); %s not registered.",
+            tracking_uri,
+            type(exc).__name__,
+            model_file,
+        )
         return []
     if versions:
         log.info("model registry: %s is already %s version %s", model_file, name, versions[-1])
@@ -162,6 +212,9 @@ def register_file(tracking_uri: str, experiment: str, model_file: Path | str,
 
     with Tracker("register", tracking_uri, experiment) as tracker:
         tracker.set_tags({DIGEST_TAG: sha256_file(model_file)})
-        tracker.log_model(load_generator(Path(model_file), torch.device("cpu")),
-                          Path(model_file).stem, registered_model_name=name)
+        tracker.log_model(
+            load_generator(Path(model_file), torch.device("cpu")),
+            Path(model_file).stem,
+            registered_model_name=name,
+        )
     return registered_versions(tracking_uri, model_file, name)

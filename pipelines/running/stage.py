@@ -1,25 +1,31 @@
 """The thin ``main()`` every stage shares: parse args, load and validate params, run, track."""
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
 from pipelines.core.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
-from pipelines.training.distributed import current, relaunch, shutdown, under_torchrun
 from pipelines.core.errors import StageError
 from pipelines.running.tracking import Tracker
+from pipelines.training.distributed import current, relaunch, shutdown, under_torchrun
 
 log = logging.getLogger("decrappify")
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 def split_override(item: str) -> tuple[str, str]:
@@ -35,15 +41,27 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return {key: yaml.load(value, Loader=ParamsLoader) for key, value in map(split_override, items)}
 
 
-def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]],
-               argv: list[str] | None = None, distributed: bool = False) -> int:
+def stage_main(
+    name: str,
+    config_cls: type,
+    run: Callable[..., Mapping[str, Any]],
+    argv: list[str] | None = None,
+    distributed: bool = False,
+) -> int:
     """Load and check the config, then run the stage; ``distributed`` stages start themselves
     again under torchrun when ``base.launcher`` asks for it."""
-    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}",
-                                     description=f"Run the {name} stage.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipelines.{name}", description=f"Run the {name} stage."
+    )
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file")
-    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param for this run only, e.g. -S crappify.workers=1")
+    parser.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param for this run only, e.g. -S crappify.workers=1",
+    )
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     args = parser.parse_args(argv)
     setup_logging()
@@ -55,8 +73,12 @@ def stage_main(name: str, config_cls: type, run: Callable[..., Mapping[str, Any]
     if distributed and cfg.base.launcher == "torchrun" and not under_torchrun():
         return relaunch(name, cfg.base.nproc, sys.argv[1:] if argv is None else argv)
     try:
-        with Tracker(name, cfg.base.tracking_uri, cfg.base.experiment,
-                     enabled=not args.no_tracking and current().main) as tracker:
+        with Tracker(
+            name,
+            cfg.base.tracking_uri,
+            cfg.base.experiment,
+            enabled=not args.no_tracking and current().main,
+        ) as tracker:
             tracker.log_params(as_dict(cfg))
             metrics = run(cfg, tracker)
             tracker.log_metrics(metrics)

@@ -6,12 +6,14 @@ URI resolves to one absolute location so every working directory logs to the sam
 The first failing call warns once and turns logging off; checkpoints and DVC metric files
 are written independently, so training goes on and the run's end says what was not logged.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +50,7 @@ def resolve_tracking_uri(configured: str = "", root: Path | None = None) -> str:
     if not uri:
         return f"sqlite:///{root / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        rel = uri[len("sqlite:///"):]
+        rel = uri[len("sqlite:///") :]
         return f"sqlite:///{(root / rel).resolve()}"
     if "://" not in uri:
         return (root / uri).resolve().as_uri()
@@ -72,12 +74,11 @@ class NeverStop:
     ``off(reason)``, and turns the rest off; a call named ``what`` that fails loses only that
     item, through ``lost(what, reason)``."""
 
-    def __init__(self, off: Callable[[str], None],
-                 lost: Callable[[str, str], None] | None = None):
+    def __init__(self, off: Callable[[str], None], lost: Callable[[str, str], None] | None = None):
         self.off, self.lost = off, lost
         self.on = True
-        self.failures = 0   # calls that raised
-        self.skipped = 0    # calls made after tracking was turned off
+        self.failures = 0  # calls that raised
+        self.skipped = 0  # calls made after tracking was turned off
 
     def __call__(self, fn: Callable[[], Any], what: str = "") -> Any:
         if not self.on:
@@ -101,8 +102,9 @@ def project_tracking_uri(root: Path | None = None) -> str:
     root = Path(root) if root is not None else repo_root()
     configured = ""
     try:
-        configured = str((read_params(root / "params.yaml").get("base") or {})
-                         .get("tracking_uri") or "")
+        configured = str(
+            (read_params(root / "params.yaml").get("base") or {}).get("tracking_uri") or ""
+        )
     except ConfigError:
         pass  # no params here: the default store of the repository root
     return resolve_tracking_uri(configured, root=root)
@@ -111,22 +113,33 @@ def project_tracking_uri(root: Path | None = None) -> str:
 class Tracker:
     """A stage's MLflow run. Every method swallows tracking errors after warning once."""
 
-    def __init__(self, stage: str, tracking_uri: str = "", experiment: str = "decrappify",
-                 enabled: bool = True):
+    def __init__(
+        self,
+        stage: str,
+        tracking_uri: str = "",
+        experiment: str = "decrappify",
+        enabled: bool = True,
+    ):
         self.stage = stage
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = os.environ.get(EXPERIMENT_ENV) or experiment
         self._wanted = enabled
         self._guard = NeverStop(
-            lambda why: log.warning("MLflow unavailable at %s (%s); stage %s goes on without "
-                                    "tracking.", self.uri, why, self.stage),
-            lambda what, why: log.warning("MLflow: could not log %s (%s); stage %s goes on.",
-                                          what, why, self.stage))
+            lambda why: log.warning(
+                "MLflow unavailable at %s (%s); stage %s goes on without tracking.",
+                self.uri,
+                why,
+                self.stage,
+            ),
+            lambda what, why: log.warning(
+                "MLflow: could not log %s (%s); stage %s goes on.", what, why, self.stage
+            ),
+        )
         self.run_id: str | None = None
         self._mlflow = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
         fail_fast()
@@ -134,14 +147,19 @@ class Tracker:
 
         def start():
             import mlflow
+
             self._mlflow = mlflow
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(self.experiment)
             parent = os.environ.get(PARENT_RUN_ENV) or None
-            run = mlflow.start_run(run_name=self.stage, parent_run_id=parent,
-                                   tags={"decrappify.stage": self.stage},
-                                   log_system_metrics=self.stage in SYSTEM_METRICS_STAGES)
+            run = mlflow.start_run(
+                run_name=self.stage,
+                parent_run_id=parent,
+                tags={"decrappify.stage": self.stage},
+                log_system_metrics=self.stage in SYSTEM_METRICS_STAGES,
+            )
             self.run_id = run.info.run_id
+
         self._call(start)
         return self
 
@@ -152,9 +170,13 @@ class Tracker:
                 self._call(lambda: self._mlflow.set_tag("decrappify.not_logged", self.failed_calls))
             self._call(lambda: self._mlflow.end_run(status=status))
         if self.failed_calls:
-            log.warning("MLflow: %d logging call(s) of stage %s were not recorded (%s); "
-                        "checkpoints and DVC metrics are complete.", self.failed_calls,
-                        self.stage, self.uri)
+            log.warning(
+                "MLflow: %d logging call(s) of stage %s were not recorded (%s); "
+                "checkpoints and DVC metrics are complete.",
+                self.failed_calls,
+                self.stage,
+                self.uri,
+            )
 
     @property
     def enabled(self) -> bool:
@@ -181,13 +203,22 @@ class Tracker:
         self._call(lambda: self._mlflow.log_params(flat))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+        clean = {
+            k: float(v)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+        }
         if clean:
             self._call(lambda: self._mlflow.log_metrics(clean, step=step))
 
-    def log_image(self, image: np.ndarray, name: str | None = None, *, key: str | None = None,
-                  step: int | None = None) -> None:
+    def log_image(
+        self,
+        image: np.ndarray,
+        name: str | None = None,
+        *,
+        key: str | None = None,
+        step: int | None = None,
+    ) -> None:
         """``image``: HxWx3 uint8 RGB, as the file ``name``, or with ``key`` as one step of an
         image series (the MLflow UI shows a slider over the steps of a key)."""
         if key is not None:
@@ -197,11 +228,19 @@ class Tracker:
 
     def log_table(self, columns: Mapping[str, list], name: str) -> None:
         """A table (column -> values) as the JSON artifact ``name``; RGB arrays become images."""
+
         def do():
             images = {k for k, v in columns.items() if any(isinstance(x, np.ndarray) for x in v)}
-            data = {k: ([self._mlflow.Image(x) if isinstance(x, np.ndarray) else x for x in v]
-                        if k in images else v) for k, v in columns.items()}
+            data = {
+                k: (
+                    [self._mlflow.Image(x) if isinstance(x, np.ndarray) else x for x in v]
+                    if k in images
+                    else v
+                )
+                for k, v in columns.items()
+            }
             self._mlflow.log_table(data=data, artifact_file=name)
+
         if columns:
             self._call(do, what=f"table {name}")
 
@@ -211,12 +250,20 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._call(lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
-    def log_model(self, model, name: str, input_example: np.ndarray | None = None,
-                  registered_model_name: str | None = None) -> Any:
+    def log_model(
+        self,
+        model,
+        name: str,
+        input_example: np.ndarray | None = None,
+        registered_model_name: str | None = None,
+    ) -> Any:
         """Log the generator ``model`` as an MLflow model in the ONNX flavour, with its
         safetensors weights: no pickle, and it loads where only mlflow and onnxruntime are
         installed (see ``pipelines.exporting.mlflow_model``)."""
+
         def do():
             from pipelines.exporting import mlflow_model
+
             return mlflow_model.log(model, name, registered_model_name, input_example)
+
         return self._call(do, what=f"model {name}")

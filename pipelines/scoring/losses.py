@@ -4,10 +4,12 @@ Images are (N, 3, H, W) in [0, 1]. Content losses are modules with a ``weight`` 
 the adversarial losses are plain functions, weighted by the caller: ``critic_loss`` runs the
 critic on real and generated images, ``generator_adv_loss`` takes the critic's patch logits.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,7 @@ class PixelLoss(nn.Module):
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output, target = output.float(), target.float()
         if self.kind == "charbonnier":
-            return self.weight * torch.sqrt((output - target) ** 2 + CHARBONNIER_EPS ** 2).mean()
+            return self.weight * torch.sqrt((output - target) ** 2 + CHARBONNIER_EPS**2).mean()
         fn = F.mse_loss if self.kind == "mse" else F.l1_loss
         return self.weight * fn(output, target)
 
@@ -66,19 +68,25 @@ class FeatureLoss(nn.Module):
     Without ImageNet weights the VGG stays random: the loss still runs, after a warning.
     """
 
-    def __init__(self, layer_weights: Sequence[float] = (5.0, 15.0, 2.0), gram: bool = True,
-                 weight: float = 1.0, pretrained: str = "imagenet"):
+    def __init__(
+        self,
+        layer_weights: Sequence[float] = (5.0, 15.0, 2.0),
+        gram: bool = True,
+        weight: float = 1.0,
+        pretrained: str = "imagenet",
+    ):
         super().__init__()
         if len(layer_weights) != len(VGG_TAPS):
-            raise ValueError(f"feature loss: {len(VGG_TAPS)} layer weights needed, got "
-                             f"{list(layer_weights)}")
+            raise ValueError(
+                f"feature loss: {len(VGG_TAPS)} layer weights needed, got {list(layer_weights)}"
+            )
         self.layer_weights, self.gram, self.weight = tuple(layer_weights), gram, weight
         # VGG16-BN's ``features`` alone: building the 120M-parameter classifier only to drop it
         # costs seconds and half a gigabyte
         holder = nn.Module()
         holder.features = vgg.make_layers(vgg.cfgs["D"], batch_norm=True)
         load_pretrained(holder, "vgg16_bn", pretrained, ignore=("classifier.",))
-        self.vgg = holder.features[:VGG_TAPS[-1] + 1].eval().requires_grad_(False)
+        self.vgg = holder.features[: VGG_TAPS[-1] + 1].eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -109,21 +117,25 @@ class FeatureLoss(nn.Module):
         return self.weight * loss
 
 
-def build_content_loss(name: Content, weight: float = 1.0,
-                       layer_weights: Sequence[float] = (5.0, 15.0, 2.0), gram: bool = True,
-                       pretrained: str = "imagenet") -> nn.Module:
+def build_content_loss(
+    name: Content,
+    weight: float = 1.0,
+    layer_weights: Sequence[float] = (5.0, 15.0, 2.0),
+    gram: bool = True,
+    pretrained: str = "imagenet",
+) -> nn.Module:
     """The content loss ``name``; ``layer_weights``, ``gram`` and ``pretrained`` (the VGG's
     weights spec, see pipelines.networks.pretrained) only concern "feature"."""
     if name in ("mse", "l1", "charbonnier"):
         return PixelLoss(name, weight)
     if name == "feature":
         return FeatureLoss(layer_weights, gram, weight, pretrained)
-    raise ValueError(f"content loss: {name!r} is not one of 'mse', 'l1', 'charbonnier', "
-                     "'feature'")
+    raise ValueError(f"content loss: {name!r} is not one of 'mse', 'l1', 'charbonnier', 'feature'")
 
 
-def critic_logit_loss(kind: Adversarial, real_logits: torch.Tensor,
-                      fake_logits: torch.Tensor) -> torch.Tensor:
+def critic_logit_loss(
+    kind: Adversarial, real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> torch.Tensor:
     """The critic's loss on its patch logits (N, P) for real and generated images.
 
     bce: 1/2 [BCE(D(real), 1) + BCE(D(fake), 0)], the image label given to every patch.
@@ -131,15 +143,22 @@ def critic_logit_loss(kind: Adversarial, real_logits: torch.Tensor,
     """
     real_logits, fake_logits = real_logits.float(), fake_logits.float()
     if kind == "bce":
-        return 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                      + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        return 0.5 * (
+            F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        )
     if kind == "wgan-gp":
         return fake_logits.mean() - real_logits.mean()
     raise ValueError(f"adversarial loss: {kind!r} is not one of {', '.join(ADVERSARIAL)}")
 
 
-def critic_loss(kind: Adversarial, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def critic_loss(
+    kind: Adversarial,
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One critic step's loss on real and generated images (``fake`` is detached here).
 
     wgan-gp adds ``GP_WEIGHT`` times the gradient penalty; ``generator`` seeds its random points.
@@ -161,8 +180,12 @@ def generator_adv_loss(kind: Adversarial, fake_logits: torch.Tensor) -> torch.Te
     raise ValueError(f"adversarial loss: {kind!r} is not one of {', '.join(ADVERSARIAL)}")
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def gradient_penalty(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): mean over images of (||grad_x D(x_hat)|| - 1)^2 at
     random points x_hat between real and generated images; D(x) is the mean of its patch
     logits, the score the wgan-gp losses use. Keeps the graph, so the penalty trains the critic."""

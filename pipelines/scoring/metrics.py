@@ -11,6 +11,7 @@ is left out without its weights: a distance between features of random weights m
 
 Every function takes RGB uint8 HxWx3 arrays of the same shape.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,13 +40,21 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 HAARPSI_MIN_SIZE = 16  # piq's 3 Haar scales use a 16 px kernel
-STLPIPS_NET = "vgg"    # of the two trained trunks the wheel ships, the larger (AlexNet: cheaper)
+STLPIPS_NET = "vgg"  # of the two trained trunks the wheel ships, the larger (AlexNet: cheaper)
 
 # Which way is better, for the metrics that selection and reports compare (the last two are
 # evaluate's regional scores, pipelines/scoring/regions.py).
-HIGHER_IS_BETTER = {"psnr_y": True, "ssim_y": True, "ms_ssim": True, "gmsd": False,
-                    "haarpsi": True, "vgg_distance": False, "stlpips": False,
-                    "mask_psnr_y": True, "edge_chroma_rmse": False}
+HIGHER_IS_BETTER = {
+    "psnr_y": True,
+    "ssim_y": True,
+    "ms_ssim": True,
+    "gmsd": False,
+    "haarpsi": True,
+    "vgg_distance": False,
+    "stlpips": False,
+    "mask_psnr_y": True,
+    "edge_chroma_rmse": False,
+}
 # The metrics the GAN phase may pick its checkpoint by (train_gan.select_metric).
 SELECTABLE = Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y", "stlpips"]
 
@@ -62,8 +71,10 @@ def crop_border(img: np.ndarray, border: int) -> np.ndarray:
     if border == 0:
         return img
     if img.shape[0] <= 2 * border or img.shape[1] <= 2 * border:
-        raise ValueError(f"a {img.shape[1]}x{img.shape[0]} image has nothing left after a "
-                         f"{border} px border crop")
+        raise ValueError(
+            f"a {img.shape[1]}x{img.shape[0]} image has nothing left after a "
+            f"{border} px border crop"
+        )
     return img[border:-border, border:-border]
 
 
@@ -84,7 +95,7 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
     mse = float(np.mean((a - b) ** 2))
     if mse == 0.0:
         return PSNR_CAP
-    return min(PSNR_CAP, 10.0 * math.log10(255.0 ** 2 / mse))
+    return min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,7 +107,9 @@ def _gaussian_window() -> np.ndarray:
 def _ssim_gray(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     """SSIM of Wang et al. (2004): Gaussian-weighted local statistics, mean over the valid region."""
     if min(a.shape) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {a.shape[1]}x{a.shape[0]}")
+        raise ValueError(
+            f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {a.shape[1]}x{a.shape[0]}"
+        )
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
     w = _gaussian_window()
@@ -105,11 +118,12 @@ def _ssim_gray(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float
         return cv2.filter2D(x, cv2.CV_64F, w, borderType=cv2.BORDER_REFLECT)
 
     mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a ** 2
-    var_b = blur(b * b) - mu_b ** 2
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-        (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
     # Only windows lying fully inside the image count, so padding never enters the score.
     r = SSIM_WINDOW // 2
     return float(ssim_map[r:-r, r:-r].mean())
@@ -130,9 +144,16 @@ def ms_ssim_levels(height: int, width: int, kernel: int = SSIM_WINDOW) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _log_reduced_levels(height: int, width: int, levels: int) -> None:
-    log.info("MS-SSIM on %dx%d px uses %d of %d scales (all %d need %d px); its values are not "
-             "comparable with full-size images", width, height, levels, len(MS_SSIM_WEIGHTS),
-             len(MS_SSIM_WEIGHTS), (SSIM_WINDOW - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1)
+    log.info(
+        "MS-SSIM on %dx%d px uses %d of %d scales (all %d need %d px); its values are not "
+        "comparable with full-size images",
+        width,
+        height,
+        levels,
+        len(MS_SSIM_WEIGHTS),
+        len(MS_SSIM_WEIGHTS),
+        (SSIM_WINDOW - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1,
+    )
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -149,8 +170,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> float | None:
     if levels < len(MS_SSIM_WEIGHTS):
         _log_reduced_levels(h, w, levels)
         weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=x.dtype)
-    return float(piq.multi_scale_ssim(x, y, data_range=1.0, scale_weights=weights,
-                                      k1=SSIM_K1, k2=SSIM_K2))
+    return float(
+        piq.multi_scale_ssim(x, y, data_range=1.0, scale_weights=weights, k1=SSIM_K1, k2=SSIM_K2)
+    )
 
 
 # LPIPS taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) as indices into vgg16_bn().features
@@ -167,7 +189,7 @@ class VggDistance(torch.nn.Module):
 
     def __init__(self, features: torch.nn.Sequential, taps: tuple[int, ...] = VGG_TAPS):
         super().__init__()
-        self.features = features[:max(taps) + 1].eval().requires_grad_(False)
+        self.features = features[: max(taps) + 1].eval().requires_grad_(False)
         self.taps = set(taps)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -182,13 +204,15 @@ class VggDistance(torch.nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sum(((a - b) ** 2).sum(dim=1).mean(dim=(1, 2))
-                   for a, b in zip(self._taps(x), self._taps(y)))
+        return sum(
+            ((a - b) ** 2).sum(dim=1).mean(dim=(1, 2)) for a, b in zip(self._taps(x), self._taps(y))
+        )
 
 
 def vgg_weights_file() -> Path:
     """Where torchvision's ImageNet vgg16_bn weights live in the torch hub cache."""
     from pipelines.networks.pretrained import imagenet_file
+
     return imagenet_file("vgg16_bn")[1]
 
 
@@ -196,15 +220,21 @@ def vgg_weights_file() -> Path:
 def _vgg_distance_model() -> VggDistance | None:
     path = vgg_weights_file()
     if not path.is_file():
-        log.info("no ImageNet VGG weights at %s: vgg_distance (ImageNet VGG features) is not "
-                 "reported", path)
+        log.info(
+            "no ImageNet VGG weights at %s: vgg_distance (ImageNet VGG features) is not reported",
+            path,
+        )
         return None
     from torchvision.models.vgg import cfgs, make_layers
 
     from pipelines.networks.pretrained import read_state_dict
+
     features = make_layers(cfgs["D"], batch_norm=True)
-    state = {k[len("features."):]: v for k, v in read_state_dict(path).items()
-             if k.startswith("features.")}
+    state = {
+        k[len("features.") :]: v
+        for k, v in read_state_dict(path).items()
+        if k.startswith("features.")
+    }
     features.load_state_dict(state)
     return VggDistance(features)
 

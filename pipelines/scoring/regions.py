@@ -14,6 +14,7 @@ colour fringes along edges: both cover a few percent of the pixels. So two regio
 Both use the same border crop as ``metrics.score``. A region left empty (no strong edge, a
 watermark entirely inside the border) gives no value rather than a made-up one.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,12 +66,13 @@ def watermark_mask_hr(mask_lr: np.ndarray, hr_shape: tuple[int, ...], scale: int
         m = cv2.dilate(m, np.ones((2 * MASK_GROW_LR + 1,) * 2, np.uint8))
     big = cv2.resize(m, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) > 0
     out = np.zeros(hr_shape[:2], bool)
-    out[:h * scale, :w * scale] = big
+    out[: h * scale, : w * scale] = big
     return out
 
 
-def masked_psnr_y(sr: np.ndarray, hr: np.ndarray, mask: np.ndarray, border: int = 0
-                  ) -> float | None:
+def masked_psnr_y(
+    sr: np.ndarray, hr: np.ndarray, mask: np.ndarray, border: int = 0
+) -> float | None:
     """Luma PSNR over the pixels of ``mask`` (capped like ``psnr_y``); None if none is left."""
     _check_pair(sr, hr)
     if mask.shape != sr.shape[:2]:
@@ -79,25 +81,31 @@ def masked_psnr_y(sr: np.ndarray, hr: np.ndarray, mask: np.ndarray, border: int 
     if not m.any():
         return None
     d = crop_border(rgb_to_y(sr), border)[m] - crop_border(rgb_to_y(hr), border)[m]
-    mse = float(np.mean(d ** 2))
+    mse = float(np.mean(d**2))
     if mse == 0.0:
         return PSNR_CAP
-    return min(PSNR_CAP, 10.0 * math.log10(255.0 ** 2 / mse))
+    return min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
 
 
-def edge_chroma_rmse(sr: np.ndarray, hr: np.ndarray, border: int = 0, radius: int = 4
-                     ) -> float | None:
+def edge_chroma_rmse(
+    sr: np.ndarray, hr: np.ndarray, border: int = 0, radius: int = 4
+) -> float | None:
     """RMS Cb/Cr error within ``radius`` px of the reference's strong edges; None without any."""
     _check_pair(sr, hr)
     m = crop_border(edge_mask(hr, radius), border)
     if not m.any():
         return None
     d = crop_border(rgb_to_cbcr(sr), border)[m] - crop_border(rgb_to_cbcr(hr), border)[m]
-    return float(np.sqrt(np.mean(d ** 2)))
+    return float(np.sqrt(np.mean(d**2)))
 
 
-def regional_scores(sr: np.ndarray, hr: np.ndarray, border: int = 0, radius: int = 4,
-                    watermark: np.ndarray | None = None) -> dict[str, float]:
+def regional_scores(
+    sr: np.ndarray,
+    hr: np.ndarray,
+    border: int = 0,
+    radius: int = 4,
+    watermark: np.ndarray | None = None,
+) -> dict[str, float]:
     """``edge_chroma_rmse`` and, given the watermark's HR mask, ``mask_psnr_y`` (when defined)."""
     out: dict[str, float] = {}
     if watermark is not None:

@@ -19,6 +19,7 @@ Inputs are RGB in [0, 1] (mapped to [-1, 1], then LPIPS v0.1's per-channel scali
 is the sum over the five taps of the spatially averaged weighted squared feature difference.
 0 for identical images, lower is closer.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,8 +55,9 @@ class BlurDownsample(nn.Module):
         self.register_buffer("filt", (filt / filt.sum())[None, None].repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), self.filt, stride=2,
-                        groups=x.shape[1])
+        return F.conv2d(
+            F.pad(x, (2, 2, 2, 2), mode="reflect"), self.filt, stride=2, groups=x.shape[1]
+        )
 
 
 def _vgg_layers() -> list[nn.Module]:
@@ -75,13 +77,21 @@ def _alex_layers() -> list[nn.Module]:
     """AlexNet's features with the first convolution at stride 1 and blur-pools after it and
     after each max-pool (then at stride 1)."""
     return [
-        nn.Conv2d(3, 64, kernel_size=11, stride=1, padding=2), BlurDownsample(64), nn.ReLU(),
-        nn.MaxPool2d(kernel_size=3, stride=1), BlurDownsample(64),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(),
-        nn.MaxPool2d(kernel_size=3, stride=1), BlurDownsample(192),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, 64, kernel_size=11, stride=1, padding=2),
+        BlurDownsample(64),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=1),
+        BlurDownsample(64),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=1),
+        BlurDownsample(192),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(),
     ]
 
 
@@ -96,8 +106,10 @@ class Trunk(nn.Module):
         layers = {"vgg": _vgg_layers, "alex": _alex_layers}[net]()
         start = 0
         for i, end in enumerate(SLICE_ENDS[net], 1):
-            self.add_module(f"slice{i}", nn.Sequential(
-                OrderedDict((str(j), layers[j]) for j in range(start, end))))
+            self.add_module(
+                f"slice{i}",
+                nn.Sequential(OrderedDict((str(j), layers[j]) for j in range(start, end))),
+            )
             start = end
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -126,8 +138,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.model = nn.Sequential(nn.Identity(),
-                                   nn.Conv2d(channels, 1, kernel_size=1, bias=False))
+        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, kernel_size=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -153,10 +164,14 @@ class STLPIPS(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape:
-            raise ValueError(f"ST-LPIPS inputs differ in shape: {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(
+                f"ST-LPIPS inputs differ in shape: {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         if min(x.shape[-2:]) < self.min_size:
-            raise ValueError(f"ST-LPIPS ({self.kind}) needs at least {self.min_size} px a side, "
-                             f"got {x.shape[-1]}x{x.shape[-2]}")
+            raise ValueError(
+                f"ST-LPIPS ({self.kind}) needs at least {self.min_size} px a side, "
+                f"got {x.shape[-1]}x{x.shape[-2]}"
+            )
         n = x.shape[0]
         # one pass over both images: the trunk is the whole cost
         taps = self.net(self.scaling_layer(torch.cat([x, y]) * 2 - 1))
@@ -186,8 +201,9 @@ def load(net: Net = "vgg", path: Path | str | None = None) -> STLPIPS:
     path = Path(path) if path is not None else weights_file(net)
     if path is None or not path.is_file():
         where = path if path is not None else f"the {PACKAGE} package (not installed)"
-        raise FileNotFoundError(f"ST-LPIPS {net} weights not found in {where}: "
-                                "pip install stlpips-pytorch")
+        raise FileNotFoundError(
+            f"ST-LPIPS {net} weights not found in {where}: pip install stlpips-pytorch"
+        )
     model = STLPIPS(net)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)

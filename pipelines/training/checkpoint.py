@@ -5,6 +5,7 @@ is refused. Model files (the stages' cached outputs) hold ``kind``, ``arch`` (th
 arguments that rebuild the network) and ``model``; training checkpoints add the optimizer,
 scaler and RNG states, the step and the config that produced them.
 """
+
 from __future__ import annotations
 
 import glob
@@ -36,8 +37,10 @@ def save(path: Path | str, payload: dict[str, Any]) -> None:
     path = Path(path)
     bad = non_finite(payload)
     if bad is not None:
-        raise DivergenceError(f"{path}: not written: {bad} holds NaN or infinite values (training "
-                              f"diverged); the previous {path.name}, if any, is unchanged")
+        raise DivergenceError(
+            f"{path}: not written: {bad} holds NaN or infinite values (training "
+            f"diverged); the previous {path.name}, if any, is unchanged"
+        )
     buf = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **payload}, buf)
     # A write killed before its rename left a temporary as large as the file: one writer saves
@@ -66,7 +69,9 @@ def non_finite(value: Any, key: str = "") -> str | None:
     return None
 
 
-def load(path: Path | str, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
+def load(
+    path: Path | str, kind: str | None = None, map_location: str | torch.device = "cpu"
+) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -108,7 +113,7 @@ def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
     source = unwrap(model)
     model = type(source)(**source.arch)
     if not any(parametrize.is_parametrized(m) for m in source.modules()):
-        fold_parametrizations(model)   # a plain source (already folded) has the plain keys
+        fold_parametrizations(model)  # a plain source (already folded) has the plain keys
     model.load_state_dict(source.state_dict())
     model.eval()
     return fold_parametrizations(model)

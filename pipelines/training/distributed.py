@@ -5,6 +5,7 @@ stages run as one process. Under ``torchrun --nproc-per-node N`` every rank take
 each global batch (pipelines.datasets.pairs.StepBatches), gradients are averaged by
 DistributedDataParallel, and only rank 0 writes checkpoints, metrics, outputs and MLflow runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,11 @@ def under_torchrun() -> bool:
 
 def current() -> Ranks:
     """This process's place, read from torchrun's environment (1 process without it)."""
-    return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                 int(os.environ.get("LOCAL_RANK", "0")))
+    return Ranks(
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def init(device: torch.device) -> Ranks:
@@ -53,7 +57,9 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, ranks: Ranks, device: torch.device, sync_batchnorm: bool = False) -> nn.Module:
+def wrap(
+    model: nn.Module, ranks: Ranks, device: torch.device, sync_batchnorm: bool = False
+) -> nn.Module:
     """DistributedDataParallel over ``model`` with more than one process, else ``model``.
 
     Wrap after choosing which parameters train (a frozen encoder): DDP registers its gradient
@@ -63,8 +69,10 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device, sync_batchnorm: b
         return model
     if sync_batchnorm:
         if device.type != "cuda":
-            raise StageError("base.sync_batchnorm: SyncBatchNorm needs CUDA devices; "
-                             "set it to false for CPU processes")
+            raise StageError(
+                "base.sync_batchnorm: SyncBatchNorm needs CUDA devices; "
+                "set it to false for CPU processes"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -86,6 +94,14 @@ def barrier(ranks: Ranks) -> None:
 
 def relaunch(stage: str, nproc: int, argv: list[str]) -> int:
     """Run ``python -m pipelines.<stage>`` again under torchrun with ``nproc`` processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", f"pipelines.{stage}", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        f"pipelines.{stage}",
+        *argv,
+    ]
     return subprocess.call(cmd)

@@ -11,6 +11,7 @@ average is not dominated by the random initialisation in a short run.
 Its state (the averaged weights and the update count) goes into the rolling checkpoint, so a
 resumed run continues the same average as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 from typing import Any

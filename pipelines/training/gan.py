@@ -4,10 +4,12 @@ The steps are written out as BasicSR does: the network that only serves as the l
 and in eval mode while the other one steps. ``Gan`` holds what both steps need, so the stage and
 the benchmark run the same code.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ class Gan:
     critic: nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    content: nn.Module                        # content loss (pixel or feature)
+    content: nn.Module  # content loss (pixel or feature)
     adversarial: Adversarial = "bce"
     adv_weight: float = 1.0
     content_weight: float = 50.0
@@ -101,7 +103,7 @@ class Counters:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "Counters":
+    def from_state(cls, state: Mapping[str, Any]) -> Counters:
         return cls(**state)
 
 

@@ -8,18 +8,20 @@ checkpoint left off; all data randomness is a function of the sample index, so a
 produces the same result as an uninterrupted one. A checkpoint whose fingerprint no longer
 matches (params, inputs or code changed) is discarded and the stage trains from step 0.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from pipelines.training import checkpoint
 from pipelines.core.errors import DivergenceError
+from pipelines.training import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +69,36 @@ class RollingCheckpoint:
     def save(self, step: int, **state: Any) -> None:
         if not self.writer:
             return
-        checkpoint.save(self.path, {"kind": "training_state", "fingerprint": self.fingerprint,
-                                    "step": step, "rng": rng_state(), **state})
+        checkpoint.save(
+            self.path,
+            {
+                "kind": "training_state",
+                "fingerprint": self.fingerprint,
+                "step": step,
+                "rng": rng_state(),
+                **state,
+            },
+        )
 
 
-def check_finite(losses: Mapping[str, torch.Tensor | float], step: int, ckpt: RollingCheckpoint) -> None:
+def check_finite(
+    losses: Mapping[str, torch.Tensor | float], step: int, ckpt: RollingCheckpoint
+) -> None:
     """Stop with a clear message on a NaN/inf loss; the last good checkpoint stays on disk."""
     for name, value in losses.items():
         v = float(value.detach() if isinstance(value, torch.Tensor) else value)
         if not math.isfinite(v):
-            where = f"{ckpt.path} (step {_saved_step(ckpt)})" if ckpt.path.exists() else "no checkpoint yet"
+            where = (
+                f"{ckpt.path} (step {_saved_step(ckpt)})"
+                if ckpt.path.exists()
+                else "no checkpoint yet"
+            )
             raise DivergenceError(
                 f"{name} loss is {v} at step {step}: training diverged. The last good state is "
                 f"{where}; no model was written. Rerunning with the same params resumes from it "
                 "(a NaN from a non-deterministic GPU kernel may not recur); changing any param "
-                "of this stage, such as a lower learning rate, starts the stage over.")
+                "of this stage, such as a lower learning rate, starts the stage over."
+            )
 
 
 def _saved_step(ckpt: RollingCheckpoint) -> int | str:

@@ -1,4 +1,5 @@
 """What every training stage does first: seed, deterministic kernels, device, ranks, precision."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Learning-rate and momentum schedules as pure functions of the step (resume needs no state)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,14 @@ def _cos(start: float, end: float, frac: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * frac)) / 2
 
 
-def one_cycle(step: int, total: int, max_lr: float, pct_start: float = 0.25,
-              div: float = 25.0, final_div: float = 1e4) -> float:
+def one_cycle(
+    step: int,
+    total: int,
+    max_lr: float,
+    pct_start: float = 0.25,
+    div: float = 25.0,
+    final_div: float = 1e4,
+) -> float:
     """fastai v1's one-cycle: cosine warm-up from max/div, cosine down to max/(div*final_div)."""
     if total <= 1:
         return max_lr
@@ -20,8 +27,9 @@ def one_cycle(step: int, total: int, max_lr: float, pct_start: float = 0.25,
     return _cos(max_lr, max_lr / (div * final_div), frac)
 
 
-def one_cycle_beta1(step: int, total: int, pct_start: float = 0.25,
-                    high: float = 0.95, low: float = 0.85) -> float:
+def one_cycle_beta1(
+    step: int, total: int, pct_start: float = 0.25, high: float = 0.95, low: float = 0.85
+) -> float:
     """Adam's beta1 moves against the learning rate: 0.95 -> 0.85 -> 0.95."""
     if total <= 1:
         return high

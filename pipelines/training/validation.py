@@ -1,4 +1,5 @@
 """Scoring a model on the validation split while it trains, and its sample grids."""
+
 from __future__ import annotations
 
 import cv2
@@ -21,13 +22,20 @@ class Bicubic(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale == 1:
             return x
-        return torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="bicubic",
-                                               align_corners=False)
+        return torch.nn.functional.interpolate(
+            x, scale_factor=self.scale, mode="bicubic", align_corners=False
+        )
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, pairs, device: torch.device, dtype: torch.dtype | None,
-             border: int, full: bool = False) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module,
+    pairs,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    border: int,
+    full: bool = False,
+) -> dict[str, float]:
     """Mean scores of ``model`` over ``pairs`` (an EvalPairs), one image at a time: Y-PSNR and
     Y-SSIM, or with ``full`` every metric of ``scoring.metrics.score`` (slower; the GAN phase
     picks its checkpoint by them)."""
@@ -42,8 +50,9 @@ def validate(model: torch.nn.Module, pairs, device: torch.device, dtype: torch.d
         if full:
             rows.append(score(sr_img, hr_img, border))
         else:
-            rows.append({"psnr_y": psnr_y(sr_img, hr_img, border),
-                         "ssim_y": ssim_y(sr_img, hr_img, border)})
+            rows.append(
+                {"psnr_y": psnr_y(sr_img, hr_img, border), "ssim_y": ssim_y(sr_img, hr_img, border)}
+            )
     model.train(was_training)
     return {k: float(sum(r[k] for r in rows) / len(rows)) for k in rows[0]}
 

@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: a mixed photo folder, a scratch DVC workspace of the real
 pipeline, and one uninterrupted ``dvc repro`` of it that the fault cases compare against."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ def fault_store(tmp_path_factory) -> str:
 class Mixed:
     folder: Path
     accepted: dict[str, str]  # source name -> note in the manifest
-    skipped: dict[str, str]   # source name -> reason in metrics/download.json
+    skipped: dict[str, str]  # source name -> reason in metrics/download.json
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +55,7 @@ def template(fault_store, mixed, tmp_path_factory) -> Path:
 @dataclass(frozen=True)
 class Reference:
     path: Path  # the workspace after an uninterrupted `dvc repro`
-    log: str    # what `dvc repro` printed
+    log: str  # what `dvc repro` printed
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,11 @@ def stage_inputs(reference, tmp_path, monkeypatch) -> Path:
 
 
 def pytest_report_header(config):
-    how = ("root without DAC override (setpriv)" if fault_kit.PERMISSION_DROP
-           else "as is" if os.geteuid() else "root with all capabilities: mode-000 files are readable")
+    how = (
+        "root without DAC override (setpriv)"
+        if fault_kit.PERMISSION_DROP
+        else "as is"
+        if os.geteuid()
+        else "root with all capabilities: mode-000 files are readable"
+    )
     return f"fault suite: stages run {how}"

@@ -6,6 +6,7 @@
   the real dvc.yaml and tiny params, so ``dvc repro`` runs the real stages end to end;
 - helpers to run DVC and stages as process groups, kill them, and compare outputs.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,8 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -70,30 +71,46 @@ TRAIN_STEPS = {"pretrain_generator": 8, "pretrain_critic": 24, "train_gan": 8}
 
 
 def fault_params(folder: Path | str) -> dict:
-    return tiny_params({
-        "base": {"seed": 11},
-        "download": {"source": "folder", "folder": str(folder), "max_images": 0},
-        "pretrain_generator": {
-            "phases": [{"steps": 4, "batch_size": 2, "lr": 0.001},
-                       {"steps": 4, "batch_size": 2, "lr": 0.001, "crop": 48}],
-            "eval_every": 4, "checkpoint_every": 2, "log_every": 2, "sample_every": 0},
-        "pretrain_critic": {"steps": 24, "checkpoint_every": 3, "log_every": 3, "tile": 64},
-        "train_gan": {"steps": 8, "log_every": 2},
-        "evaluate": {"max_images": 0, "tile": 64, "overlap": 8},
-    })
+    return tiny_params(
+        {
+            "base": {"seed": 11},
+            "download": {"source": "folder", "folder": str(folder), "max_images": 0},
+            "pretrain_generator": {
+                "phases": [
+                    {"steps": 4, "batch_size": 2, "lr": 0.001},
+                    {"steps": 4, "batch_size": 2, "lr": 0.001, "crop": 48},
+                ],
+                "eval_every": 4,
+                "checkpoint_every": 2,
+                "log_every": 2,
+                "sample_every": 0,
+            },
+            "pretrain_critic": {"steps": 24, "checkpoint_every": 3, "log_every": 3, "tile": 64},
+            "train_gan": {"steps": 8, "log_every": 2},
+            "evaluate": {"max_images": 0, "tile": 64, "overlap": 8},
+        }
+    )
 
 
 # -- the mixed folder --------------------------------------------------------------------------
 def _photo(index: int, h: int, w: int) -> np.ndarray:
     """An RGB crop of a real photograph (scikit-image's samples), ``h`` x ``w`` px."""
     from skimage import data
-    sources = [data.astronaut, data.coffee, data.chelsea, data.rocket, data.hubble_deep_field,
-               data.immunohistochemistry, data.retina]
+
+    sources = [
+        data.astronaut,
+        data.coffee,
+        data.chelsea,
+        data.rocket,
+        data.hubble_deep_field,
+        data.immunohistochemistry,
+        data.retina,
+    ]
     img = sources[index % len(sources)]()
     # from the middle third (the retina photo has black corners), shifted per index
     top = img.shape[0] // 3 + (index * 29) % max(1, img.shape[0] // 3 - 2 * h)
     left = img.shape[1] // 3 + (index * 17) % max(1, img.shape[1] // 3 - 2 * w)
-    crop = img[top:top + 2 * h, left:left + 2 * w]
+    crop = img[top : top + 2 * h, left : left + 2 * w]
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
 
 
@@ -115,12 +132,22 @@ def _png(img: Image.Image) -> bytes:
 
 def _bomb_png(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width`` x ``height`` pixels, with almost no data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 NON_UTF8 = b"caf\xe9-latin1.jpg"  # a Latin-1 name, as old Windows zips and cameras write them
@@ -147,7 +174,7 @@ def make_mixed_folder(root: Path, good: int = 9) -> dict:
             cv2.imwrite(str(root / f"good_{i}.png"), _bgr(rgb))
             accepted[f"good_{i}.png"] = "ok"
     # good pictures that need converting
-    deep = (_photo(20, 64, 80).astype(np.uint16) * 257)
+    deep = _photo(20, 64, 80).astype(np.uint16) * 257
     cv2.imwrite(str(root / "sixteen_bit.png"), _bgr(deep.astype(np.uint16)))
     accepted["sixteen_bit.png"] = "converted: 16-bit"
     (root / "cmyk.jpg").write_bytes(_cmyk_jpeg(_photo(21, 64, 72)))
@@ -225,14 +252,20 @@ def copy_workspace(src: Path, dst: Path) -> Path:
     rename) and never in place, so the copies can share them; every other file is copied.
     A workspace holds hundreds of MB of models and checkpoints, and the suite makes a dozen.
     """
+
     def link_cache_objects(source: str, target: str) -> None:
         if f"{os.sep}.dvc{os.sep}cache{os.sep}" in source:
             os.link(source, target)
         else:
             shutil.copy2(source, target)
 
-    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("mlruns"),
-                    copy_function=link_cache_objects)
+    shutil.copytree(
+        src,
+        dst,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("mlruns"),
+        copy_function=link_cache_objects,
+    )
     return dst
 
 
@@ -248,8 +281,14 @@ def copy_stage_files(src: Path, dst: Path) -> Path:
     return dst
 
 
-GAN_OUTPUTS = ("models/gan_generator.pt", "checkpoints/train_gan", "metrics/train_gan.json",
-               "plots/gan_scores.csv", "plots/gan_chosen.csv", "plots/train_gan_loss.csv")
+GAN_OUTPUTS = (
+    "models/gan_generator.pt",
+    "checkpoints/train_gan",
+    "metrics/train_gan.json",
+    "plots/gan_scores.csv",
+    "plots/gan_chosen.csv",
+    "plots/train_gan_loss.csv",
+)
 
 
 def forget_stage(ws: Path, stage: str = "train_gan", outputs=GAN_OUTPUTS) -> None:
@@ -272,8 +311,13 @@ def environment(**extra: str) -> dict[str, str]:
     PATH (stage commands say ``python``), the suite's MLflow store, and one math thread per
     process: several processes of the suite may share the CPU, and OpenMP threads that wait
     for a busy core slow a step down tenfold."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     if settings["tracking_uri"]:
         env["MLFLOW_TRACKING_URI"] = settings["tracking_uri"]
     for name in ("DECRAPPIFY_ROOT", "DECRAPPIFY_PARENT_RUN_ID", "DECRAPPIFY_EXPERIMENT"):
@@ -286,31 +330,47 @@ def dvc_command(*args: str) -> list[str]:
     return [*PERMISSION_DROP, sys.executable, "-m", "dvc", *args]
 
 
-def dvc(path: Path, *args: str, env: dict | None = None, timeout: float = 900,
-        check: bool = True) -> subprocess.CompletedProcess:
+def dvc(
+    path: Path, *args: str, env: dict | None = None, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run a DVC command in ``path`` as the suite runs the pipeline (stderr merged into stdout)."""
-    return dvc_cli(path, *args, env=env or environment(), prefix=PERMISSION_DROP,
-                   timeout=timeout, check=check)
+    return dvc_cli(
+        path, *args, env=env or environment(), prefix=PERMISSION_DROP, timeout=timeout, check=check
+    )
 
 
 def stage_command(stage: str, *args: str) -> list[str]:
     return [*PERMISSION_DROP, sys.executable, "-m", f"pipelines.{stage}", *args]
 
 
-def run_stage(path: Path, stage: str, *args: str, env: dict | None = None,
-              timeout: float = 900) -> subprocess.CompletedProcess:
+def run_stage(
+    path: Path, stage: str, *args: str, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run a stage's command in workspace ``path`` as DVC would, without DVC."""
-    return subprocess.run(stage_command(stage, *args), cwd=path, env=env or environment(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", timeout=timeout)
+    return subprocess.run(
+        stage_command(stage, *args),
+        cwd=path,
+        env=env or environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+    )
 
 
 def start(cmd: list[str], cwd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own process group, output to ``log``."""
     out = open(log, "ab")
     try:
-        return subprocess.Popen(cmd, cwd=cwd, env=env or environment(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env or environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         out.close()
 
@@ -333,6 +393,7 @@ def checkpoint_step(path: Path) -> int:
     Read again only when the file changed: a checkpoint holds the optimizer state too.
     """
     from pipelines.training import checkpoint
+
     try:
         st = path.stat()
     except OSError:
@@ -349,8 +410,13 @@ def checkpoint_step(path: Path) -> int:
     return step
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen | None, timeout: float,
-             what: str, log: Path | None = None) -> None:
+def wait_for(
+    predicate: Callable[[], bool],
+    proc: subprocess.Popen | None,
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
@@ -369,6 +435,7 @@ TIMING_KEYS = {"seconds", "images_per_s", "train_images_per_s", "processed", "re
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     from pipelines.training import checkpoint
+
     return checkpoint.load(path)["model"]
 
 
@@ -386,8 +453,11 @@ def metrics_without_timing(path: Path) -> dict:
 
 def tree_digest(folder: Path) -> dict[str, bytes]:
     """Every file below ``folder`` (relative name -> bytes)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def stray_temporaries(folder: Path) -> list[str]:

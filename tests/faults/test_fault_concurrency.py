@@ -2,6 +2,7 @@
 ``dvc repro`` fails at once with DVC's lock message naming the process that holds the lock; two
 flows take turns on the workspace lock (one waits). The first run is undisturbed, nothing is
 corrupted."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,16 @@ import sys
 import pytest
 
 import fault_kit
-from fault_kit import (ROOT, assert_same_weights, copy_workspace, dvc, dvc_command, environment,
-                       start, wait_for)
+from fault_kit import (
+    ROOT,
+    assert_same_weights,
+    copy_workspace,
+    dvc,
+    dvc_command,
+    environment,
+    start,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +37,18 @@ def test_second_dvc_repro_fails_clearly_while_the_first_goes_on(reference, tmp_p
     log = tmp_path / "first.log"
     first = start(dvc_command("repro"), ws, log)
     try:
-        wait_for(lambda: (ws / "checkpoints/train_gan").exists(), first, 900, "train_gan to run", log)
-        second = subprocess.run(dvc_command("repro"), cwd=ws, env=environment(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        wait_for(
+            lambda: (ws / "checkpoints/train_gan").exists(), first, 900, "train_gan to run", log
+        )
+        second = subprocess.run(
+            dvc_command("repro"),
+            cwd=ws,
+            env=environment(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
         # DVC's lock on the outputs the first run is writing, naming who holds it
         assert second.returncode != 0, second.stdout
         assert "is busy, it is being blocked by:" in second.stdout, second.stdout

@@ -1,6 +1,7 @@
 """Data faults: a scraped folder mixing good photos with every bad kind of file goes through
 the whole pipeline (``dvc repro`` of the real stages). Every stage processes the good ones,
 reports each bad one with its reason, and the counts add up."""
+
 from __future__ import annotations
 
 import csv
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import fault_kit
-from fault_kit import NON_UTF8, NON_UTF8_SHOWN, SMALL
-from pipelines.training import checkpoint
 from pipelines.core.config import load
 from pipelines.datasets.photos import utf8_name
 from pipelines.download import DownloadConfig, run
 from pipelines.imaging.images import list_images, read_rgb
+from pipelines.training import checkpoint
 
+import fault_kit
+from fault_kit import NON_UTF8, NON_UTF8_SHOWN, SMALL
 
 
 def manifest(path: Path) -> list[dict]:
@@ -74,11 +75,14 @@ def test_every_later_stage_processes_every_good_photo(reference, mixed):
     g = metrics(ws, "pretrain_generator")
     assert g["steps"] == 8
     # the photo above base.crop but below phase 2's 48 px crop: left out of that phase, said so
-    small = next(r for r in manifest(ws / "data/hr/manifest.csv")
-                 if r["source"] == f"folder:{SMALL}")
+    small = next(
+        r for r in manifest(ws / "data/hr/manifest.csv") if r["source"] == f"folder:{SMALL}"
+    )
     assert small["split"] == "train"
-    assert (f"1 of {d['train']} training images are smaller than the 48 px crop and are left "
-            f"out: {Path(small['file']).name} (44x40)") in reference.log
+    assert (
+        f"1 of {d['train']} training images are smaller than the 48 px crop and are left "
+        f"out: {Path(small['file']).name} (44x40)"
+    ) in reference.log
 
     critic = metrics(ws, "pretrain_critic")
     assert critic["generated_images"] == d["train"] + d["valid"]
@@ -113,11 +117,25 @@ def test_non_utf8_name_beside_its_escaped_twin_is_reported_not_lost(tmp_path, mo
     (src / "caf%E9.jpg").write_bytes(photo)
     with open(os.path.join(os.fsencode(src), b"caf\xe9.jpg"), "wb") as f:
         f.write(fault_kit._jpeg(fault_kit._photo(2, 40, 40)))
-    m = run(load(DownloadConfig, "download", {"base": {"crop": 32, "scale": 2}, "download": {
-        "source": "folder", "folder": "photos", "valid_fraction": 0, "test_fraction": 0}}))
+    m = run(
+        load(
+            DownloadConfig,
+            "download",
+            {
+                "base": {"crop": 32, "scale": 2},
+                "download": {
+                    "source": "folder",
+                    "folder": "photos",
+                    "valid_fraction": 0,
+                    "test_fraction": 0,
+                },
+            },
+        )
+    )
     assert m["images"] == 1 and m["candidates"] == 2
-    assert m["skipped_files"] == {"caf%E9.jpg (not UTF-8)":
-                                  "bad file name: not UTF-8, and caf%E9.jpg exists"}
+    assert m["skipped_files"] == {
+        "caf%E9.jpg (not UTF-8)": "bad file name: not UTF-8, and caf%E9.jpg exists"
+    }
     assert [r["source"] for r in manifest(Path("data/hr/manifest.csv"))] == ["folder:caf%E9.jpg"]
     assert NON_UTF8.startswith(b"caf\xe9")
 
@@ -126,16 +144,19 @@ def test_photos_smaller_than_a_training_crop_are_left_out_and_named(tmp_path, ca
     """The critic may crop larger than base.crop too (pretrain_critic.crop): a batch of crops of
     one size, the small photo named, not a crash in the middle of training."""
     import cv2
-    from pipelines.datasets.pairs import CriticPairs, step_loader
+
     from pipelines.core.errors import StageError
+    from pipelines.datasets.pairs import CriticPairs, step_loader
+
     big, small = tmp_path / "big.png", tmp_path / "small.png"
     cv2.imwrite(str(big), fault_kit._bgr(fault_kit._photo(1, 64, 72)))
     cv2.imwrite(str(small), fault_kit._bgr(fault_kit._photo(2, 40, 44)))
     with caplog.at_level("WARNING"):
         pairs = CriticPairs([big, small], [big, small], 48, seed=1)
     assert pairs.real_files == [big] and pairs.fake_files == [big]
-    assert ("1 of 2 training images are smaller than the 48 px crop and are left out: "
-            "small.png (44x40)") in caplog.text
+    assert (
+        "1 of 2 training images are smaller than the 48 px crop and are left out: small.png (44x40)"
+    ) in caplog.text
     fake, real = next(iter(step_loader(pairs, 0, 1, 4, 0)))
     assert fake.shape == real.shape == (4, 3, 48, 48)
     with pytest.raises(StageError, match="none of the 2 training images is at least 80 px"):

@@ -3,6 +3,7 @@ a clear error naming the output (exit status 1, no traceback), the previous outp
 they were, no partial file is left behind, and once there is room a rerun resumes.
 
 A real small filesystem (tmpfs) where ``mount`` is allowed; a mocked ENOSPC elsewhere."""
+
 from __future__ import annotations
 
 import builtins
@@ -16,8 +17,17 @@ import pytest
 import yaml
 
 import fault_kit
-from fault_kit import (assert_same_weights, checkpoint_step, copy_stage_files, run_stage, start,
-                       stage_command, stray_temporaries, tree_digest, wait_for)
+from fault_kit import (
+    assert_same_weights,
+    checkpoint_step,
+    copy_stage_files,
+    run_stage,
+    stage_command,
+    start,
+    stray_temporaries,
+    tree_digest,
+    wait_for,
+)
 
 NO_SPACE = "No space left on device"
 
@@ -27,6 +37,7 @@ def disk_full_for(monkeypatch, matches, after: int = 0) -> list[str]:
     ``after``+1-th such write on (through pipelines.core.files and Path.write_bytes, the ways the
     stages write). Returns the names attempted."""
     from pipelines.core import files
+
     seen: list[str] = []
     write_bytes = Path.write_bytes
 
@@ -56,7 +67,9 @@ def disk_full_for(monkeypatch, matches, after: int = 0) -> list[str]:
 
             def __getattr__(self, name):
                 return getattr(f, name)
+
         return Full()
+
     monkeypatch.setattr(files, "open", fake_open, raising=False)
     monkeypatch.setattr(Path, "write_bytes", fake_write_bytes)
     assert write_bytes is not fake_write_bytes
@@ -67,10 +80,13 @@ def disk_full_for(monkeypatch, matches, after: int = 0) -> list[str]:
 def photos_workdir(tmp_path, monkeypatch) -> Path:
     """A folder of 6 photos and the suite's params, as the working directory; download done."""
     from pipelines import download
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
     for i in range(6):
-        cv2.imwrite(str(tmp_path / "photos" / f"p{i}.png"), fault_kit._bgr(fault_kit._photo(i, 48, 56)))
+        cv2.imwrite(
+            str(tmp_path / "photos" / f"p{i}.png"), fault_kit._bgr(fault_kit._photo(i, 48, 56))
+        )
     params = fault_kit.fault_params("photos")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
@@ -78,9 +94,11 @@ def photos_workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_disk_full_while_writing_the_download_keeps_the_previous_data(photos_workdir, monkeypatch,
-                                                                      capsys):
+def test_disk_full_while_writing_the_download_keeps_the_previous_data(
+    photos_workdir, monkeypatch, capsys
+):
     from pipelines import download
+
     before = tree_digest(photos_workdir / "data/hr")
     disk_full_for(monkeypatch, lambda name: name.startswith(".manifest.csv."))
     assert download.main(["--no-tracking"]) == 1
@@ -91,9 +109,11 @@ def test_disk_full_while_writing_the_download_keeps_the_previous_data(photos_wor
     assert sorted(p.name for p in (photos_workdir / "data").iterdir()) == ["hr"]  # no leftovers
 
 
-def test_disk_full_while_crappifying_then_a_rerun_finishes_the_job(photos_workdir, monkeypatch,
-                                                                   capsys, tmp_path_factory):
+def test_disk_full_while_crappifying_then_a_rerun_finishes_the_job(
+    photos_workdir, monkeypatch, capsys, tmp_path_factory
+):
     from pipelines import crappify
+
     disk_full_for(monkeypatch, lambda name: name.endswith(".tmp") and ".jpg." in name, after=3)
     assert crappify.main(["--no-tracking"]) == 1
     err = capsys.readouterr().err
@@ -110,25 +130,32 @@ def test_disk_full_while_crappifying_then_a_rerun_finishes_the_job(photos_workdi
 
 def test_a_file_where_the_metrics_folder_should_be(photos_workdir, capsys):
     from pipelines import crappify
+
     shutil.rmtree(photos_workdir / "metrics")  # download wrote metrics/download.json
     (photos_workdir / "metrics").write_text("a file, not a folder")
     assert crappify.main(["--no-tracking"]) == 1
     err = capsys.readouterr().err
-    assert ("error: crappify: cannot write metrics/crappify.json: metrics is a file, not a folder; "
-            "metrics/crappify.json was left as it was") in err
+    assert (
+        "error: crappify: cannot write metrics/crappify.json: metrics is a file, not a folder; "
+        "metrics/crappify.json was left as it was"
+    ) in err
     assert (photos_workdir / "metrics").read_text() == "a file, not a folder"
 
 
 @pytest.mark.slow
-def test_disk_full_during_a_checkpoint_write_then_a_rerun_resumes(stage_inputs, reference,
-                                                                   monkeypatch, capsys, caplog):
+def test_disk_full_during_a_checkpoint_write_then_a_rerun_resumes(
+    stage_inputs, reference, monkeypatch, capsys, caplog
+):
     from pipelines import pretrain_critic
+
     previous = (stage_inputs / "models/critic.pt").read_bytes()
     disk_full_for(monkeypatch, lambda name: name.startswith(".last.pt."), after=1)
     assert pretrain_critic.main(["--no-tracking"]) == 1
     err = capsys.readouterr().err
     last = "checkpoints/pretrain_critic/last.pt"
-    assert f"error: pretrain_critic: cannot write {last}: {NO_SPACE}; {last} was left as it was" in err
+    assert (
+        f"error: pretrain_critic: cannot write {last}: {NO_SPACE}; {last} was left as it was" in err
+    )
     assert checkpoint_step(stage_inputs / last) == 3  # the previous checkpoint, intact
     assert stray_temporaries(stage_inputs / "checkpoints") == []
     assert (stage_inputs / "models/critic.pt").read_bytes() == previous
@@ -151,11 +178,15 @@ def tmpfs():
 
     def mount(path: Path, size: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
-                               "fault-suite", str(path)], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "fault-suite", str(path)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
         mounted.append(path)
+
     yield mount
     for path in reversed(mounted):
         if subprocess.run(["umount", str(path)], capture_output=True).returncode:
@@ -190,7 +221,9 @@ def test_models_folder_that_fills_up_then_turns_read_only(reference, tmp_path, t
     last = ws / "checkpoints/train_gan/last.pt"
 
     def assert_refused(out: str, reason: str) -> None:
-        assert f"error: train_gan: cannot write {target}: {reason}; {target} was left as it was" in out
+        assert (
+            f"error: train_gan: cannot write {target}: {reason}; {target} was left as it was" in out
+        )
         assert "Traceback" not in out
         assert (models / "gan_generator.pt").read_bytes() == kept["gan_generator.pt"]
         assert stray_temporaries(models) == []

@@ -3,14 +3,16 @@ good rolling checkpoint on disk (tests/test_stages.py::test_nan_loss_stops_with_
 and_no_model); here the harder case, weights that turn NaN while the loss that produced them
 was still finite: no NaN checkpoint or model is ever written, the previous checkpoint stays the
 last good one, and a rerun resumes from it."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fault_kit import assert_same_weights, checkpoint_step
-from pipelines.training import checkpoint
 from pipelines.core.errors import DivergenceError
+from pipelines.training import checkpoint
+
+from fault_kit import assert_same_weights, checkpoint_step
 
 
 def test_checkpoint_save_refuses_nan_and_keeps_the_previous_file(tmp_path):
@@ -18,11 +20,20 @@ def test_checkpoint_save_refuses_nan_and_keeps_the_previous_file(tmp_path):
     checkpoint.save(path, {"kind": "training_state", "model": {"w": torch.ones(3)}, "step": 2})
     before = path.read_bytes()
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(DivergenceError, match=r"last.pt: not written: optimizer.state.0.exp_avg "
-                                                  r"holds NaN or infinite values"):
-            checkpoint.save(path, {"kind": "training_state", "model": {"w": torch.ones(3)},
-                                   "optimizer": {"state": {0: {"exp_avg": torch.tensor([1.0, bad])}}},
-                                   "history": [{"psnr_y": float("inf")}]})  # a score may be inf
+        with pytest.raises(
+            DivergenceError,
+            match=r"last.pt: not written: optimizer.state.0.exp_avg "
+            r"holds NaN or infinite values",
+        ):
+            checkpoint.save(
+                path,
+                {
+                    "kind": "training_state",
+                    "model": {"w": torch.ones(3)},
+                    "optimizer": {"state": {0: {"exp_avg": torch.tensor([1.0, bad])}}},
+                    "history": [{"psnr_y": float("inf")}],
+                },
+            )  # a score may be inf
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
@@ -46,23 +57,30 @@ def poison_generator_after(monkeypatch, module, step: int) -> None:
                     with torch.no_grad():
                         opt.param_groups[0]["params"][0].view(-1)[0] = float("nan")
                 return out
+
             opt.step = step_then_poison
         return opt
+
     monkeypatch.setattr(module, "adamw", adamw)
 
 
 @pytest.mark.slow
 def test_nan_weights_in_the_gan_phase_are_never_saved_and_a_rerun_resumes(
-        stage_inputs, reference, monkeypatch, capsys, caplog):
+    stage_inputs, reference, monkeypatch, capsys, caplog
+):
     import pipelines.train_gan as gan
+
     out = stage_inputs / "models/gan_generator.pt"
     out.unlink()
     poison_generator_after(monkeypatch, gan, 4)  # a checkpoint step (checkpoint_every 2)
     assert gan.main(["--no-tracking"]) == 1
     err = capsys.readouterr().err
-    assert ("error: train_gan: checkpoints/train_gan/last.pt: not written: generator." in err
-            and "holds NaN or infinite values (training diverged); the previous last.pt, if any, "
-                "is unchanged" in err), err
+    assert (
+        "error: train_gan: checkpoints/train_gan/last.pt: not written: generator." in err
+        and "holds NaN or infinite values (training diverged); the previous last.pt, if any, "
+        "is unchanged"
+        in err
+    ), err
     last = stage_inputs / "checkpoints/train_gan/last.pt"
     assert checkpoint_step(last) == 2  # the last good state
     for name in ("last.pt", "best.pt"):

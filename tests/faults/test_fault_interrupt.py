@@ -5,6 +5,7 @@ bitwise equal to an uninterrupted run's (CPU), and no partial file is ever visib
 The kill points are drawn from ``FAULT_SEED`` (random when unset; printed, so a failure can
 be replayed with ``FAULT_SEED=<seed> pytest ...``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,13 +22,26 @@ import psutil
 import pytest
 import yaml
 
-import fault_kit
-from fault_kit import (MODEL_FILES, TRAIN_STEPS, assert_same_weights, checkpoint_step,
-                       copy_workspace, dvc, dvc_command, kill_group, metrics_without_timing,
-                       start, stray_temporaries, tree_digest, wait_for)
-from pipelines.training import checkpoint
 from pipelines.imaging.images import read_rgb
 from pipelines.running.stages import TRAINING
+from pipelines.training import checkpoint
+
+import fault_kit
+from fault_kit import (
+    MODEL_FILES,
+    TRAIN_STEPS,
+    assert_same_weights,
+    checkpoint_step,
+    copy_workspace,
+    dvc,
+    dvc_command,
+    kill_group,
+    metrics_without_timing,
+    start,
+    stray_temporaries,
+    tree_digest,
+    wait_for,
+)
 
 SEED = int(os.environ.get("FAULT_SEED") or random.randrange(2**32))
 
@@ -79,9 +93,14 @@ def assert_same_results(ws: Path, ref: Path) -> None:
         assert tree_digest(ws / folder) == tree_digest(ref / folder), folder
     for m in sorted((ref / "metrics").glob("*.json")):
         assert metrics_without_timing(ws / "metrics" / m.name) == metrics_without_timing(m), m.name
-    for name in ("plots/pretrain_generator.csv", "plots/gan_scores.csv",
-                 "plots/pretrain_generator_loss.csv", "plots/pretrain_critic_loss.csv",
-                 "plots/train_gan_loss.csv", "metrics/evaluate_images.csv"):
+    for name in (
+        "plots/pretrain_generator.csv",
+        "plots/gan_scores.csv",
+        "plots/pretrain_generator_loss.csv",
+        "plots/pretrain_critic_loss.csv",
+        "plots/train_gan_loss.csv",
+        "metrics/evaluate_images.csv",
+    ):
         assert (ws / name).read_bytes() == (ref / name).read_bytes(), name
 
 
@@ -92,7 +111,8 @@ def visible_stray_files(ws: Path) -> list[str]:
 # -- dvc repro, killed in every training stage -------------------------------------------------
 @pytest.mark.slow
 def test_kill_9_in_every_training_stage_then_dvc_repro_equals_an_uninterrupted_run(
-        template, reference, tmp_path):
+    template, reference, tmp_path
+):
     rng = rng_for("training")
     ws = copy_workspace(template, tmp_path / "ws")
     killed_at: dict[str, int] = {}
@@ -102,7 +122,13 @@ def test_kill_9_in_every_training_stage_then_dvc_repro_equals_an_uninterrupted_r
         proc = start(dvc_command("repro"), ws, log)
         last = ws / "checkpoints" / stage / "last.pt"
         step = rng.randint(1, TRAIN_STEPS[stage] // 2)
-        wait_for(lambda: checkpoint_step(last) >= step, proc, 900, f"{stage} at step {step}", log)
+        wait_for(
+            lambda last=last, step=step: checkpoint_step(last) >= step,
+            proc,
+            900,
+            f"{stage} at step {step}",
+            log,
+        )
         time.sleep(rng.uniform(0, 0.1))  # anywhere: mid-step, mid-validation, mid-write
         kill_group(proc)
         killed_at[stage] = checkpoint_step(last)
@@ -114,8 +140,10 @@ def test_kill_9_in_every_training_stage_then_dvc_repro_equals_an_uninterrupted_r
     print("killed at", killed_at)
 
     final = dvc(ws, "repro")
-    after = {stage: (logs[TRAINING[i + 1]] if i + 1 < len(TRAINING) else final.stdout)
-             for i, stage in enumerate(TRAINING)}
+    after = {
+        stage: (logs[TRAINING[i + 1]] if i + 1 < len(TRAINING) else final.stdout)
+        for i, stage in enumerate(TRAINING)
+    }
     for stage, step in killed_at.items():
         assert f"resuming from checkpoints/{stage}/last.pt at step {step}" in after[stage], stage
     assert_same_results(ws, reference.path)
@@ -128,17 +156,23 @@ def test_kill_9_in_every_training_stage_then_dvc_repro_equals_an_uninterrupted_r
 def recorded_outputs(ws: Path) -> dict[str, str]:
     """The hashes dvc.lock holds for data and models (metrics files hold timings)."""
     stages = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
-    return {o["path"]: o["md5"] for stage in stages.values() for o in stage["outs"]
-            if o["path"].startswith(("data/", "models/"))}
+    return {
+        o["path"]: o["md5"]
+        for stage in stages.values()
+        for o in stage["outs"]
+        if o["path"].startswith(("data/", "models/"))
+    }
 
 
 @pytest.mark.slow
-def test_interrupted_right_after_a_phase_ends_resumes_exactly(stage_inputs, reference,
-                                                              monkeypatch, caplog):
+def test_interrupted_right_after_a_phase_ends_resumes_exactly(
+    stage_inputs, reference, monkeypatch, caplog
+):
     """Stopped just after the checkpoint that ends phase 1 (step 4 of 4 + 4): the resumed phase 2
     starts with a fresh optimizer, as the uninterrupted run's does (a random kill found this)."""
     from pipelines import pretrain_generator
     from pipelines.training import loop as training
+
     (stage_inputs / "models/generator.pt").unlink()
     save = training.RollingCheckpoint.save
 
@@ -146,6 +180,7 @@ def test_interrupted_right_after_a_phase_ends_resumes_exactly(stage_inputs, refe
         save(self, step, **state)
         if step == 4:
             raise KeyboardInterrupt  # as if killed right after this checkpoint
+
     monkeypatch.setattr(training.RollingCheckpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         pretrain_generator.main(["--no-tracking"])
@@ -153,8 +188,9 @@ def test_interrupted_right_after_a_phase_ends_resumes_exactly(stage_inputs, refe
     with caplog.at_level("INFO"):
         assert pretrain_generator.main(["--no-tracking"]) == 0
     assert "resuming from checkpoints/pretrain_generator/last.pt at step 4" in caplog.text
-    assert_same_weights(stage_inputs / "models/generator.pt",
-                        reference.path / "models/generator.pt")
+    assert_same_weights(
+        stage_inputs / "models/generator.pt", reference.path / "models/generator.pt"
+    )
 
 
 # -- crappify, killed mid-way -------------------------------------------------------------------
@@ -166,7 +202,9 @@ def many_photos(folder: Path, n: int) -> Path:
 
 
 @pytest.mark.slow
-def test_kill_9_in_crappify_midway_then_dvc_repro_equals_an_uninterrupted_run(fault_store, tmp_path):
+def test_kill_9_in_crappify_midway_then_dvc_repro_equals_an_uninterrupted_run(
+    fault_store, tmp_path
+):
     rng = rng_for("crappify")
     params = fault_kit.fault_params(many_photos(tmp_path / "photos", 300))
     params["crappify"]["workers"] = 2  # the worker pool dies with the group too
@@ -184,6 +222,7 @@ def test_kill_9_in_crappify_midway_then_dvc_repro_equals_an_uninterrupted_run(fa
             return journal.read_bytes().count(b"\n")
         except OSError:
             return 0
+
     wait_for(lambda: lines() >= done, proc, 300, f"{done} crappified images", log)
     kill_group(proc)
     assert not (ws / "data/lr/manifest.csv").exists()  # written only when complete
@@ -197,8 +236,10 @@ def test_kill_9_in_crappify_midway_then_dvc_repro_equals_an_uninterrupted_run(fa
     assert f"300 HR images: {reused} already done" in out
     assert tree_digest(ws / "data/lr") == tree_digest(straight / "data/lr")
     assert visible_stray_files(ws) == []
-    lr_out = [yaml.safe_load((w / "dvc.lock").read_text())["stages"]["crappify"]["outs"][0]
-              for w in (ws, straight)]
+    lr_out = [
+        yaml.safe_load((w / "dvc.lock").read_text())["stages"]["crappify"]["outs"][0]
+        for w in (ws, straight)
+    ]
     assert lr_out[0]["path"] == "data/lr" and lr_out[0] == lr_out[1]  # DVC's hash, too
 
 
@@ -218,14 +259,18 @@ def stage_processes(stage: str) -> list[psutil.Process]:
 def flow_logs(flow_run_id) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
     return "\n".join(entry.message for entry in logs)
 
 
 @pytest.mark.slow
-def test_a_retried_flow_task_resumes_the_killed_stage(prefect_api, reference, tmp_path,
-                                                      monkeypatch):
+def test_a_retried_flow_task_resumes_the_killed_stage(
+    prefect_api, reference, tmp_path, monkeypatch
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -253,6 +298,7 @@ def test_a_retried_flow_task_resumes_the_killed_stage(prefect_api, reference, tm
         for proc in stage_processes("train_gan"):
             proc.send_signal(signal.SIGKILL)
             killed.append(checkpoint_step(last))
+
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     state = training(root=str(ws), stages=["train_gan"], return_state=True)
@@ -261,8 +307,11 @@ def test_a_retried_flow_task_resumes_the_killed_stage(prefect_api, reference, tm
     assert state.is_completed(), state.message
     assert state.result() == {"train_gan": "ran"}
     with get_client(sync_client=True) as client:
-        [task_run] = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        [task_run] = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
     assert task_run.run_count == 2  # killed once, retried once
     resumed = f"resuming from checkpoints/train_gan/last.pt at step {killed[0]}"
     deadline = time.monotonic() + 60  # the API receives logs in batches
@@ -270,6 +319,7 @@ def test_a_retried_flow_task_resumes_the_killed_stage(prefect_api, reference, tm
         assert time.monotonic() < deadline, text[-3000:]
         time.sleep(1)
     assert_same_weights(ws / "models/gan_generator.pt", reference.path / "models/gan_generator.pt")
-    assert (metrics_without_timing(ws / "metrics/train_gan.json")
-            == metrics_without_timing(reference.path / "metrics/train_gan.json"))
+    assert metrics_without_timing(ws / "metrics/train_gan.json") == metrics_without_timing(
+        reference.path / "metrics/train_gan.json"
+    )
     assert visible_stray_files(ws) == []
