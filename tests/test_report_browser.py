@@ -21,7 +21,7 @@ from browser import chromium, ensure_chromium, open_file
 from pipelines.imaging.images import read_rgb
 from pipelines.reporting.results import methods_of, metrics_of, read_evaluation
 
-from pipeline_repo import TINY_SAMPLE, dvc_cli, make_pipeline_repo
+from pipeline_repo import TINY, dvc_cli, make_pipeline_repo
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def evaluated(tmp_path_factory):
     """A workspace after `dvc repro` of the real pipeline with tiny settings."""
     from tasks.dvc_stage import stage_environment
 
-    params = {k: dict(v) for k, v in TINY_SAMPLE.items()}
+    params = {k: dict(v) for k, v in TINY.items()}
     if SET5.is_dir():
         params["evaluate"]["hr_dirs"] = [str(SET5)]
     root = tmp_path_factory.mktemp("report")
