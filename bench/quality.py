@@ -180,11 +180,10 @@ def last_weights(workdir: Path) -> Path | None:
 def eval_sets(params: dict, workdir: Path, hr_dirs: list[str]) -> dict[str, list]:
     """name -> [(lr, hr)] for the test split and each HR folder, crappy and clean."""
     from pipelines.core.config import load
-    from pipelines.crappify import CrappifyConfig
     from pipelines.datasets.pairs import aligned_lr, lr_path_for
-    from pipelines.imaging.degradations import crappify, rng_for
+    from pipelines.imaging.degradations import CrappifyConfig, crappify, rng_for
     from pipelines.imaging.images import list_images, read_rgb
-    from pipelines.inference.restore import benchmark_lr
+    from pipelines.imaging.resize import benchmark_lr
 
     spec = load(CrappifyConfig, "crappify", params)
     scale, seed = spec.base.scale, spec.base.seed
@@ -214,7 +213,8 @@ def score_models(
     """set -> model (and "bicubic") -> mean psnr_y / ssim_y, and the gains over bicubic."""
     import torch
 
-    from pipelines.inference.restore import bicubic_upscale, load_generator, restore
+    from pipelines.imaging.resize import bicubic_upscale
+    from pipelines.inference.restore import load_generator, restore
     from pipelines.scoring.metrics import psnr_y, ssim_y
 
     torch.set_grad_enabled(False)

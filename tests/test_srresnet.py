@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pipelines.core.config import ConfigError, load
-from pipelines.inference.restore import bicubic_upscale, load_generator, restore
+from pipelines.imaging.resize import bicubic_upscale
+from pipelines.inference.restore import load_generator, restore
 from pipelines.networks import (
     SRResNetGenerator,
     build_generator,

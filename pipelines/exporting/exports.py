@@ -70,13 +70,13 @@ def mlflow_weights(uri: str) -> Path:
     """The safetensors weights logged beside an MLflow model (see ``Tracker.log_model``)."""
     import mlflow
 
-    from pipelines.inference.restore_files import tracking_uri
+    from pipelines.running.tracking import project_tracking_uri
     from pipelines.running.tracking import fail_fast
 
     fail_fast()
 
     try:
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(project_tracking_uri())
         local = Path(mlflow.artifacts.download_artifacts(uri))
     except Exception as exc:  # MLflow's own errors, OSError: the same to the user
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
