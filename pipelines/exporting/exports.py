@@ -70,8 +70,7 @@ def mlflow_weights(uri: str) -> Path:
     """The safetensors weights logged beside an MLflow model (see ``Tracker.log_model``)."""
     import mlflow
 
-    from pipelines.running.tracking import project_tracking_uri
-    from pipelines.running.tracking import fail_fast
+    from pipelines.running.tracking import fail_fast, project_tracking_uri
 
     fail_fast()
 
