@@ -23,7 +23,7 @@ one row per image and method (metrics/evaluate_images.csv), each model's gain pe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -151,6 +151,38 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     write_csv(path, rows, keys, float_format=".6f")
 
 
+def data_sets(cfg: EvaluateConfig) -> list[tuple[str, Iterator]]:
+    """(name, images) of every split and folder under every degradation asked for."""
+    base = cfg.base
+    sets = [
+        (
+            dataset_name(s, kind, split=True),
+            split_images(base, cfg.crappify, s, kind, cfg.max_images),
+        )
+        for s in cfg.splits
+        for kind in cfg.degradations
+    ]
+    return sets + [
+        (
+            dataset_name(Path(d).name, kind, split=False),
+            folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images),
+        )
+        for d in cfg.hr_dirs
+        for kind in cfg.degradations
+    ]
+
+
+def image_row(dataset: str, image, method: str, sr: np.ndarray, scale: int) -> dict:
+    """One image restored by one method: every whole-image and regional score."""
+    return {
+        "dataset": dataset,
+        "image": image.name,
+        "method": method,
+        **score(sr, image.hr, border=scale),
+        **regional_scores(sr, image.hr, border=scale, radius=scale, watermark=image.watermark),
+    }
+
+
 def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | None = None) -> dict:
     """Evaluate; ``builder`` rebuilds networks from model files (default: build_generator)."""
     base = cfg.base
@@ -159,22 +191,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
     models = {
         model_name(m): load_generator(model_file(m, base), device, builder) for m in cfg.models
     }
-    datasets = [
-        (
-            dataset_name(s, kind, split=True),
-            split_images(base, cfg.crappify, s, kind, cfg.max_images),
-        )
-        for s in cfg.splits
-        for kind in cfg.degradations
-    ]
-    datasets += [
-        (
-            dataset_name(Path(d).name, kind, split=False),
-            folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images),
-        )
-        for d in cfg.hr_dirs
-        for kind in cfg.degradations
-    ]
+    datasets = data_sets(cfg)
 
     results: dict = {}
     rows: list[dict] = []
@@ -187,18 +204,9 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
             outputs = {b: upscale(lr, base.scale, b) for b in cfg.baselines}
             for mname, model in models.items():
                 outputs[mname] = restore(model, lr, cfg.tile, cfg.overlap, device, dtype)
-            for method, sr in outputs.items():
-                mine.append(
-                    {
-                        "dataset": dataset,
-                        "image": image.name,
-                        "method": method,
-                        **score(sr, hr, border=base.scale),
-                        **regional_scores(
-                            sr, hr, border=base.scale, radius=base.scale, watermark=image.watermark
-                        ),
-                    }
-                )
+            mine += [
+                image_row(dataset, image, method, sr, base.scale) for method, sr in outputs.items()
+            ]
             if i == 0 and len(grid_rows) < cfg.grid_images:
                 cells = [
                     upscale(lr, base.scale, "nearest"),

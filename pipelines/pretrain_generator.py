@@ -151,9 +151,34 @@ def phase_optimizer(
     return opt, (0.0, 0.0, 1.0) if phase.frozen else cfg.lr_ratios
 
 
-def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
+def phase_batches(
+    cfg: PretrainGeneratorConfig, phase: Phase, start: int, offset: int, ranks: distributed.Ranks
+):
+    """The batches of ``phase`` from its step ``start`` on; ``offset`` samples came before it."""
     base = cfg.base
-    session = prelude.start(base)
+    dataset = train_dataset(
+        base,
+        cfg.data,
+        cfg.crappify,
+        phase.crop or base.crop,
+        cfg.lighting,
+        cfg.clean_prob,
+        cfg.clean_resample,
+    )
+    return step_loader(
+        dataset,
+        start,
+        phase.steps,
+        phase.batch_size,
+        cfg.workers,
+        ranks.rank,
+        ranks.world,
+        offset=offset,
+    )
+
+
+def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
+    base, session = cfg.base, prelude.start(cfg.base)
     device, ranks, dtype = session.device, session.ranks, session.dtype
     model = build_generator(**cfg.model.arch(base.scale)).to(device)
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
@@ -161,9 +186,10 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     loss_fn = build_content_loss(cfg.loss).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     baseline = validate(Bicubic(base.scale), valid, device, None, base.scale)
+    inputs = [Path(base.paths.hr) / "manifest.csv"]
     ckpt = RollingCheckpoint(
         Path(base.paths.checkpoints) / STAGE,
-        fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"], stage=STAGE),
+        fingerprint(as_dict(cfg), inputs, stage=STAGE),
         writer=ranks.main,
     )
     state = ckpt.restore()
@@ -184,25 +210,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
         if step < phase_end:
             opt, ratios = phase_optimizer(cfg, model, index, state)
             trained = distributed.wrap(model, ranks, device, base.sync_batchnorm)
-            dataset = train_dataset(
-                base,
-                cfg.data,
-                cfg.crappify,
-                phase.crop or base.crop,
-                cfg.lighting,
-                cfg.clean_prob,
-                cfg.clean_resample,
-            )
-            loader = step_loader(
-                dataset,
-                step - phase_start,
-                phase.steps,
-                phase.batch_size,
-                cfg.workers,
-                ranks.rank,
-                ranks.world,
-                offset=samples_before,
-            )
+            loader = phase_batches(cfg, phase, step - phase_start, samples_before, ranks)
             speed.resume()
             for lr_img, hr_img in loader:
                 local = step - phase_start

@@ -116,22 +116,48 @@ def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:
     return gan, g_saved
 
 
-def run(cfg: TrainGanConfig, tracker=None) -> dict:
+def rolling_checkpoint(cfg: TrainGanConfig, writer: bool) -> RollingCheckpoint:
+    """The resumable state, valid for these params, both pretrained networks and this code."""
+    models = Path(cfg.base.paths.models)
+    inputs = [models / "generator.pt", models / "critic.pt"]
+    return RollingCheckpoint(
+        Path(cfg.base.paths.checkpoints) / STAGE,
+        fingerprint(as_dict(cfg), inputs, stage=STAGE),
+        writer=writer,
+    )
+
+
+def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
+    """The training batches from batch ``start`` on: enough for the worst case of
+    ``max_critic_steps`` critic steps per generator step."""
     base = cfg.base
-    session = prelude.start(base)
+    dataset = train_dataset(
+        base,
+        cfg.data,
+        cfg.crappify,
+        cfg.crop or base.crop,
+        cfg.lighting,
+        cfg.clean_prob,
+        cfg.clean_resample,
+    )
+    return step_loader(
+        dataset,
+        start,
+        cfg.steps * (cfg.max_critic_steps + 1),
+        cfg.batch_size,
+        cfg.workers,
+        session.ranks.rank,
+        session.ranks.world,
+    )
+
+
+def run(cfg: TrainGanConfig, tracker=None) -> dict:
+    base, session = cfg.base, prelude.start(cfg.base)
     device, ranks, dtype = session.device, session.ranks, session.dtype
     gan, g_saved = build(cfg, session)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
-    models_dir, border = Path(base.paths.models), base.scale
-    ckpt_dir = Path(base.paths.checkpoints) / STAGE
-    ckpt = RollingCheckpoint(
-        ckpt_dir,
-        fingerprint(
-            as_dict(cfg), [models_dir / "generator.pt", models_dir / "critic.pt"], stage=STAGE
-        ),
-        writer=ranks.main,
-    )
-    best_file = ckpt_dir / "best.pt"
+    border, ckpt = base.scale, rolling_checkpoint(cfg, ranks.main)
+    best_file = ckpt.folder / "best.pt"
 
     def keep_best() -> None:
         if ranks.main:
@@ -142,10 +168,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     state = ckpt.restore()
     steps_log = StepLogger(STAGE, cfg.steps, tracker, cfg.log_every, quiet=not ranks.main)
     if state is not None:
-        gan.gen.load_state_dict(state["generator"])
-        gan.critic.load_state_dict(state["critic"])
-        gan.opt_g.load_state_dict(state["opt_g"])
-        gan.opt_d.load_state_dict(state["opt_d"])
+        gan.load_state(state)
         steps_log.load_state(state.get("log"))
         steps_log.bar.update(state["step"])
         loop = Counters.from_state(state["loop"])
@@ -155,26 +178,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         history = [{"step": 0, **validate(gan.gen, valid, device, dtype, border, full=True)}]
         best = dict(history[0])
         keep_best()
-
-    dataset = train_dataset(
-        base,
-        cfg.data,
-        cfg.crappify,
-        cfg.crop or base.crop,
-        cfg.lighting,
-        cfg.clean_prob,
-        cfg.clean_resample,
-    )
-    # Enough batches for the worst case of max_critic_steps critic steps per generator step.
-    loader = step_loader(
-        dataset,
-        loop.batches,
-        cfg.steps * (cfg.max_critic_steps + 1),
-        cfg.batch_size,
-        cfg.workers,
-        ranks.rank,
-        ranks.world,
-    )
+    loader = batches(cfg, loop.batches, session)
     speed = Throughput()
     gan.gen.train()
     gan.critic.train()
@@ -196,11 +200,8 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         step = loop.generator_steps
         check_finite({"generator": losses["gen_loss"]}, step, ckpt)
         speed.tick(lr_img.shape[0] * ranks.world)
-        steps_log.step(
-            step,
-            {**{k: v.item() for k, v in losses.items()}, "critic_steps": loop.critic_steps},
-            speed.rate,
-        )
+        values = {k: v.item() for k, v in losses.items()}
+        steps_log.step(step, {**values, "critic_steps": loop.critic_steps}, speed.rate)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             cand = {"step": step, **validate(gan.gen, valid, device, dtype, border, full=True)}
             history.append(cand)
@@ -212,10 +213,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
             steps_log.metrics(step, {f"valid_{k}": v for k, v in cand.items() if k != "step"})
             ckpt.save(
                 step,
-                generator=gan.gen.state_dict(),
-                critic=gan.critic.state_dict(),
-                opt_g=gan.opt_g.state_dict(),
-                opt_d=gan.opt_d.state_dict(),
+                **gan.state(),
                 history=history,
                 best=best,
                 log=steps_log.state(),

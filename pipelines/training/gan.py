@@ -43,6 +43,21 @@ class Gan:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype | None = None
 
+    def state(self) -> dict[str, Any]:
+        """Both networks and both optimizers, as the rolling checkpoint holds them."""
+        return {
+            "generator": self.gen.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.gen.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
     @torch.no_grad()
     def fakes(self, lr_img: torch.Tensor) -> torch.Tensor:
         """The generator's outputs as the critic's negatives: eval mode, no gradients."""
