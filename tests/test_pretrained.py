@@ -44,7 +44,9 @@ def test_imagenet_weights_come_from_the_hub_cache(resnet18_state):
     assert str(path).startswith(torch.hub.get_dir())
     path.parent.mkdir(parents=True)
     torch.save(resnet18_state, path)
-    assert_encoder_holds(build_generator("resnet18", pretrained="imagenet").encoder, resnet18_state)
+    assert_encoder_holds(
+        build_generator(encoder="resnet18", pretrained="imagenet").encoder, resnet18_state
+    )
 
 
 def test_missing_imagenet_weights_warn_once_per_network(caplog):

@@ -48,7 +48,7 @@ def test_stage_run_nested_under_parent(store, monkeypatch):
 
 
 def test_parametrized_models_are_logged_as_plain_modules(store):
-    gen = build_generator("resnet18", scale=2, hr_channels=8)
+    gen = build_generator(encoder="resnet18", scale=2, hr_channels=8)
     critic = build_critic(nf=8, n_blocks=2)
     x = torch.rand(1, 3, 32, 32)
     for model in (gen.eval(), critic.eval()):

@@ -229,7 +229,8 @@ def _vgg_distance_model() -> VggDistance | None:
 
     from pipelines.networks.pretrained import read_state_dict
 
-    features = make_layers(cfgs["D"], batch_norm=True)
+    with torch.random.fork_rng(devices=[]):  # as stlpips.load: no draw from the global RNG
+        features = make_layers(cfgs["D"], batch_norm=True)
     state = {
         k[len("features.") :]: v
         for k, v in read_state_dict(path).items()

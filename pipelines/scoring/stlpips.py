@@ -204,7 +204,11 @@ def load(net: Net = "vgg", path: Path | str | None = None) -> STLPIPS:
         raise FileNotFoundError(
             f"ST-LPIPS {net} weights not found in {where}: pip install stlpips-pytorch"
         )
-    model = STLPIPS(net)
+    # The random initialisation that the weights replace must not draw from the global RNG: a
+    # training stage that scores its first candidate after a resume would otherwise draw its
+    # dropout masks from another stream than an uninterrupted run.
+    with torch.random.fork_rng(devices=[]):
+        model = STLPIPS(net)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

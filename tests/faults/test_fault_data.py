@@ -27,7 +27,10 @@ def manifest(path: Path) -> list[dict]:
 
 
 def metrics(ws: Path, stage: str) -> dict:
-    return json.loads((ws / "metrics" / f"{stage}.json").read_text())
+    """A stage's results and the numbers of its last run (logs/), together."""
+    results = json.loads((ws / "metrics" / f"{stage}.json").read_text())
+    run_log = ws / "logs" / f"{stage}.json"
+    return {**results, **(json.loads(run_log.read_text()) if run_log.exists() else {})}
 
 
 @pytest.mark.slow  # the session's reference `dvc repro`

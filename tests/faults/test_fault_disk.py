@@ -210,7 +210,7 @@ def test_models_folder_that_fills_up_then_turns_read_only(reference, tmp_path, t
     with room again, the rerun resumes at the last step and writes the uninterrupted model."""
     ws = copy_stage_files(reference.path, tmp_path / "ws")
     models = ws / "models"
-    kept = {p.name: p.read_bytes() for p in models.iterdir()}
+    kept = {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()}  # not export/
     shutil.rmtree(models)
     # room for one more model: an atomic write holds the old file and the new one at once
     tmpfs(models, sum(len(b) for b in kept.values()) + len(kept["gan_generator.pt"]) + (8 << 20))
