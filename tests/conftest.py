@@ -41,3 +41,21 @@ def web(tmp_path):
     root.mkdir()
     with static_files(root) as url:
         yield root, url
+
+
+@pytest.fixture(autouse=True)
+def mlflow_store_of_its_own():
+    """A test that runs a stage in-process sets MLflow's process-wide store (and, as MLflow
+    does, MLFLOW_TRACKING_URI): put both back, so the next test finds the store it configures."""
+    import os
+    import sys
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = None
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

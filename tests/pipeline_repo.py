@@ -33,7 +33,7 @@ TINY = {
     "download": {"source": "sample", "max_images": 7, "valid_fraction": 0.2, "test_fraction": 0.2},
     "crappify": {"workers": 1, "examples": 2},
     "pretrain_generator": {
-        "model": {"encoder": "resnet18", "pretrained": "none", "hr_channels": 8},
+        "model": {"kind": "unet", "encoder": "resnet18", "pretrained": "none", "hr_channels": 8},
         "phases": [
             {"steps": 3, "batch_size": 2, "lr": 0.001, "frozen": True},
             {"steps": 3, "batch_size": 2, "lr": 0.001, "crop": 48},

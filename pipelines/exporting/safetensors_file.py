@@ -6,6 +6,7 @@ Safetensors holds tensors and a string header only: loading it runs no code, unl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,18 @@ def to_bytes(model: nn.Module, meta: dict[str, str]) -> bytes:
     from safetensors.torch import save
 
     state = {k: v.detach().contiguous().cpu() for k, v in plain_copy(model).state_dict().items()}
-    return save(state, metadata=meta)
+    return canonical(save(state, metadata=meta))
+
+
+def canonical(data: bytes) -> bytes:
+    """``data`` with its JSON header written with sorted keys: safetensors writes the metadata
+    in hash order, which differs from process to process, and the same model must give the
+    same bytes (DVC hashes the export). Tensor offsets count from the end of the header, so
+    they hold as they are."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"))
+    header += " " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(header).to_bytes(8, "little") + header.encode() + data[8 + size :]
 
 
 def read(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
