@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.core.files import atomic_dir, write_csv, write_json
 
 # the table's columns: fidelity, the gain over bicubic, then the perceptual scores
-TABLE_KEYS = ("psnr_y", "gain_db", "ssim_y", "ms_ssim", "gmsd", "haarpsi")
+TABLE_KEYS = ("psnr_y", "gain_db", "ssim_y", "ms_ssim", "gmsd", "haarpsi", "stlpips")
 
 
 def method_rows(

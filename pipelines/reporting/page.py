@@ -121,10 +121,7 @@ def write_report(
     params = root / params_path
     info = {
         "git commit": provenance.git_commit(root) or "not a git checkout",
-        "uncommitted changes": {True: "yes", False: "no", None: "unknown"}[
-            provenance.git_dirty(root)
-        ],
-        "dvc.lock sha256 (before this evaluation)": provenance.lock_digest(root) or "none yet",
+        "dvc.lock sha256 (the stages up to the models)": provenance.lock_digest(root) or "none yet",
     }
     html = build_page(
         results,

@@ -44,25 +44,23 @@ def git_commit(root: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def git_dirty(root: Path) -> bool | None:
-    """Whether tracked files differ from HEAD."""
-    try:
-        proc = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+# The stages whose lock entries the report leaves out: evaluate writes the report itself (its
+# entry holds the report's hash) and export runs after it; what was evaluated is the rest.
+AFTER_THE_MODELS = ("evaluate", "export")
 
 
 def lock_digest(root: Path) -> str | None:
-    """sha256 of ``root``/dvc.lock, None when there is none yet."""
+    """sha256 of ``root``/dvc.lock's entries for the stages that made the evaluated models
+    (canonical YAML), None when there is none yet: the same models give the same digest, so a
+    rerun that reproduces them rewrites the report byte for byte."""
+    import yaml
+
     path = Path(root) / "dvc.lock"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    if not path.exists():
+        return None
+    lock = yaml.safe_load(path.read_text()) or {}
+    stages = {k: v for k, v in (lock.get("stages") or {}).items() if k not in AFTER_THE_MODELS}
+    return hashlib.sha256(yaml.safe_dump(stages, sort_keys=True).encode()).hexdigest()
 
 
 def stage_config_class(stage: str) -> type | None:
