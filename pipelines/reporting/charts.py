@@ -51,10 +51,11 @@ def read_curves(path: Path | str) -> Curves | None:
 
 
 def read_all(plots_dir: Path | str) -> list[Curves]:
-    """Every CSV of ``plots_dir`` that has curves, by file name."""
+    """Every CSV of ``plots_dir`` that has curves (two points at least: plots/gan_chosen.csv,
+    the one candidate kept, is a marker for DVC's plots, drawn here on gan_scores), by name."""
     folder = Path(plots_dir)
     found = [read_curves(p) for p in sorted(folder.glob("*.csv"))] if folder.is_dir() else []
-    return [c for c in found if c is not None and c.series]
+    return [c for c in found if c is not None and c.series and len(c.x) >= 2]
 
 
 def _nice(value: float) -> str:
