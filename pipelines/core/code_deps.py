@@ -112,3 +112,30 @@ def code_digest(entry: str, root: Path | None = None) -> str:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
     return h.hexdigest()
+
+
+# Where the project's code lives: a commit that only records results (dvc.lock, metrics/)
+# does not change which code made them.
+CODE_FOLDERS = ("pipelines", "flows", "tasks")
+
+
+def code_commit(root: Path | None = None) -> str | None:
+    """The last commit that changed the project's code, with ``-dirty`` when code files differ
+    from it; None outside git. Outputs that record it are the same after a commit of results."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root or ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+
+    try:
+        commit = git("log", "-1", "--format=%H", "--", *CODE_FOLDERS)
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_FOLDERS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) if commit else None

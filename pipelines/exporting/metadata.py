@@ -7,13 +7,13 @@ carry the same keys. Nested values (the architecture, the params) are JSON text.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipelines.core.code_deps import code_commit
 from pipelines.core.errors import StageError
 
 FORMAT_KEY = "decrappify.format"
@@ -29,19 +29,8 @@ class ExportError(StageError):
 
 
 def git_commit(root: Path) -> str:
-    """HEAD of the repository at ``root`` (with ``-dirty`` when files differ), or "unknown"."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+    """The commit of the code that made the model (``code_deps.code_commit``), or "unknown"."""
+    return code_commit(root) or "unknown"
 
 
 def data_hash(root: Path, data_path: str = "data/hr") -> str:

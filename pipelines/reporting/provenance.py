@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import subprocess
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.code_deps import code_commit
 from pipelines.core.config import (
     BaseConfig,
     ConfigError,
@@ -30,18 +30,8 @@ class ParamChange:
 
 
 def git_commit(root: Path) -> str | None:
-    """HEAD of the repository at ``root``, or None outside git."""
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "--verify", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    """The commit of the code that made the results (``code_deps.code_commit``)."""
+    return code_commit(root)
 
 
 # The stages whose lock entries the report leaves out: evaluate writes the report itself (its
