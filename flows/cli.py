@@ -247,6 +247,20 @@ def add_restore(sub) -> None:
     p.add_argument(
         "--suffix", default="_restored", help="appended to each output's name (default: _restored)"
     )
+    p.add_argument(
+        "--task",
+        choices=("restore", "colorize"),
+        default=None,
+        help="refuse a model of the other task (default: whatever the model does)",
+    )
+    p.add_argument(
+        "--render-size",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="colorizers: compute colour at this longest side and put it on the full-size "
+        "luminance (faster on large photos; default 0: full size)",
+    )
     p.set_defaults(handler=_restore)
 
 
@@ -264,6 +278,8 @@ def _restore(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             device=args.device,
             suffix=args.suffix,
+            task=args.task,
+            render_size=args.render_size,
             progress=print,
         )
     except StageError as exc:  # output folder, model or settings: nothing was restored
@@ -303,6 +319,7 @@ def _register(args: argparse.Namespace) -> int:
     import logging
 
     from pipelines.core.config import ConfigError, load
+    from pipelines.core.tasks import REGISTERED_MODEL
     from pipelines.evaluate import EvaluateConfig, model_file, model_name
     from pipelines.running import registry
     from pipelines.running.tracking import resolve_tracking_uri
@@ -325,17 +342,19 @@ def _register(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    if not registry.register_file(uri, base.experiment, generator):
+    name = REGISTERED_MODEL[base.task]  # a colorizer never becomes the restorers' champion
+    if not registry.register_file(uri, base.experiment, generator, name):
         return 1
     results = json.loads(summary_file.read_text())
     dataset = next(iter(results))
     files = {model_name(m): root / model_file(m, base) for m in cfg.models}
-    champion = registry.record_evaluation(uri, dataset, results[dataset], files)
-    alias = f"models:/{registry.REGISTERED_MODEL}@{registry.CHAMPION}"
+    champion = registry.record_evaluation(uri, dataset, results[dataset], files, name=name)
+    alias = f"models:/{name}@{registry.CHAMPION}"
     print(
         f"{alias} -> version {champion}"
         if champion
-        else f"{alias}: no version beats bicubic and the pretrained generator; alias not set"
+        else f"{alias}: no version beats {cfg.reference} and the pretrained generator; "
+        "alias not set"
     )
 
 

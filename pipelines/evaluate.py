@@ -34,6 +34,7 @@ from torch import nn
 from pipelines.core.config import BaseConfig, ConfigError, bounded, section
 from pipelines.core.files import write_csv, write_json
 from pipelines.core.runtime import autocast_dtype, pick_device
+from pipelines.core.tasks import FIDELITY, REFERENCE, REGISTERED_MODEL
 from pipelines.datasets.evaluation import Kind, dataset_name, folder_images, split_images
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.imaging.images import write_image
@@ -51,9 +52,8 @@ from pipelines.scoring.regions import regional_scores
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
 
-Baseline = Literal["nearest", "bilinear", "bicubic", "lanczos", "matlab_bicubic"]
-# Gains are measured against this baseline, so it is always evaluated.
-REFERENCE = "bicubic"
+# gray: the input's luminance alone, bicubic-upscaled (a colorizer's baseline)
+Baseline = Literal["nearest", "bilinear", "bicubic", "lanczos", "matlab_bicubic", "gray"]
 GAIN_KEY = "gain_db"
 MASK_GAIN_KEY = "mask_gain_db"  # the same, of mask_psnr_y
 COUNT_KEY = "images"
@@ -79,9 +79,17 @@ class EvaluateConfig:
     grid_images: int = bounded(3, lo=1)  # rows of the comparison grid (first data set)
     grid_crop: int = bounded(256, lo=0)  # centre crop of each grid cell, HR px; 0 = whole image
 
+    @property
+    def reference(self) -> str:
+        """The baseline every gain is measured against (pipelines/core/tasks.py)."""
+        return REFERENCE[self.base.task]
+
     def check(self) -> None:
-        if REFERENCE not in self.baselines:
-            raise ConfigError(f"baselines: must include {REFERENCE!r}, the reference of the gains")
+        if self.reference not in self.baselines:
+            raise ConfigError(
+                f"baselines: must include {self.reference!r}, the reference of the gains "
+                f"(base.task {self.base.task})"
+            )
         if 2 * self.overlap > self.tile:
             raise ConfigError(f"overlap: {self.overlap} is more than half the tile ({self.tile})")
         methods = list(self.baselines) + [model_name(m) for m in self.models]
@@ -117,8 +125,11 @@ def model_file(entry: str, base: BaseConfig) -> Path:
     return Path(entry) if entry.endswith(".pt") else Path(base.paths.models) / f"{entry}.pt"
 
 
-def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict:
-    """Means per method over the rows of one data set, and each model's Y-PSNR gain over bicubic."""
+def summarise(
+    rows: list[dict], baselines: list[str], models: list[str], task: str = "restore"
+) -> dict:
+    """Means per method over the rows of one data set, and each model's gain over the task's
+    reference in the task's PSNR (Y-PSNR over bicubic; a colorizer's RGB PSNR over gray)."""
     out: dict = {COUNT_KEY: len({r["image"] for r in rows})}
     for method in [*baselines, *models]:
         mine = [r for r in rows if r["method"] == method]
@@ -128,16 +139,17 @@ def summarise(rows: list[dict], baselines: list[str], models: list[str]) -> dict
             k: round(float(np.mean([r[k] for r in mine if k in r])), DECIMALS) for k in keys
         }
     if models:
-        out[GAIN_KEY] = _gains(rows, models, "psnr_y")
+        reference = REFERENCE[task]
+        out[GAIN_KEY] = _gains(rows, models, FIDELITY[task], reference)
         if any("mask_psnr_y" in r for r in rows):
-            out[MASK_GAIN_KEY] = _gains(rows, models, "mask_psnr_y")
+            out[MASK_GAIN_KEY] = _gains(rows, models, "mask_psnr_y", reference)
     return out
 
 
-def _gains(rows: list[dict], models: list[str], key: str) -> dict[str, float]:
-    """Each model's mean ``key`` minus bicubic's, over the images that have it."""
+def _gains(rows: list[dict], models: list[str], key: str, reference: str) -> dict[str, float]:
+    """Each model's mean ``key`` minus ``reference``'s, over the images that have it."""
     # Mean of per-image gains = difference of the means; rounded after subtracting.
-    ref = np.mean([r[key] for r in rows if r["method"] == REFERENCE and key in r])
+    ref = np.mean([r[key] for r in rows if r["method"] == reference and key in r])
     return {
         m: round(
             float(np.mean([r[key] for r in rows if r["method"] == m and key in r]) - ref), DECIMALS
@@ -172,24 +184,27 @@ def data_sets(cfg: EvaluateConfig) -> list[tuple[str, Iterator]]:
     ]
 
 
-def image_row(dataset: str, image, method: str, sr: np.ndarray, scale: int) -> dict:
+def image_row(
+    dataset: str, image, method: str, sr: np.ndarray, scale: int, task: str = "restore"
+) -> dict:
     """One image restored by one method: every whole-image and regional score."""
     return {
         "dataset": dataset,
         "image": image.name,
         "method": method,
-        **score(sr, image.hr, border=scale),
+        **score(sr, image.hr, border=scale, task=task),
         **regional_scores(sr, image.hr, border=scale, radius=scale, watermark=image.watermark),
     }
 
 
 def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | None = None) -> dict:
     """Evaluate; ``builder`` rebuilds networks from model files (default: build_generator)."""
-    base = cfg.base
+    base, task, reference = cfg.base, cfg.base.task, cfg.reference
     device = pick_device(base.device)
     dtype = autocast_dtype(device, base.precision)
     models = {
-        model_name(m): load_generator(model_file(m, base), device, builder) for m in cfg.models
+        model_name(m): load_generator(model_file(m, base), device, builder, task)
+        for m in cfg.models
     }
     datasets = data_sets(cfg)
 
@@ -205,23 +220,22 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
             for mname, model in models.items():
                 outputs[mname] = restore(model, lr, cfg.tile, cfg.overlap, device, dtype)
             mine += [
-                image_row(dataset, image, method, sr, base.scale) for method, sr in outputs.items()
+                image_row(dataset, image, method, sr, base.scale, task)
+                for method, sr in outputs.items()
             ]
             if i == 0 and len(grid_rows) < cfg.grid_images:
-                cells = [
-                    upscale(lr, base.scale, "nearest"),
-                    outputs[REFERENCE],
-                    *(outputs[m] for m in models),
-                    hr,
-                ]
+                # a colorizer's input is its gray reference: no column of its own
+                first = [] if task == "colorize" else [upscale(lr, base.scale, "nearest")]
+                cells = [*first, outputs[reference], *(outputs[m] for m in models), hr]
                 grid_rows.append([centre_crop(c, cfg.grid_crop) for c in cells])
             samples.add(dataset, image.name, lr, outputs, hr)
-        results[dataset] = summarise(mine, list(cfg.baselines), list(models))
+        results[dataset] = summarise(mine, list(cfg.baselines), list(models), task)
         log.info(
-            "%s (%d images): %s",
+            "%s (%d images), %s: %s",
             dataset,
             results[dataset][COUNT_KEY],
-            {m: results[dataset][m]["psnr_y"] for m in [*cfg.baselines, *models]},
+            FIDELITY[task],
+            {m: results[dataset][m][FIDELITY[task]] for m in [*cfg.baselines, *models]},
         )
         rows += mine
 
@@ -229,10 +243,13 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
     write_json(metrics_dir / f"{STAGE}.json", results)
     write_rows(metrics_dir / f"{STAGE}_images.csv", rows)
     dvc_views.write_method_tables(
-        metrics_dir / STAGE, results, [*cfg.baselines, *models], REFERENCE
+        metrics_dir / STAGE, results, [*cfg.baselines, *models], reference, task
     )
-    dvc_views.write_image_gains(plots_dir / f"{STAGE}_gains.csv", rows, list(models), REFERENCE)
-    picture = grid(grid_rows, ["LR (nearest)", REFERENCE, *models, "HR"])
+    dvc_views.write_image_gains(
+        plots_dir / f"{STAGE}_gains.csv", rows, list(models), reference, FIDELITY[task]
+    )
+    first = [] if task == "colorize" else ["LR (nearest)"]
+    picture = grid(grid_rows, [*first, reference, *models, "HR"])
     write_image(plots_dir / f"{STAGE}_grid.png", picture)
     page = write_report(
         REPORT_FILE,
@@ -256,6 +273,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
                 results[first],
                 {model_name(m): model_file(m, base) for m in cfg.models},
                 evaluation_run=tracker.run_id,
+                name=REGISTERED_MODEL[task],
             )
     return results
 

@@ -21,12 +21,14 @@ from pipelines.core.files import write_csv
 from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast
+from pipelines.core.tasks import FIDELITY, REFERENCE
 from pipelines.datasets.degraded import train_dataset
 from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
 from pipelines.running.stage import stage_main
+from pipelines.scoring import stlpips
 from pipelines.scoring.losses import Content, build_content_loss
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.ema import ModelEMA
@@ -56,19 +58,30 @@ class GeneratorModel:
     # srresnet only
     channels: int = bounded(64, lo=4)
     blocks: int = bounded(16, lo=0)
+    # srresnet colorizing at scale 1: chroma predicted at 1/colour_stride of the size
+    colour_stride: int = bounded(1, lo=1, hi=16)
 
-    def arch(self, scale: int) -> dict:
-        """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key, as before it
-        existed, so its model files and checkpoints stay as they were."""
+    def arch(self, scale: int, task: str = "restore") -> dict:
+        """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key and a restorer's
+        no ``task``, as before they existed, so their model files and checkpoints stay as they
+        were."""
+        colour = {"task": task} if task != "restore" else {}
         if self.kind == "srresnet":
+            if task != "restore":
+                colour["colour_stride"] = self.colour_stride
             return {
                 "kind": "srresnet",
                 "scale": scale,
                 "channels": self.channels,
                 "blocks": self.blocks,
+                **colour,
             }
-        unet = {k: v for k, v in as_dict(self).items() if k not in ("kind", "channels", "blocks")}
-        return {**unet, "scale": scale}
+        unet = {
+            k: v
+            for k, v in as_dict(self).items()
+            if k not in ("kind", "channels", "blocks", "colour_stride")
+        }
+        return {**unet, "scale": scale, **colour}
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,9 @@ class PretrainGeneratorConfig:
     crappify: CrappifyConfig = section("crappify")
     model: GeneratorModel = field(default_factory=GeneratorModel)
     loss: Content = "l1"
+    # weight of the ST-LPIPS distance added to the loss (0 = none), through this network
+    perceptual: float = bounded(0.0, lo=0)
+    perceptual_net: Literal["alex", "vgg"] = "alex"
     # fresh: a new degradation per crop; fixed: crops of the crappify stage's files (the recipe)
     data: Literal["fresh", "fixed"] = "fresh"
     phases: tuple[Phase, ...] = (Phase(),)
@@ -111,9 +127,23 @@ class PretrainGeneratorConfig:
     def check(self) -> None:
         if not self.phases:
             raise ConfigError("phases: at least one phase is needed")
+        weights = stlpips.weights_file(self.perceptual_net)
+        if self.perceptual > 0 and (weights is None or not weights.is_file()):
+            raise ConfigError(
+                f"perceptual: {self.perceptual} needs the ST-LPIPS {self.perceptual_net} "
+                "weights of the stlpips-pytorch package (pip install stlpips-pytorch)"
+            )
         for i, p in enumerate(self.phases):
             self.base.check_crop(f"phases[{i}].crop", p.crop or self.base.crop)
         self.base.check_crop("valid_crop", self.valid_crop)
+        if self.model.colour_stride > 1 and (
+            self.model.kind != "srresnet" or self.base.task != "colorize" or self.base.scale != 1
+        ):
+            raise ConfigError(
+                f"model.colour_stride: {self.model.colour_stride} needs model.kind srresnet, "
+                f"base.task colorize and base.scale 1 (here {self.model.kind}, "
+                f"{self.base.task}, {self.base.scale})"
+            )
         if self.model.kind != "unet" and any(p.frozen for p in self.phases):
             raise ConfigError(
                 f"phases: frozen needs an encoder; model.kind {self.model.kind!r} has none"
@@ -180,12 +210,18 @@ def phase_batches(
 def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     base, session = cfg.base, prelude.start(cfg.base)
     device, ranks, dtype = session.device, session.ranks, session.dtype
-    model = build_generator(**cfg.model.arch(base.scale)).to(device)
+    model = build_generator(**cfg.model.arch(base.scale, base.task)).to(device)
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     kept = ema.model if ema is not None else model  # validated and saved: the average, if any
-    loss_fn = build_content_loss(cfg.loss).to(device)
+    loss_fn = build_content_loss(
+        cfg.loss, perceptual=cfg.perceptual, perceptual_net=cfg.perceptual_net
+    ).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
-    baseline = validate(Bicubic(base.scale), valid, device, None, base.scale)
+    task = base.task
+    fid = FIDELITY[task]
+    baseline = validate(
+        Bicubic(base.scale, gray=task == "colorize"), valid, device, None, base.scale, task=task
+    )
     inputs = [Path(base.paths.hr) / "manifest.csv"]
     ckpt = RollingCheckpoint(
         Path(base.paths.checkpoints) / STAGE,
@@ -233,8 +269,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                 speed.tick(lr_img.shape[0] * ranks.world)
                 steps_log.step(step, {"loss": loss.item(), "lr": peak}, speed.rate)
                 if step % cfg.eval_every == 0 or step == cfg.total_steps:
-                    scores = validate(kept, valid, device, dtype, base.scale)
-                    scores["gain_db"] = scores["psnr_y"] - baseline["psnr_y"]
+                    scores = validate(kept, valid, device, dtype, base.scale, task=task)
+                    scores["gain_db"] = scores[fid] - baseline[fid]
                     history.append({"step": step, **scores})
                     steps_log.metrics(step, {f"valid_{k}": v for k, v in scores.items()})
                 if step % cfg.checkpoint_every == 0 or step == phase_end:
@@ -278,7 +314,9 @@ def finish(
         "valid_psnr_y": round(final["psnr_y"], 4),
         "valid_ssim_y": round(final["ssim_y"], 5),
         "valid_gain_db": round(final["gain_db"], 4),
-        "valid_bicubic_psnr_y": round(baseline["psnr_y"], 4),
+        f"valid_{REFERENCE[base.task]}_{FIDELITY[base.task]}": round(
+            baseline[FIDELITY[base.task]], 4
+        ),
         "train_loss": round(steps_log.ema or float("nan"), 6),
     }
     if not session.ranks.main:

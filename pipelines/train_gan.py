@@ -27,15 +27,16 @@ from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, sec
 from pipelines.core.files import sha256_file, write_csv
 from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
+from pipelines.core.tasks import REGISTERED_MODEL, require_task
 from pipelines.datasets.degraded import train_dataset
 from pipelines.datasets.pairs import EvalPairs, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
-from pipelines.running.registry import DIGEST_TAG, REGISTERED_MODEL
+from pipelines.running.registry import DIGEST_TAG
 from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Adversarial, Content, build_content_loss
-from pipelines.scoring.metrics import SELECTABLE, stlpips_available
+from pipelines.scoring.metrics import COLOUR_METRICS, SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.gan import Counters, Gan, better, eligible
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
@@ -78,14 +79,18 @@ class TrainGanConfig:
             self.base.check_crop(key, getattr(self, key))
         if self.select_metric == "stlpips" and not stlpips_available():
             raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
-        if self.select_metric == "stlpips" and not stlpips_available():
-            raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
+        if self.select_metric in COLOUR_METRICS and self.base.task != "colorize":
+            raise ConfigError(
+                f"select_metric: {self.select_metric!r} is a colorizer's metric; base.task is "
+                f"{self.base.task}"
+            )
 
 
 def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:
     """Both pretrained networks with fresh optimizers; also the generator's model file."""
     models = Path(cfg.base.paths.models)
     g_saved = checkpoint.load(models / "generator.pt", kind="generator")
+    require_task(g_saved["arch"], models / "generator.pt", cfg.base.task)
     d_saved = checkpoint.load(models / "critic.pt", kind="critic")
     gen = build_generator(**g_saved["arch"]).to(session.device)
     critic = build_critic(**d_saved["arch"]).to(session.device)
@@ -156,7 +161,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     device, ranks, dtype = session.device, session.ranks, session.dtype
     gan, g_saved = build(cfg, session)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
-    border, ckpt = base.scale, rolling_checkpoint(cfg, ranks.main)
+    border, ckpt, task = base.scale, rolling_checkpoint(cfg, ranks.main), base.task
     best_file = ckpt.folder / "best.pt"
 
     def keep_best() -> None:
@@ -175,7 +180,9 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         history, best = list(state["history"]), dict(state["best"])
     else:
         loop = Counters()
-        history = [{"step": 0, **validate(gan.gen, valid, device, dtype, border, full=True)}]
+        history = [
+            {"step": 0, **validate(gan.gen, valid, device, dtype, border, full=True, task=task)}
+        ]
         best = dict(history[0])
         keep_best()
     loader = batches(cfg, loop.batches, session)
@@ -203,9 +210,12 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         values = {k: v.item() for k, v in losses.items()}
         steps_log.step(step, {**values, "critic_steps": loop.critic_steps}, speed.rate)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            cand = {"step": step, **validate(gan.gen, valid, device, dtype, border, full=True)}
+            cand = {
+                "step": step,
+                **validate(gan.gen, valid, device, dtype, border, full=True, task=task),
+            }
             history.append(cand)
-            if eligible(cand, history[0], cfg.max_psnr_drop) and better(
+            if eligible(cand, history[0], cfg.max_psnr_drop, task) and better(
                 cand, best, cfg.select_metric
             ):
                 best = dict(cand)
@@ -263,7 +273,9 @@ def finish(
         final.load_state_dict(chosen["model"])
         # evaluate finds the registered version of the file it scores by this digest
         tracker.set_tags({DIGEST_TAG: sha256_file(out_file)})
-        tracker.log_model(final.eval(), "gan_generator", registered_model_name=REGISTERED_MODEL)
+        tracker.log_model(
+            final.eval(), "gan_generator", registered_model_name=REGISTERED_MODEL[base.task]
+        )
     return metrics
 
 

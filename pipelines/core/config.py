@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pipelines.core.tasks import COLORIZE_SCALES
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -196,6 +198,8 @@ class BaseConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 autocast where the device supports it (CUDA; CPU when opted in)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # restore: undo downscaling, JPEG and watermarks; colorize: colour from the luminance
+    task: Literal["restore", "colorize"] = "restore"
     scale: int = bounded(4, lo=1, hi=8)
     crop: int = bounded(128, lo=8)
     # training stages: single = one process; torchrun = data-parallel over nproc processes
@@ -210,6 +214,11 @@ class BaseConfig:
     def check(self) -> None:
         if self.scale & (self.scale - 1):
             raise ConfigError(f"scale: {self.scale} must be a power of two (1, 2, 4, 8)")
+        if self.task == "colorize" and self.scale not in COLORIZE_SCALES:
+            raise ConfigError(
+                f"scale: {self.scale} with base.task colorize; a colorizer works at scale "
+                f"{', '.join(map(str, COLORIZE_SCALES))}"
+            )
         if self.crop % self.scale:
             raise ConfigError(f"crop: {self.crop} is not divisible by scale {self.scale}")
 

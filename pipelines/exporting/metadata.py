@@ -15,10 +15,10 @@ import yaml
 
 from pipelines.core.code_deps import code_commit
 from pipelines.core.errors import StageError
+from pipelines.core.tasks import TASKS, model_task
 
 FORMAT_KEY = "decrappify.format"
 FORMAT = "1"
-TASK = "restore"
 # the params sections that shape a generator: its degradations, its two trainings
 SHAPING_SECTIONS = ("crappify", "pretrain_generator", "train_gan")
 REQUIRED = (FORMAT_KEY, "task", "scale", "arch")
@@ -74,7 +74,7 @@ def build(
 ) -> dict[str, str]:
     return {
         FORMAT_KEY: FORMAT,
-        "task": TASK,
+        "task": model_task(arch),
         "scale": str(scale),
         "arch": json.dumps(dict(arch), sort_keys=True),
         "git_commit": commit,
@@ -82,7 +82,8 @@ def build(
         "params": json.dumps(params, sort_keys=True, default=str),
         "source": source,
         "min_size": str(min_size),
-        "input": "float32 NCHW RGB in [0, 1], any height and width",
+        "input": "float32 NCHW RGB in [0, 1], any height and width"
+        + (" (its luminance is what is colorized)" if model_task(arch) == "colorize" else ""),
         "output": f"float32 NCHW RGB in [0, 1], height and width x{scale}",
     }
 
@@ -96,10 +97,10 @@ def parse(meta: Mapping[str, str] | None, where: str) -> dict[str, Any]:
             f"{where}: not a decrappify export: metadata lacks "
             f"{', '.join(missing)} (expected the keys {', '.join(REQUIRED)})"
         )
-    if meta[FORMAT_KEY] != FORMAT or meta["task"] != TASK:
+    if meta[FORMAT_KEY] != FORMAT or meta["task"] not in TASKS:
         raise ExportError(
             f"{where}: export format {meta[FORMAT_KEY]!r}, task {meta['task']!r}; "
-            f"expected format {FORMAT!r}, task {TASK!r}"
+            f"expected format {FORMAT!r}, task one of {', '.join(TASKS)}"
         )
     try:
         out = {

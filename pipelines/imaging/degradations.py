@@ -27,7 +27,7 @@ import numpy as np
 
 from pipelines.core.config import BaseConfig, ConfigError, bounded
 from pipelines.core.runtime import hash_seed
-from pipelines.imaging.images import encode_jpeg
+from pipelines.imaging.images import encode_jpeg, to_grayscale
 from pipelines.imaging.resize import RESAMPLERS, Resample
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -102,12 +102,6 @@ def gaussian_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> n
         return img.copy()
     noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
     return np.clip(np.rint(img + noise), 0, 255).astype(np.uint8)
-
-
-def to_grayscale(img: np.ndarray) -> np.ndarray:
-    """Luma (ITU-R BT.601, as PIL's "L") repeated on three channels, for colorization inputs."""
-    _check_rgb(img)
-    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
 
 
 def _fit_text(
@@ -275,6 +269,9 @@ class CrappifyConfig(Degradation):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", self.base.scale)
+        # a colorizer learns from gray inputs, whatever the key says
+        if self.base.task == "colorize":
+            object.__setattr__(self, "grayscale", True)
 
 
 def rng_for(seed: int, key: str) -> np.random.Generator:

@@ -312,3 +312,17 @@ def contact_sheet(
         left = (i % columns) * tile + (tile - size[0]) // 2
         sheet[top : top + size[1], left : left + size[0]] = thumb
     return sheet
+
+
+def to_grayscale(img: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R BT.601, as PIL's "L") repeated on three channels: a colorizer's input."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got {img.dtype} {img.shape}")
+    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def is_gray(img: np.ndarray, tolerance: int = 2) -> bool:
+    """True when R, G and B differ nowhere by more than ``tolerance`` levels (a gray photo
+    saved as RGB, JPEG chroma noise included)."""
+    x = img.astype(np.int16)
+    return bool(np.abs(x - x[..., :1]).max() <= tolerance)

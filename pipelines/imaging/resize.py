@@ -7,6 +7,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from pipelines.imaging.images import to_grayscale
+
 Resample = Literal["area", "bilinear", "bicubic", "lanczos", "nearest"]
 
 # OpenCV methods by name; ``upscale`` also knows "matlab_bicubic" (``imresize_matlab``).
@@ -33,7 +35,10 @@ def resize(rgb: np.ndarray, size: tuple[int, int], method: str) -> np.ndarray:
 
 
 def upscale(lr: np.ndarray, scale: int, method: str = "bicubic") -> np.ndarray:
-    """Resample ``lr`` up by ``scale`` with an OpenCV method or ``matlab_bicubic``."""
+    """Resample ``lr`` up by ``scale`` with an OpenCV method or ``matlab_bicubic``; ``gray`` is
+    the luminance alone, bicubic-upscaled (a colorizer's baseline)."""
+    if method == "gray":
+        lr, method = to_grayscale(lr), "bicubic"
     size = (lr.shape[1] * scale, lr.shape[0] * scale)
     if method == "matlab_bicubic":
         return imresize_matlab(lr, size)

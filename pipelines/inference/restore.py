@@ -25,11 +25,14 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from pipelines.core.runtime import autocast
+from pipelines.core.tasks import model_task, require_task
+from pipelines.networks import colour
 from pipelines.training import checkpoint
 
 # one LR tile (RGB uint8, HxWx3) -> its HR output (RGB float32 in [0, 1], (sH)x(sW)x3)
@@ -41,13 +44,17 @@ def load_generator(
     path: Path | str,
     device: torch.device | str = "cpu",
     builder: Callable[..., nn.Module] | None = None,
+    task: str | None = None,
 ) -> nn.Module:
     """The generator saved at ``path`` (checkpoint format, kind "generator"), in eval mode.
 
     ``builder`` rebuilds the network from the saved ``arch`` keywords; by default
-    ``pipelines.networks.build_generator``.
+    ``pipelines.networks.build_generator``. Given a ``task``, a model of the other one is
+    refused (``TaskMismatch``, naming both).
     """
     data = checkpoint.load(path, kind="generator")
+    if task is not None:
+        require_task(data["arch"], path, task)
     if builder is None:
         from pipelines.networks import build_generator as builder
     model = builder(**data["arch"])
@@ -212,3 +219,42 @@ def _to_uint8_into(rgb01: np.ndarray, out: np.ndarray) -> None:
     np.rint(rgb01, out=rgb01)
     np.clip(rgb01, 0.0, 255.0, out=rgb01)
     out[...] = rgb01
+
+
+def network_task(model: Network) -> str:
+    """The task of a loaded network: a module's ``arch``, an ONNX runner's metadata."""
+    meta = getattr(model, "meta", None)
+    if isinstance(meta, dict) and "task" in meta:
+        return str(meta["task"])
+    return model_task(getattr(model, "arch", {}) or {})
+
+
+def colorize_at(
+    model: Network,
+    rgb: np.ndarray,
+    render_size: int,
+    tile: int = 256,
+    overlap: int = 32,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Colorize ``rgb`` with a scale-1 colorizer run at ``render_size`` px (longest side): the
+    chroma computed there is enlarged and put on the full-resolution luminance (DeOldify's
+    ``render_factor``). Colour varies slowly, so a large photo costs a small one's time."""
+    h, w = rgb.shape[:2]
+    ratio = render_size / max(h, w)
+    if ratio >= 1:
+        return restore(model, rgb, tile, overlap, device, dtype)
+    small = cv2.resize(
+        rgb, (max(1, round(w * ratio)), max(1, round(h * ratio))), interpolation=cv2.INTER_AREA
+    )
+    out = restore(model, small, tile, overlap, device, dtype)
+    if out.shape != small.shape:
+        raise ValueError(f"render_size needs a scale-1 colorizer; this one outputs {out.shape}")
+    t_out = torch.from_numpy(out).permute(2, 0, 1)[None].float().div_(255.0)
+    chroma = t_out - colour.luma(t_out)
+    chroma = torch.nn.functional.interpolate(chroma, size=(h, w), mode="bilinear")
+    full = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+    y = colour.luma(full)
+    result = colour.with_luminance(y + chroma, y)
+    return to_uint8(result[0].permute(1, 2, 0).numpy())

@@ -29,9 +29,21 @@ import torch
 from pipelines.core.errors import StageError
 from pipelines.core.runtime import autocast_dtype, pick_device
 from pipelines.exporting.metadata import ExportError
-from pipelines.imaging.images import IMAGE_SUFFIXES, check_image, list_images, write_image
+from pipelines.imaging.images import (
+    IMAGE_SUFFIXES,
+    check_image,
+    is_gray,
+    list_images,
+    write_image,
+)
 from pipelines.imaging.visualize import grid
-from pipelines.inference.restore import Network, load_generator, restore
+from pipelines.inference.restore import (
+    Network,
+    colorize_at,
+    load_generator,
+    network_task,
+    restore,
+)
 from pipelines.networks.unet import MIN_SIZE
 from pipelines.running.tracking import fail_fast, project_tracking_uri, repo_root
 
@@ -62,6 +74,8 @@ class Settings:
     overlap: int = 32  # LR px shared by neighbouring tiles
     device: str = "cpu"
     dtype: torch.dtype | None = None
+    task: str = "restore"  # the model's
+    render_size: int = 0  # a colorizer's: longest side colour is computed at; 0 = full size
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,7 @@ class Outcome:
     error: str | None = None  # why the image was not restored
     seconds: float = 0.0
     size: tuple[int, int] | None = None  # restored width, height
+    colour_input: bool = False  # a colour photo given to a colorizer
 
 
 @dataclass
@@ -107,6 +122,8 @@ def restore_paths(
     overlap: int = 32,
     device: str = "auto",
     suffix: str = "_restored",
+    task: str | None = None,
+    render_size: int = 0,
     report: Report = _stderr,
     progress: Report | None = None,
     run_one: Callable[[Job, Network, Settings], Outcome] | None = None,
@@ -118,17 +135,26 @@ def restore_paths(
     ``runs:/<id>/<path>``) or None for the repository's ``models/gan_generator.pt``.
     ``report`` gets one line per bad input, ``progress`` one per restored image. ``run_one``
     restores one job (default ``restore_file``; the flow passes a task). Model loading is not
-    counted in the summary's seconds.
+    counted in the summary's seconds. ``task`` (restore | colorize), when given, must be the
+    model's. A colorizer takes gray or colour photos (colour ones from their luminance, said
+    once) and with ``render_size`` computes colour at that longest side.
     """
     _check_settings(tile, overlap, suffix)
+    if render_size < 0:
+        raise RestoreError(f"--render-size {render_size}: must be 0 (full size) or more px")
     try:
         dev = pick_device(device)
     except RuntimeError as exc:
         raise RestoreError(f"--device {device}: {exc}") from None
     # The model first: when it cannot be loaded, not even the output folder is created.
     net = load_model(model, dev)
+    have = network_task(net)
+    if task is not None and task != have:
+        raise RestoreError(
+            f"{model or DEFAULT_MODEL}: a {have} model, but the task asked is {task}"
+        )
     out = prepare_output(Path(out))
-    settings = Settings(tile, overlap, str(dev), autocast_dtype(dev, "auto"))
+    settings = Settings(tile, overlap, str(dev), autocast_dtype(dev, "auto"), have, render_size)
     jobs, failed = collect(inputs, out, suffix, compare)
     for source, reason in failed.items():
         report(f"{source}: {reason}")
@@ -136,8 +162,15 @@ def restore_paths(
     summary = Summary(failed=failed)
     run_one = run_one or restore_file
     start = time.perf_counter()
+    told = False
     for job in jobs:
         result = run_one(job, net, settings)
+        if result.colour_input and not told:
+            told = True
+            report(
+                f"{result.source}: a colour photo; a colorizer colorizes it from its "
+                "luminance (so are any other colour photos here)"
+            )
         if result.error is not None:
             summary.failed[result.source] = result.error
             report(f"{result.source}: {result.error}")
@@ -309,8 +342,22 @@ def restore_file(job: Job, model: Network, settings: Settings) -> Outcome:
     rgb, reason = check_image(job.source, min_size=MIN_SIZE)
     if rgb is None:
         return Outcome(source, error=reason)
+    colorizing = settings.task == "colorize"
     try:
-        hr = restore(model, rgb, settings.tile, settings.overlap, settings.device, settings.dtype)
+        if colorizing and settings.render_size:
+            hr = colorize_at(
+                model,
+                rgb,
+                settings.render_size,
+                settings.tile,
+                settings.overlap,
+                settings.device,
+                settings.dtype,
+            )
+        else:
+            hr = restore(
+                model, rgb, settings.tile, settings.overlap, settings.device, settings.dtype
+            )
         write_image(job.output, hr)
         if job.comparison is not None:
             write_image(job.comparison, comparison(rgb, hr))
@@ -332,6 +379,7 @@ def restore_file(job: Job, model: Network, settings: Settings) -> Outcome:
         output=str(job.output),
         seconds=time.perf_counter() - start,
         size=(hr.shape[1], hr.shape[0]),
+        colour_input=colorizing and not is_gray(rgb),
     )
 
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pipelines.core.tasks import check_task
+from pipelines.networks.colour import colorized, gray
 from pipelines.networks.unet import upsample
 
 SCALES = (1, 2, 4, 8)
@@ -41,8 +44,21 @@ class ResidualBlock(nn.Module):
 class SRResNetGenerator(nn.Module):
     """See the module docstring. Arguments as ``build_srresnet``."""
 
-    def __init__(self, scale: int = 4, channels: int = 64, blocks: int = 16, kind: str = KIND):
+    def __init__(
+        self,
+        scale: int = 4,
+        channels: int = 64,
+        blocks: int = 16,
+        kind: str = KIND,
+        task: str = "restore",
+        colour_stride: int = 1,
+    ):
         super().__init__()
+        check_task(task)
+        if colour_stride < 1 or (colour_stride > 1 and (task != "colorize" or scale != 1)):
+            raise ValueError(
+                f"colour_stride: {colour_stride} (above 1 only for a colorizer at scale 1)"
+            )
         if kind != KIND:
             raise ValueError(f"kind: {kind!r} is not {KIND!r}")
         if scale not in SCALES:
@@ -52,7 +68,11 @@ class SRResNetGenerator(nn.Module):
         if blocks < 0:
             raise ValueError(f"blocks: {blocks} is negative")
         self.scale = scale
+        self.task = task
         self.arch = {"kind": KIND, "scale": scale, "channels": channels, "blocks": blocks}
+        self.colour_stride = colour_stride
+        if task != "restore":  # restoring model files keep the arch they always had
+            self.arch.update(task=task, colour_stride=colour_stride)
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
         self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
@@ -65,16 +85,37 @@ class SRResNetGenerator(nn.Module):
         nn.init.zeros_(self.to_rgb.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task == "colorize":
+            x = gray(x)
+            if self.colour_stride > 1:
+                return self._colour_at_stride(x)
         # centred inputs: the convs see values around zero without a normalisation layer
         h = self.head(x - 0.5)
         h = h + self.body_end(self.body(h))
         y = upsample(x, self.scale) + self.to_rgb(self.up(h))
+        if self.task == "colorize":
+            y = colorized(y, x, self.scale)
         # straight-through clamp: the value is clamped, the gradient is the identity's
         return y + (y.clamp(0.0, 1.0) - y).detach()
 
+    def _colour_at_stride(self, x: torch.Tensor) -> torch.Tensor:
+        """Colour varies slowly: the body runs at 1/colour_stride of the size (a receptive field
+        that many times wider for the same cost), and the chroma it predicts is enlarged
+        (bilinear) onto the input's own luminance."""
+        small = F.avg_pool2d(x, self.colour_stride, ceil_mode=True)
+        h = self.head(small - 0.5)
+        h = h + self.body_end(self.body(h))
+        offsets = F.interpolate(self.to_rgb(h), size=x.shape[-2:], mode="bilinear")
+        return colorized(x + offsets, x, 1)
+
 
 def build_srresnet(
-    scale: int = 4, channels: int = 64, blocks: int = 16, kind: str = KIND
+    scale: int = 4,
+    channels: int = 64,
+    blocks: int = 16,
+    kind: str = KIND,
+    task: str = "restore",
+    colour_stride: int = 1,
 ) -> SRResNetGenerator:
     """The residual generator at the input resolution.
 
@@ -82,8 +123,11 @@ def build_srresnet(
     channels: width of every layer below the output conv (64: EDSR-baseline, ~1.5M parameters
     at 16 blocks and x4).
     blocks: residual blocks in the body.
+    task: restore, or colorize: the network sees the input's luminance and predicts colour
+    (pipelines/networks/colour.py).
+    colour_stride: a colorizer at scale 1 predicts its chroma at 1/colour_stride of the size.
 
     ``model.arch`` holds these arguments, ``kind="srresnet"`` included, for
     ``build_generator(**arch)``.
     """
-    return SRResNetGenerator(scale, channels, blocks, kind)
+    return SRResNetGenerator(scale, channels, blocks, kind, task, colour_stride)

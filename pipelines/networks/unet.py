@@ -26,6 +26,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from pipelines.core.tasks import check_task
+from pipelines.networks.colour import colorized, gray
 from pipelines.networks.layers import NORMS, Norm, PixelShuffleICNR, ResBlock, conv_layer
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 from pipelines.training.checkpoint import unwrap
@@ -122,8 +124,10 @@ class UNetGenerator(nn.Module):
         norm: Norm = "weight",
         hr_channels: int = 32,
         lr_cross: bool = True,
+        task: str = "restore",
     ):
         super().__init__()
+        check_task(task)
         if scale not in SCALES:
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
         if norm not in NORMS:
@@ -142,6 +146,9 @@ class UNetGenerator(nn.Module):
             hr_channels=hr_channels,
             lr_cross=lr_cross,
         )
+        self.task = task
+        if task != "restore":  # restoring model files keep the arch they always had
+            self.arch["task"] = task
         self.encoder = ResNetEncoder(encoder, pretrained)
         skips = self.encoder.channels()
         ni = skips[-1]
@@ -196,6 +203,8 @@ class UNetGenerator(nn.Module):
         h, w = x.shape[-2:]
         if min(h, w) < MIN_SIZE:
             raise ValueError(f"generator input {h}x{w} is smaller than {MIN_SIZE} px")
+        if self.task == "colorize":
+            x = gray(x)
         ph, pw = -h % 32, -w % 32
         padded = (
             F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="reflect")
@@ -215,7 +224,8 @@ class UNetGenerator(nn.Module):
         base = upsample(x, self.scale)
         norm_base = (base - self.encoder.mean) / self.encoder.std
         r = self.to_residual(self.head(torch.cat([y, norm_base], dim=1)))
-        return torch.sigmoid(torch.logit(base.clamp(EPS, 1 - EPS)) + r)
+        out = torch.sigmoid(torch.logit(base.clamp(EPS, 1 - EPS)) + r)
+        return colorized(out, x, self.scale) if self.task == "colorize" else out
 
 
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -261,6 +271,7 @@ def build_generator(
     norm: Norm = "weight",
     hr_channels: int = 32,
     lr_cross: bool = True,
+    task: str = "restore",
 ) -> UNetGenerator:
     """The U-Net generator.
 
@@ -272,10 +283,21 @@ def build_generator(
     norm: "weight" | "spectral" | "none" on the decoder's convs (weight norm: the recipe's choice).
     hr_channels: fewest channels of the blocks above the input resolution, where compute goes.
     lr_cross: merge the input image into the features at the input resolution (scale > 1).
+    task: restore, or colorize: the network sees the input's luminance and predicts colour
+    (pipelines/networks/colour.py).
 
     ``model.arch`` holds these arguments (with pretrained="none": the weights come from the
     checkpoint) for ``build_generator(**arch)``.
     """
     return UNetGenerator(
-        encoder, scale, pretrained, blur, blur_final, self_attention, norm, hr_channels, lr_cross
+        encoder,
+        scale,
+        pretrained,
+        blur,
+        blur_final,
+        self_attention,
+        norm,
+        hr_channels,
+        lr_cross,
+        task,
     )

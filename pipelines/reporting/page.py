@@ -21,14 +21,15 @@ import cv2
 import numpy as np
 
 from pipelines.core.files import write_text
+from pipelines.core.tasks import REFERENCE
 from pipelines.imaging.images import encode_png
 from pipelines.reporting import charts, provenance
 from pipelines.reporting.results import (
     GAIN_KEY,
     LOWER_IS_BETTER,
-    REFERENCE,
     methods_of,
     metrics_of,
+    reference_of,
 )
 
 REPORT_FILE = Path("reports") / "index.html"
@@ -187,7 +188,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _evaluation_table(dataset: str, res: Mapping[str, Any]) -> str:
     methods, metrics = methods_of(res), metrics_of(res)
     gains = res.get(GAIN_KEY, {})
-    reference = res.get(REFERENCE, {})
+    ref_name = reference_of(res)
+    reference = res.get(ref_name, {}) if ref_name else {}
     best = {}
     for metric in metrics:
         values = [res[m][metric] for m in methods if metric in res[m]]
@@ -202,7 +204,8 @@ def _evaluation_table(dataset: str, res: Mapping[str, Any]) -> str:
         f"<h3>{escape(dataset)} <small>({escape(str(count))} image{'' if count == 1 else 's'})"
         "</small></h3>",
         f'<table class="evaluation" data-dataset="{escape(dataset)}"><thead><tr><th>method</th>'
-        f'{head}<th data-metric="{GAIN_KEY}">Y-PSNR gain, dB</th></tr></thead><tbody>',
+        f'{head}<th data-metric="{GAIN_KEY}">gain over {escape(str(ref_name))}, dB</th>'
+        "</tr></thead><tbody>",
     ]
     for method in methods:
         cells = []
@@ -214,7 +217,7 @@ def _evaluation_table(dataset: str, res: Mapping[str, Any]) -> str:
             ref = reference.get(metric)
             delta = (
                 ""
-                if ref is None or method == REFERENCE
+                if ref is None or method == ref_name
                 else f'<span class="delta">{value - ref:+.4f}</span>'
             )
             strong = " best" if value == best.get(metric) else ""
@@ -245,7 +248,8 @@ def _sample_html(index: int, sample: Sample, rows: Sequence[Mapping[str, Any]]) 
     labels = list(sample.views)
     methods = labels[1:-1]
     right = methods[-1] if methods else TRUTH_LABEL
-    left = REFERENCE if REFERENCE in labels and right != REFERENCE else INPUT_LABEL
+    ref = next((r for r in REFERENCE.values() if r in labels), None)
+    left = ref if ref is not None and right != ref else INPUT_LABEL
     h, w = sample.size
 
     def options(selected: str) -> str:

@@ -2,8 +2,8 @@
 
 Everything that reads the evaluation goes through ``read_evaluation``, so a change of the
 metrics layout is adapted in one place. The structure is evaluate.json's: per data set, the
-image count, one mapping of metric -> mean per method, and ``gain_db`` (each model's Y-PSNR
-gain over bicubic). Methods and metrics are taken as they come: nothing here names them.
+image count, one mapping of metric -> mean per method, and ``gain_db`` (each model's gain over
+the reference: Y-PSNR over bicubic, or a colorizer's RGB PSNR over gray). Methods and metrics are taken as they come: nothing here names them.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.tasks import REFERENCE
+
 EVALUATION_FILE = "evaluate.json"
 GAIN_KEY = "gain_db"
 COUNT_KEY = "images"
-REFERENCE = "bicubic"
 # Metrics where a lower value is better; every other one is higher-is-better.
 LOWER_IS_BETTER = frozenset({"gmsd", "lpips", "stlpips", "dists", "niqe", "fid"})
 
@@ -35,6 +36,11 @@ def read_evaluation(metrics_dir: Path | str) -> dict[str, dict]:
     return data
 
 
+def reference_of(dataset: Mapping[str, Any]) -> str | None:
+    """The baseline a data set's gains are over: bicubic (restore) or gray (colorize)."""
+    return next((r for r in REFERENCE.values() if r in dataset), None)
+
+
 def methods_of(dataset: Mapping[str, Any]) -> list[str]:
     """The methods of one data set's results, in the file's order."""
     return [k for k, v in dataset.items() if k != GAIN_KEY and isinstance(v, Mapping)]
@@ -46,7 +52,8 @@ def metrics_of(dataset: Mapping[str, Any]) -> list[str]:
 
 
 def table_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (data set, method): its metrics, and its gain over bicubic for each metric.
+    """One row per (data set, method): its metrics, and its gain over the reference (bicubic,
+    or a colorizer's gray) for each metric.
 
     ``gain_db`` is the stage's own Y-PSNR gain where it has one; ``<metric>_gain`` is the
     difference to the reference method of the same data set (sign as the metric's: for a
@@ -54,7 +61,8 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
     """
     rows = []
     for dataset, res in results.items():
-        reference = res.get(REFERENCE, {})
+        ref_name = reference_of(res)
+        reference = res.get(ref_name, {}) if ref_name else {}
         gains = res.get(GAIN_KEY, {})
         for method in methods_of(res):
             row: dict[str, Any] = {
@@ -68,7 +76,7 @@ def table_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
                 ref = reference.get(metric)
                 row[f"{metric}_gain"] = (
                     None
-                    if value is None or ref is None or method == REFERENCE
+                    if value is None or ref is None or method == ref_name
                     else round(value - ref, 4)
                 )
             row[GAIN_KEY] = gains.get(method)

@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.files import sha256_file
+from pipelines.core.tasks import REGISTERED_MODEL as REGISTERED_MODELS
 from pipelines.running.tracking import fail_fast
 
 log = logging.getLogger(__name__)
 
-REGISTERED_MODEL = "decrappify-generator"
+# the restorers' name; a colorizer's versions go to their own (pipelines/core/tasks.py)
+REGISTERED_MODEL = REGISTERED_MODELS["restore"]
 CHAMPION = "champion"
 # run tag set by train_gan: sha256 of the model file whose network the run registered
 DIGEST_TAG = "decrappify.model_sha256"

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models import vgg
 
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
+from pipelines.scoring import stlpips
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,44 @@ class FeatureLoss(nn.Module):
         return self.weight * loss
 
 
+class WithPerceptual(nn.Module):
+    """A content loss plus ``weight`` times the ST-LPIPS distance (pipelines/scoring/stlpips.py):
+    the lesson's feature loss with the BAPPS-trained networks that work offline. A pixel loss
+    alone averages plausible colours to sepia and textures to blur."""
+
+    def __init__(self, content: nn.Module, weight: float, net: stlpips.Net = "alex"):
+        super().__init__()
+        self.content = content
+        self.weight = weight
+        self.distance = stlpips.load(net)  # FileNotFoundError names the missing weights
+
+    def train(self, mode: bool = True) -> WithPerceptual:
+        super().train(mode)
+        self.distance.eval()  # a fixed metric, never in training mode
+        return self
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.content(output, target) + self.weight * self.distance(output, target).mean()
+
+
 def build_content_loss(
     name: Content,
     weight: float = 1.0,
     layer_weights: Sequence[float] = (5.0, 15.0, 2.0),
     gram: bool = True,
     pretrained: str = "imagenet",
+    perceptual: float = 0.0,
+    perceptual_net: stlpips.Net = "alex",
 ) -> nn.Module:
     """The content loss ``name``; ``layer_weights``, ``gram`` and ``pretrained`` (the VGG's
-    weights spec, see pipelines.networks.pretrained) only concern "feature"."""
+    weights spec, see pipelines.networks.pretrained) only concern "feature". ``perceptual`` > 0
+    adds that weight of the ST-LPIPS distance through ``perceptual_net``."""
+    if perceptual > 0:
+        return WithPerceptual(
+            build_content_loss(name, weight, layer_weights, gram, pretrained),
+            perceptual,
+            perceptual_net,
+        )
     if name in ("mse", "l1", "charbonnier"):
         return PixelLoss(name, weight)
     if name == "feature":

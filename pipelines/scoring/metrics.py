@@ -47,6 +47,9 @@ STLPIPS_NET = "vgg"  # of the two trained trunks the wheel ships, the larger (Al
 HIGHER_IS_BETTER = {
     "psnr_y": True,
     "ssim_y": True,
+    "psnr": True,
+    "ssim": True,
+    "colorfulness_error": False,
     "ms_ssim": True,
     "gmsd": False,
     "haarpsi": True,
@@ -55,8 +58,12 @@ HIGHER_IS_BETTER = {
     "mask_psnr_y": True,
     "edge_chroma_rmse": False,
 }
+# The metrics only a colorizer's scores have (score(task="colorize")).
+COLOUR_METRICS = ("psnr", "ssim", "colorfulness_error")
 # The metrics the GAN phase may pick its checkpoint by (train_gan.select_metric).
-SELECTABLE = Literal["haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y", "stlpips"]
+SELECTABLE = Literal[
+    "haarpsi", "gmsd", "ms_ssim", "ssim_y", "psnr_y", "stlpips", "psnr", "colorfulness_error"
+]
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -87,15 +94,34 @@ def _check_pair(sr: np.ndarray, hr: np.ndarray) -> None:
         raise ValueError(f"expected uint8 images, got {sr.dtype} and {hr.dtype}")
 
 
-def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
-    """Luma PSNR in dB (peak 255), capped at ``PSNR_CAP`` for identical images."""
-    _check_pair(sr, hr)
-    a = crop_border(rgb_to_y(sr), border)
-    b = crop_border(rgb_to_y(hr), border)
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a - b) ** 2))
     if mse == 0.0:
         return PSNR_CAP
     return min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
+
+
+def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
+    """Luma PSNR in dB (peak 255), capped at ``PSNR_CAP`` for identical images."""
+    _check_pair(sr, hr)
+    return _psnr(crop_border(rgb_to_y(sr), border), crop_border(rgb_to_y(hr), border))
+
+
+def psnr_rgb(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
+    """PSNR over the three RGB channels in dB (peak 255): what a colorizer is measured in,
+    since its luma is the input's."""
+    _check_pair(sr, hr)
+    a, b = (crop_border(x, border).astype(np.float64) for x in (sr, hr))
+    return _psnr(a, b)
+
+
+def colorfulness(img: np.ndarray) -> float:
+    """Hasler and Suesstrunk's colourfulness M (2003) of an RGB uint8 image: 0 for gray, about
+    15-30 for "slightly colourful", above 100 for "extremely colourful" (0..255 units)."""
+    x = img.astype(np.float64)
+    rg = x[..., 0] - x[..., 1]
+    yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+    return float(math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean()))
 
 
 @functools.lru_cache(maxsize=1)
@@ -132,6 +158,22 @@ def _ssim_gray(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float
 def ssim_y(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
     _check_pair(sr, hr)
     return _ssim_gray(crop_border(rgb_to_y(sr), border), crop_border(rgb_to_y(hr), border))
+
+
+def ssim_rgb(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> float:
+    """The mean of the SSIM of the R, G and B channels."""
+    _check_pair(sr, hr)
+    a, b = (crop_border(x, border).astype(np.float64) for x in (sr, hr))
+    return float(np.mean([_ssim_gray(a[..., c], b[..., c]) for c in range(3)]))
+
+
+def fidelity(sr: np.ndarray, hr: np.ndarray, border: int, task: str = "restore") -> dict:
+    """The quick scores of a validation pass: Y-PSNR and Y-SSIM, and for a colorizer RGB PSNR
+    (pipelines/core/tasks.py: what each task's gains are measured in)."""
+    out = {"psnr_y": psnr_y(sr, hr, border), "ssim_y": ssim_y(sr, hr, border)}
+    if task == "colorize":
+        out["psnr"] = psnr_rgb(sr, hr, border)
+    return out
 
 
 def ms_ssim_levels(height: int, width: int, kernel: int = SSIM_WINDOW) -> int:
@@ -250,17 +292,26 @@ def stlpips_available() -> bool:
     return stlpips.cached(STLPIPS_NET) is not None
 
 
-def score(sr: np.ndarray, hr: np.ndarray, border: int = 0) -> dict[str, float]:
+def score(
+    sr: np.ndarray, hr: np.ndarray, border: int = 0, task: str = "restore"
+) -> dict[str, float]:
     """All full-reference metrics of one restored image against its reference.
 
     ``border`` pixels are cropped from every side first (the scale factor, by convention).
     Keys: psnr_y, ssim_y (higher better), ms_ssim (higher; absent under 21 px), gmsd (lower),
     haarpsi (higher; absent under 16 px), stlpips (lower; absent under 18 px or without the
     stlpips-pytorch weights), vgg_distance (lower; only with ImageNet VGG weights).
-    MS-SSIM and HaarPSI see colour (RGB, YIQ); GMSD, like PSNR and SSIM, only luma.
+    MS-SSIM and HaarPSI see colour (RGB, YIQ); GMSD, like PSNR and SSIM, only luma. A
+    colorizer's (``task`` colorize) also get psnr and ssim over RGB, its colorfulness and the
+    truth's, and colorfulness_error, the distance between the two (lower better).
     """
     _check_pair(sr, hr)
-    out = {"psnr_y": psnr_y(sr, hr, border), "ssim_y": ssim_y(sr, hr, border)}
+    out = fidelity(sr, hr, border, task)
+    if task == "colorize":
+        out["ssim"] = ssim_rgb(sr, hr, border)
+        out["colorfulness"] = colorfulness(crop_border(sr, border))
+        out["truth_colorfulness"] = colorfulness(crop_border(hr, border))
+        out["colorfulness_error"] = abs(out["colorfulness"] - out["truth_colorfulness"])
     x = to_tensor(crop_border(sr, border))[None]
     y = to_tensor(crop_border(hr, border))[None]
     with torch.inference_mode():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipelines.core.runtime import autocast
+from pipelines.core.tasks import FIDELITY
 from pipelines.scoring.losses import Adversarial, critic_loss, generator_adv_loss
 from pipelines.scoring.metrics import HIGHER_IS_BETTER
 
@@ -122,9 +123,16 @@ class Counters:
         return cls(**state)
 
 
-def eligible(candidate: Mapping[str, float], start: Mapping[str, float], max_drop: float) -> bool:
-    """A candidate may cost at most ``max_drop`` dB of validation Y-PSNR against the start."""
-    return candidate["psnr_y"] >= start["psnr_y"] - max_drop
+def eligible(
+    candidate: Mapping[str, float],
+    start: Mapping[str, float],
+    max_drop: float,
+    task: str = "restore",
+) -> bool:
+    """A candidate may cost at most ``max_drop`` dB of validation PSNR against the start: the
+    ``task``'s (Y-PSNR; RGB PSNR for a colorizer, whose luma is its input's)."""
+    key = FIDELITY[task]
+    return candidate[key] >= start[key] - max_drop
 
 
 def better(candidate: Mapping[str, float], best: Mapping[str, float], metric: str) -> bool:

@@ -9,17 +9,22 @@ import torch
 from pipelines.core.runtime import autocast
 from pipelines.imaging.tensors import to_image
 from pipelines.imaging.visualize import grid
-from pipelines.scoring.metrics import psnr_y, score, ssim_y
+from pipelines.networks import colour
+from pipelines.scoring.metrics import fidelity, score
 
 
 class Bicubic(torch.nn.Module):
-    """Plain bicubic upsampling as a model: the baseline every validation is compared with."""
+    """Plain bicubic upsampling as a model: the baseline every validation is compared with;
+    a colorizer's (``gray``) is its input's luminance, upsampled."""
 
-    def __init__(self, scale: int):
+    def __init__(self, scale: int, gray: bool = False):
         super().__init__()
         self.scale = scale
+        self.gray = gray
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gray:
+            x = colour.gray(x)
         if self.scale == 1:
             return x
         return torch.nn.functional.interpolate(
@@ -35,10 +40,11 @@ def validate(
     dtype: torch.dtype | None,
     border: int,
     full: bool = False,
+    task: str = "restore",
 ) -> dict[str, float]:
-    """Mean scores of ``model`` over ``pairs`` (an EvalPairs), one image at a time: Y-PSNR and
-    Y-SSIM, or with ``full`` every metric of ``scoring.metrics.score`` (slower; the GAN phase
-    picks its checkpoint by them)."""
+    """Mean scores of ``model`` over ``pairs`` (an EvalPairs), one image at a time: the
+    ``task``'s fidelity scores (``scoring.metrics.fidelity``), or with ``full`` every metric of
+    ``scoring.metrics.score`` (slower; the GAN phase picks its checkpoint by them)."""
     was_training = model.training
     model.eval()
     rows = []
@@ -47,12 +53,7 @@ def validate(
         with autocast(device, dtype):
             sr = model(lr.unsqueeze(0).to(device))
         sr_img, hr_img = to_image(sr[0]), to_image(hr)
-        if full:
-            rows.append(score(sr_img, hr_img, border))
-        else:
-            rows.append(
-                {"psnr_y": psnr_y(sr_img, hr_img, border), "ssim_y": ssim_y(sr_img, hr_img, border)}
-            )
+        rows.append((score if full else fidelity)(sr_img, hr_img, border, task))
     model.train(was_training)
     return {k: float(sum(r[k] for r in rows) / len(rows)) for k in rows[0]}
 
