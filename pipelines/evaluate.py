@@ -84,15 +84,17 @@ class EvaluateConfig:
         """The baseline every gain is measured against (pipelines/core/tasks.py)."""
         return REFERENCE[self.base.task]
 
+    @property
+    def methods_baselines(self) -> tuple[str, ...]:
+        """The baselines evaluated: those asked for, and the reference first if it is not."""
+        if self.reference in self.baselines:
+            return tuple(self.baselines)
+        return (self.reference, *self.baselines)
+
     def check(self) -> None:
-        if self.reference not in self.baselines:
-            raise ConfigError(
-                f"baselines: must include {self.reference!r}, the reference of the gains "
-                f"(base.task {self.base.task})"
-            )
         if 2 * self.overlap > self.tile:
             raise ConfigError(f"overlap: {self.overlap} is more than half the tile ({self.tile})")
-        methods = list(self.baselines) + [model_name(m) for m in self.models]
+        methods = list(self.methods_baselines) + [model_name(m) for m in self.models]
         clash = _first_duplicate(methods + [GAIN_KEY, MASK_GAIN_KEY, COUNT_KEY])
         if clash:
             raise ConfigError(f"models: {clash!r} names two methods (or a reserved key)")
@@ -199,7 +201,7 @@ def image_row(
 
 def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | None = None) -> dict:
     """Evaluate; ``builder`` rebuilds networks from model files (default: build_generator)."""
-    base, task, reference = cfg.base, cfg.base.task, cfg.reference
+    base, task, reference, baselines = cfg.base, cfg.base.task, cfg.reference, cfg.methods_baselines
     device = pick_device(base.device)
     dtype = autocast_dtype(device, base.precision)
     models = {
@@ -216,7 +218,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
         mine: list[dict] = []
         for image in pairs:
             lr, hr = image.lr, image.hr
-            outputs = {b: upscale(lr, base.scale, b) for b in cfg.baselines}
+            outputs = {b: upscale(lr, base.scale, b) for b in baselines}
             for mname, model in models.items():
                 outputs[mname] = restore(model, lr, cfg.tile, cfg.overlap, device, dtype)
             mine += [
@@ -229,13 +231,13 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
                 cells = [*first, outputs[reference], *(outputs[m] for m in models), hr]
                 grid_rows.append([centre_crop(c, cfg.grid_crop) for c in cells])
             samples.add(dataset, image.name, lr, outputs, hr)
-        results[dataset] = summarise(mine, list(cfg.baselines), list(models), task)
+        results[dataset] = summarise(mine, list(baselines), list(models), task)
         log.info(
             "%s (%d images), %s: %s",
             dataset,
             results[dataset][COUNT_KEY],
             FIDELITY[task],
-            {m: results[dataset][m][FIDELITY[task]] for m in [*cfg.baselines, *models]},
+            {m: results[dataset][m][FIDELITY[task]] for m in [*baselines, *models]},
         )
         rows += mine
 
@@ -243,7 +245,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
     write_json(metrics_dir / f"{STAGE}.json", results)
     write_rows(metrics_dir / f"{STAGE}_images.csv", rows)
     dvc_views.write_method_tables(
-        metrics_dir / STAGE, results, [*cfg.baselines, *models], reference, task
+        metrics_dir / STAGE, results, [*baselines, *models], reference, task
     )
     dvc_views.write_image_gains(
         plots_dir / f"{STAGE}_gains.csv", rows, list(models), reference, FIDELITY[task]
