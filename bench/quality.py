@@ -9,19 +9,14 @@ another as
 ``python -m pipelines.<stage> --params <workdir>/params.yaml --no-tracking``, from a copy of the
 params file whose ``base.paths`` point into the workspace (``download.folder`` stays relative
 to the repository root, as under DVC). The checkpoints and model files of the stages to run are
-deleted first, so every figure comes from a run that trained. ``--eval-only`` scores the models already in the
-workspace.
+deleted first, so every figure comes from a run that trained. ``--eval-only`` reruns only
+evaluate on the models already in the workspace.
 
-Every model file then restores, through ``pipelines.inference.restore.restore`` (tiled as the
-restore command does):
-
-- the test split: the crappify stage's LR files of data/hr/test;
-- each ``--hr-dir`` (default Set5) crappified: our own seeded degradation, the params'
-  crappify section (``crappify(hr, spec, rng_for(seed, "<folder>/<file>"))``);
-- each ``--hr-dir`` clean: the benchmarks' MATLAB-bicubic LR (``restore.benchmark_lr``).
-
-The table gives each model's mean Y-PSNR gain over OpenCV bicubic upsampling (dB) and its
-Y-SSIM gain, ``scale`` border px excluded, with the stage times.
+The evaluate stage scores the models, with ``evaluate.hr_dirs`` set to the ``--hr-dir``
+folders (default Set5): the test split and each folder, crappified by the params' own seeded
+degradation and clean (MATLAB-bicubic LR), as ``dvc repro`` would. The table gives each
+model's gain (Y-PSNR over OpenCV bicubic; a colorizer's RGB PSNR over the gray input), SSIM
+gain and ST-LPIPS from metrics/evaluate.json, with the stage times.
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ from bench.common import ROOT, Report
 NAME = "quality"
 TITLE = "Restoration quality: gain over bicubic (Y-PSNR dB, Y-SSIM)"
 STAGES = ("download", "crappify", "pretrain_generator", "pretrain_critic", "train_gan", "evaluate")
-MODELS = ("generator", "gan_generator")
 MADE_BY = {
     "pretrain_generator": ("generator", "generator_last_weights"),
     "pretrain_critic": ("critic",),
@@ -104,7 +98,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="quality: score the models already in the workspace",
     )
-    g.add_argument("--tile", type=int, default=256, help="quality: restore tile, LR px")
 
 
 def workspace_params(params: Path, workdir: Path, overrides: list[str]) -> dict:
@@ -158,86 +151,40 @@ def run_stages(params_file: Path, first: str, until: str, workdir: Path) -> dict
     return seconds
 
 
-def last_weights(workdir: Path) -> Path | None:
-    """With an EMA, generator.pt holds the average; the rolling checkpoint still holds the
-    trained weights of the last step. Written as a model file, so both are scored side by side
-    (the same run: the EMA does not change training)."""
-    from pipelines.training import checkpoint
+def gain_table(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: per model and data set, gain (dB) / SSIM gain / ST-LPIPS."""
+    from pipelines.core.tasks import FIDELITY, REFERENCE
 
-    ckpt = workdir / "checkpoints" / "pretrain_generator" / "last.pt"
-    gen = workdir / "models" / "generator.pt"
-    if not ckpt.exists() or not gen.exists():
-        return None
-    state = checkpoint.load(ckpt, kind="training_state")
-    if "ema" not in state:
-        return None
-    path = workdir / "models" / "generator_last_weights.pt"
-    arch = checkpoint.load(gen, kind="generator")["arch"]
-    checkpoint.save(path, {"kind": "generator", "arch": arch, "model": state["model"]})
-    return path
-
-
-def eval_sets(params: dict, workdir: Path, hr_dirs: list[str]) -> dict[str, list]:
-    """name -> [(lr, hr)] for the test split and each HR folder, crappy and clean."""
-    from pipelines.core.config import load
-    from pipelines.datasets.pairs import aligned_lr, lr_path_for
-    from pipelines.imaging.degradations import CrappifyConfig, crappify, rng_for
-    from pipelines.imaging.images import list_images, read_rgb
-    from pipelines.imaging.resize import benchmark_lr
-
-    spec = load(CrappifyConfig, "crappify", params)
-    scale, seed = spec.base.scale, spec.base.seed
-    hr_root, lr_root = workdir / "data/hr", workdir / "data/lr"
-    sets: dict[str, list] = {
-        "test crappy": [
-            aligned_lr(read_rgb(lr_path_for(f, hr_root, lr_root)), read_rgb(f), scale)
-            for f in list_images(hr_root / "test")
+    key, reference = FIDELITY[task], REFERENCE[task]
+    ssim = "ssim" if task == "colorize" else "ssim_y"
+    datasets = list(results)
+    headers = ["model"] + [f"{d} (n={results[d]['images']})" for d in datasets]
+    models = list(next(iter(results.values())).get("gain_db", {}))
+    rows = []
+    for m in models:
+        row = [m]
+        for d in datasets:
+            r, ref = results[d][m], results[d][reference]
+            cell = f"{results[d]['gain_db'][m]:+.2f} dB / {r[ssim] - ref[ssim]:+.3f}"
+            if "stlpips" in r:
+                cell += f" / {r['stlpips']:.3f}"
+            if task == "colorize":
+                cell += f" / C {r['colorfulness']:.1f} of {r['truth_colorfulness']:.1f}"
+            row.append(cell)
+        rows.append(row)
+    rows.append(
+        [f"{reference} ({key})"]
+        + [
+            f"{results[d][reference][key]:.2f} dB"
+            + (
+                f" / {results[d][reference]['stlpips']:.3f}"
+                if "stlpips" in results[d][reference]
+                else ""
+            )
+            for d in datasets
         ]
-    }
-    for folder in map(Path, hr_dirs):
-        crappy, clean = [], []
-        for f in list_images(folder):
-            hr = read_rgb(f)
-            hr = hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale]
-            lr = crappify(hr, spec, rng_for(seed, f"{folder.name}/{f.name}"))[0]
-            crappy.append((lr, hr))
-            clean.append(benchmark_lr(hr, scale))
-        sets[f"{folder.name} crappy"] = crappy
-        sets[f"{folder.name} clean"] = clean
-    return sets
-
-
-def score_models(
-    models: dict[str, Path], sets: dict[str, list], scale: int, tile: int
-) -> dict[str, dict[str, dict[str, float]]]:
-    """set -> model (and "bicubic") -> mean psnr_y / ssim_y, and the gains over bicubic."""
-    import torch
-
-    from pipelines.imaging.resize import bicubic_upscale
-    from pipelines.inference.restore import load_generator, restore
-    from pipelines.scoring.metrics import psnr_y, ssim_y
-
-    torch.set_grad_enabled(False)
-    nets = {name: load_generator(path) for name, path in models.items()}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for set_name, pairs in sets.items():
-        rows: dict[str, list[tuple[float, float]]] = {"bicubic": []}
-        for lr, hr in pairs:
-            up = bicubic_upscale(lr, scale)
-            rows["bicubic"].append((psnr_y(up, hr, scale), ssim_y(up, hr, scale)))
-            for name, net in nets.items():
-                sr = restore(net, lr, tile=tile, overlap=min(32, tile // 2))
-                rows.setdefault(name, []).append((psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)))
-        means = {
-            k: {"psnr_y": sum(r[0] for r in v) / len(v), "ssim_y": sum(r[1] for r in v) / len(v)}
-            for k, v in rows.items()
-        }
-        for name in nets:
-            means[name]["gain_db"] = means[name]["psnr_y"] - means["bicubic"]["psnr_y"]
-            means[name]["ssim_gain"] = means[name]["ssim_y"] - means["bicubic"]["ssim_y"]
-        means["images"] = {"count": len(pairs)}
-        out[set_name] = means
-    return out
+    )
+    return headers, rows
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -258,7 +205,8 @@ def run(args: argparse.Namespace) -> Report:
         },
     )
     workdir.mkdir(parents=True, exist_ok=True)
-    params = workspace_params(args.params, workdir, args.overrides)
+    overrides = [*args.overrides, f"evaluate.hr_dirs={json.dumps(hr_dirs)}"]
+    params = workspace_params(args.params, workdir, overrides)
     params_file = workdir / "params.yaml"
     seconds: dict[str, float] = {}
     if not args.eval_only:
@@ -276,35 +224,19 @@ def run(args: argparse.Namespace) -> Report:
         seconds = {**kept, **run_stages(params_file, args.first, args.until, workdir)}
         times_file.write_text(json.dumps(seconds, indent=1))
         report.data["stage_seconds"] = seconds
-    models = {
-        m: workdir / "models" / f"{m}.pt"
-        for m in MODELS
-        if (workdir / "models" / f"{m}.pt").exists()
-    }
-    raw = last_weights(workdir)
-    if raw is not None:
-        models = {"generator (last weights, no EMA)": raw, **models}
-    if not models:
-        raise RuntimeError(f"{workdir / 'models'}: no model files to score")
-    scale = int(params["base"].get("scale", 4))
-    start = time.perf_counter()
-    results = score_models(models, eval_sets(params, workdir, hr_dirs), scale, args.tile)
+    else:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        run_stages(params_file, "evaluate", "evaluate", workdir)
+    results = json.loads((workdir / "metrics" / "evaluate.json").read_text())
+    task = str(params["base"].get("task", "restore"))
     report.data["scores"] = results
-    report.data["eval_seconds"] = time.perf_counter() - start
     for path in sorted((workdir / "metrics").glob("*.json")):
         report.data.setdefault("stage_metrics", {})[path.stem] = json.loads(path.read_text())
-    headers = ["model"] + [f"{s} (n={r['images']['count']})" for s, r in results.items()]
-    rows = [
-        [name]
-        + [f"{r[name]['gain_db']:+.2f} dB / {r[name]['ssim_gain']:+.3f}" for r in results.values()]
-        for name in models
-    ]
-    rows.append(
-        ["bicubic (Y-PSNR)"] + [f"{r['bicubic']['psnr_y']:.2f} dB" for r in results.values()]
-    )
+    headers, rows = gain_table(results, task)
     times = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+    what = "RGB PSNR over gray" if task == "colorize" else "Y-PSNR over OpenCV bicubic"
     report.table(
-        f"Gain over OpenCV bicubic, Y-PSNR dB / Y-SSIM ({args.params.name}"
+        f"Gain: {what}, dB / SSIM gain / ST-LPIPS ({args.params.name}"
         f"{' ' + ' '.join(args.overrides) if args.overrides else ''})",
         headers,
         rows,

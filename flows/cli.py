@@ -223,7 +223,8 @@ def add_restore(sub) -> None:
         metavar="PATH|URI",
         help="generator checkpoint, exported .onnx (run with onnxruntime) or "
         ".safetensors file, or MLflow model URI such as "
-        "models:/decrappify-generator@champion or runs:/<run id>/gan_generator "
+        "models:/decrappify-generator@champion (a colorizer: "
+        "models:/decrappify-colorizer@champion) or runs:/<run id>/gan_generator "
         "(default: models/gan_generator.pt of the repository)",
     )
     p.add_argument(
@@ -295,7 +296,8 @@ def add_register(sub) -> None:
         help="register the trained generator and set the champion",
         description="Make the MLflow registry match the checkout, whichever "
         "stages DVC skipped: log the GAN generator file as a version "
-        "of decrappify-generator unless one with its digest exists, "
+        "of decrappify-generator (decrappify-colorizer for base.task "
+        "colorize) unless one with its digest exists, "
         "then apply the evaluation in metrics/evaluate.json (tags and "
         "the champion alias). `make pipeline` runs it after `dvc repro`.",
     )

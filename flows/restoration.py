@@ -32,13 +32,17 @@ def restoration(
     overlap: int = 32,
     device: str = "auto",
     suffix: str = "_restored",
+    task: str | None = None,
+    render_size: int = 0,
 ) -> dict:
     """Restore ``inputs`` (files, folders, glob patterns) into ``out``; returns the summary:
     ``restored`` inputs, ``failed`` {input: reason}, ``seconds`` and ``images_per_s``.
 
     ``model``: a checkpoint file, an exported ``.onnx`` or ``.safetensors`` file, an MLflow
     model URI (``models:/decrappify-generator@champion``) or None for the repository's
-    ``models/gan_generator.pt``.
+    ``models/gan_generator.pt``; a colorizer's registered name is ``decrappify-colorizer``.
+    ``task`` (restore | colorize), when given, refuses a model of the other task;
+    ``render_size`` is a colorizer's (see ``restore_paths``).
     """
     logger = get_run_logger()
     summary = restore_paths(
@@ -50,6 +54,8 @@ def restoration(
         overlap=overlap,
         device=device,
         suffix=suffix,
+        task=task,
+        render_size=render_size,
         report=logger.warning,
         progress=logger.info,
         run_one=restore_image,
