@@ -191,6 +191,8 @@ def _check(path: Path, rel: str, cfg: DownloadConfig) -> _Checked:
     rgb, note = images.check_image(path, cfg.min_side, cfg.max_pixels)
     if rgb is None:
         return _Checked(rel, note)
+    if cfg.base.task == "colorize" and images.is_gray(rgb):
+        return _Checked(rel, "gray: no colour to learn or to measure a colorizer by")
     digest = hashlib.sha256(repr(rgb.shape).encode() + rgb.tobytes()).hexdigest()
     return _Checked(rel, note, images.encode_png(rgb), rgb.shape[1], rgb.shape[0], digest)
 
