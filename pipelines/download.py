@@ -123,6 +123,8 @@ def run(cfg: DownloadConfig, tracker: Any = None) -> dict:
         "skipped_by_reason": by_reason(skipped),
         "skipped_files": dict(sorted(skipped.items())),
     }
+    if cfg.base.task == "colorize":
+        metrics["gray_training_only"] = sum(a.gray for a in accepted)
     write_json(Path(cfg.base.paths.metrics) / "download.json", metrics)
     log.info(
         "download: %d images (train %d, valid %d, test %d), %d skipped -> %s",

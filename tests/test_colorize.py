@@ -207,6 +207,11 @@ def colorize_repo(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_colorize_pipeline_through_dvc_repro_and_the_restore_command(colorize_repo, tmp_path):
     repo = colorize_repo
+    # gray photos cannot measure a colorizer: download put them all in the training split
+    assert json.loads((repo / "metrics/download.json").read_text())["gray_training_only"] > 0
+    for split in ("valid", "test"):
+        held_out = list((repo / "data/hr" / split).glob("*.png"))
+        assert held_out and not any(is_gray(read_rgb(f)) for f in held_out)
     summary = json.loads((repo / "metrics/evaluate.json").read_text())
     test = summary["test"]
     assert set(test["gain_db"]) == {"generator", "gan_generator"}

@@ -174,6 +174,7 @@ class _Accepted:
     note: str
     size: int
     sha256: str
+    gray: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class _Checked:
     width: int = 0
     height: int = 0
     pixels_sha256: str = ""
+    gray: bool = False  # a gray photo given to a colorizer: training split only
 
 
 def _check(path: Path, rel: str, cfg: DownloadConfig) -> _Checked:
@@ -191,10 +193,11 @@ def _check(path: Path, rel: str, cfg: DownloadConfig) -> _Checked:
     rgb, note = images.check_image(path, cfg.min_side, cfg.max_pixels)
     if rgb is None:
         return _Checked(rel, note)
-    if cfg.base.task == "colorize" and images.is_gray(rgb):
-        return _Checked(rel, "gray: no colour to learn or to measure a colorizer by")
     digest = hashlib.sha256(repr(rgb.shape).encode() + rgb.tobytes()).hexdigest()
-    return _Checked(rel, note, images.encode_png(rgb), rgb.shape[1], rgb.shape[0], digest)
+    # a colorizer is never measured on a photo that has no colour; it still learns from it
+    # that gray things stay gray
+    gray = cfg.base.task == "colorize" and images.is_gray(rgb)
+    return _Checked(rel, note, images.encode_png(rgb), rgb.shape[1], rgb.shape[0], digest, gray)
 
 
 def _checked_in_order(
@@ -278,6 +281,7 @@ def accept(
                     item.note,
                     len(item.png),
                     sha256_bytes(item.png),
+                    item.gray,
                 )
             )
             if len(accepted) == cfg.max_images:
@@ -289,11 +293,15 @@ def place(
     accepted: list[_Accepted], out: Path, valid_fraction: float, test_fraction: float, source: str
 ) -> tuple[list[dict], tuple[int, int, int]]:
     """Move the staged images into ``out``/<split>/ and write the manifest; returns its rows
-    and the (train, valid, test) sizes."""
-    sizes = split_sizes(len(accepted), valid_fraction, test_fraction)
-    n_train, n_valid, n_test = sizes
-    # ``accepted`` is in hash order: the first images go to test, then valid, then train.
-    splits = ["test"] * n_test + ["valid"] * n_valid + ["train"] * n_train
+    and the (train, valid, test) sizes. Gray photos given to a colorizer all train; the held-out
+    fractions are of the others."""
+    measurable = [a for a in accepted if not a.gray]
+    _, n_valid, n_test = split_sizes(len(measurable), valid_fraction, test_fraction)
+    sizes = (len(accepted) - n_valid - n_test, n_valid, n_test)
+    # ``accepted`` is in hash order: the first measurable images go to test, then valid; the
+    # rest train.
+    held = iter(["test"] * n_test + ["valid"] * n_valid)
+    splits = ["train" if a.gray else next(held, "train") for a in accepted]
     names = output_names([a.rel for a in accepted])
     rows = []
     for item, split in zip(accepted, splits):
