@@ -227,7 +227,12 @@ def run(args: argparse.Namespace) -> Report:
     else:
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         run_stages(params_file, "evaluate", "evaluate", workdir)
-    results = json.loads((workdir / "metrics" / "evaluate.json").read_text())
+    summary = workdir / "metrics" / "evaluate.json"
+    if STAGES.index(args.until) < STAGES.index("evaluate") or not summary.exists():
+        report.data["stage_seconds"] = seconds
+        print(f"no evaluation ({summary} not written by this run)", file=sys.stderr)
+        return report
+    results = json.loads(summary.read_text())
     task = str(params["base"].get("task", "restore"))
     report.data["scores"] = results
     for path in sorted((workdir / "metrics").glob("*.json")):
