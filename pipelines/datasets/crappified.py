@@ -156,8 +156,9 @@ def _results(
 ) -> Iterator[Iterator[dict]]:
     """The rows for ``sources`` in completion order, from ``cfg.workers`` processes.
 
-    A context so the pool forks before the caller starts other threads (tqdm's monitor):
-    a forked child must not inherit a lock some other thread held.
+    The workers are spawned, not forked: a child forked from a process whose OpenCV (or torch)
+    thread pool has run inherits that pool's locks in whatever state they were, and hangs in its
+    first ``cv2.setNumThreads``. A fresh interpreter per worker costs about a second.
     """
     workers = cfg.workers or len(os.sched_getaffinity(0))
     workers = max(1, min(workers, len(sources)))
@@ -167,7 +168,8 @@ def _results(
         yield map(_crappify_one, sources)
         return
     chunk = max(1, min(16, len(sources) // (workers * 8)))
-    with multiprocessing.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         yield pool.imap_unordered(_crappify_one, sources, chunksize=chunk)
 
 
