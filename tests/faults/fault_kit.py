@@ -427,6 +427,34 @@ def wait_for(
         time.sleep(0.02)
 
 
+def stop_when(
+    predicate: Callable[[], bool],
+    proc: subprocess.Popen,
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    slice_s: float = 0.02,
+) -> None:
+    """Run ``proc``'s process group in slices of ``slice_s`` seconds and return with it stopped
+    (SIGSTOP) at the first pause where ``predicate`` holds: wherever the process then was.
+
+    Polling a running stage can miss a point entirely: the tiny stages take milliseconds a step,
+    and on a loaded machine the poller sleeps longer than the rest of the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.killpg(proc.pid, signal.SIGSTOP)
+        if predicate():
+            return
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")[-4000:] if log else ""
+            raise AssertionError(f"process ended (code {proc.returncode}) before {what}:\n{text}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGCONT)
+            raise AssertionError(f"timed out waiting for {what}")
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(slice_s)
+
+
 # -- comparing outputs -------------------------------------------------------------------------
 MODEL_FILES = ("models/generator.pt", "models/critic.pt", "models/gan_generator.pt")
 # metrics that measure time, not results

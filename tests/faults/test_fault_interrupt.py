@@ -38,6 +38,7 @@ from fault_kit import (
     kill_group,
     metrics_without_timing,
     start,
+    stop_when,
     stray_temporaries,
     tree_digest,
     wait_for,
@@ -122,14 +123,15 @@ def test_kill_9_in_every_training_stage_then_dvc_repro_equals_an_uninterrupted_r
         proc = start(dvc_command("repro"), ws, log)
         last = ws / "checkpoints" / stage / "last.pt"
         step = rng.randint(1, TRAIN_STEPS[stage] // 2)
-        wait_for(
+        # stopped anywhere after that checkpoint: mid-step, mid-validation, mid-write
+        stop_when(
             lambda last=last, step=step: checkpoint_step(last) >= step,
             proc,
             900,
             f"{stage} at step {step}",
             log,
+            slice_s=rng.uniform(0.005, 0.03),
         )
-        time.sleep(rng.uniform(0, 0.1))  # anywhere: mid-step, mid-validation, mid-write
         kill_group(proc)
         killed_at[stage] = checkpoint_step(last)
         assert 0 < killed_at[stage] < TRAIN_STEPS[stage], f"{stage} was not killed mid-run"
