@@ -41,7 +41,8 @@ MADE_BY = {
     "pretrain_critic": ("critic",),
     "train_gan": ("gan_generator",),
 }
-DEFAULT_HR_DIRS = ("/work/shared/benchmarks/Set5",)
+# the benchmark folder beside the checkout, as params-sun80.yaml names it
+DEFAULT_HR_DIRS = (ROOT.parent / "shared" / "benchmarks" / "Set5",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,7 +191,7 @@ def gain_table(results: dict, task: str) -> tuple[list[str], list[list[str]]]:
 def run(args: argparse.Namespace) -> Report:
     tag = args.tag
     workdir = (args.workdir or Path(f"/tmp/decrappify-quality-{tag or 'run'}")).resolve()
-    hr_dirs = args.hr_dirs or [d for d in DEFAULT_HR_DIRS if Path(d).is_dir()]
+    hr_dirs = args.hr_dirs or [str(d) for d in DEFAULT_HR_DIRS if d.is_dir()]
     report = Report(
         f"{NAME}-{tag}" if tag else NAME,
         TITLE,
