@@ -207,6 +207,25 @@ def phase_batches(
     )
 
 
+def resume(
+    cfg: PretrainGeneratorConfig, model: torch.nn.Module, ema: ModelEMA | None, writer: bool
+) -> tuple[RollingCheckpoint, dict | None]:
+    """The stage's rolling checkpoint and the state it resumes, if any, loaded into ``model``
+    and ``ema``; the optimizer's is loaded with its phase."""
+    base = cfg.base
+    ckpt = RollingCheckpoint(
+        Path(base.paths.checkpoints) / STAGE,
+        fingerprint(as_dict(cfg), [Path(base.paths.hr) / "manifest.csv"], stage=STAGE),
+        writer=writer,
+    )
+    state = ckpt.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+    return ckpt, state
+
+
 def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     base, session = cfg.base, prelude.start(cfg.base)
     device, ranks, dtype = session.device, session.ranks, session.dtype
@@ -222,18 +241,8 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     baseline = validate(
         Bicubic(base.scale, gray=task == "colorize"), valid, device, None, base.scale, task=task
     )
-    inputs = [Path(base.paths.hr) / "manifest.csv"]
-    ckpt = RollingCheckpoint(
-        Path(base.paths.checkpoints) / STAGE,
-        fingerprint(as_dict(cfg), inputs, stage=STAGE),
-        writer=ranks.main,
-    )
-    state = ckpt.restore()
+    ckpt, state = resume(cfg, model, ema, ranks.main)
     step = state["step"] if state else 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
     steps_log = StepLogger(
         STAGE, cfg.total_steps, tracker, cfg.log_every, start=step, quiet=not ranks.main
     )
