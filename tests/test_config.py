@@ -99,30 +99,28 @@ def test_build_rejects_non_mapping():
 
 
 def test_real_params_file_loads(repo_root):
-    import importlib
 
     import yaml
 
-    data = yaml.safe_load((repo_root / "params.yaml").read_text())
-    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
-    for name in stages:
-        module = importlib.import_module(f"pipelines.{name}")
-        cls = next(
-            v
-            for k, v in vars(module).items()
-            if k.endswith("Config") and k.lower().startswith(name.replace("_", ""))
-        )
-        load(cls, name, data)
+    load_every_stage(repo_root, yaml.safe_load((repo_root / "params.yaml").read_text()))
 
 
 def test_recipe_params_file_loads(repo_root):
-    import importlib
 
     import yaml
 
     data = yaml.safe_load((repo_root / "params-recipe.yaml").read_text())
     defaults = yaml.safe_load((repo_root / "params.yaml").read_text())
     assert data.keys() == defaults.keys()
+    load_every_stage(repo_root, data)
+
+
+def load_every_stage(repo_root, data: dict) -> None:
+    """Every stage of dvc.yaml validates its section of ``data``."""
+    import importlib
+
+    import yaml
+
     for name in yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]:
         module = importlib.import_module(f"pipelines.{name}")
         cls = next(
@@ -131,6 +129,32 @@ def test_recipe_params_file_loads(repo_root):
             if k.endswith("Config") and k.lower().startswith(name.replace("_", ""))
         )
         load(cls, name, data)
+
+
+def leaves(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_colorize_params_file_is_the_defaults_but_the_keys_its_header_names(repo_root):
+    import re
+
+    import yaml
+
+    text = (repo_root / "params-colorize.yaml").read_text()
+    data, defaults = yaml.safe_load(text), yaml.safe_load((repo_root / "params.yaml").read_text())
+    load_every_stage(repo_root, data)
+    ours, theirs = leaves(data), leaves(defaults)
+    assert ours.keys() == theirs.keys()
+    changed = {k for k in ours if ours[k] != theirs[k]}
+    header = text[: text.index("cp params-colorize.yaml")]  # its opening comment
+    named = {k for k in ours if re.search(rf"(?<![\w.]){re.escape(k)}(?!\w)", header)}
+    assert changed and changed == named
 
 
 def test_cli_overrides_read_exponent_floats_like_dvc_writes_them():
