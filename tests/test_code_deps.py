@@ -72,7 +72,7 @@ def test_params_deps_are_the_config_fields_but_how_it_runs(stage):
     assert not [k for k in listed if k.rsplit(".", 1)[-1] in HOW_IT_RUNS]
 
 
-@pytest.mark.parametrize("params_file", ["params.yaml", "params-recipe.yaml"])
+@pytest.mark.parametrize("params_file", sorted(p.name for p in ROOT.glob("params*.yaml")))
 def test_params_deps_exist_in_the_params_files(params_file):
     """DVC refuses to run a stage whose params key is missing from params.yaml."""
     params = yaml.safe_load((ROOT / params_file).read_text())
