@@ -32,6 +32,7 @@ from torch import nn
 
 from pipelines.core.runtime import autocast
 from pipelines.core.tasks import model_task, require_task
+from pipelines.imaging.tensors import to_image, to_tensor
 from pipelines.networks import colour
 from pipelines.training import checkpoint
 
@@ -251,10 +252,8 @@ def colorize_at(
     out = restore(model, small, tile, overlap, device, dtype)
     if out.shape != small.shape:
         raise ValueError(f"render_size needs a scale-1 colorizer; this one outputs {out.shape}")
-    t_out = torch.from_numpy(out).permute(2, 0, 1)[None].float().div_(255.0)
+    t_out = to_tensor(out)[None]
     chroma = t_out - colour.luma(t_out)
     chroma = torch.nn.functional.interpolate(chroma, size=(h, w), mode="bilinear")
-    full = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
-    y = colour.luma(full)
-    result = colour.with_luminance(y + chroma, y)
-    return to_uint8(result[0].permute(1, 2, 0).numpy())
+    y = colour.luma(to_tensor(rgb)[None])
+    return to_image(colour.with_luminance(y + chroma, y)[0])

@@ -89,22 +89,23 @@ class SRResNetGenerator(nn.Module):
             x = gray(x)
             if self.colour_stride > 1:
                 return self._colour_at_stride(x)
-        # centred inputs: the convs see values around zero without a normalisation layer
-        h = self.head(x - 0.5)
-        h = h + self.body_end(self.body(h))
-        y = upsample(x, self.scale) + self.to_rgb(self.up(h))
+        y = upsample(x, self.scale) + self.to_rgb(self.up(self._features(x)))
         if self.task == "colorize":
             y = colorized(y, x, self.scale)
         # straight-through clamp: the value is clamped, the gradient is the identity's
         return y + (y.clamp(0.0, 1.0) - y).detach()
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Head, residual body and long skip at the size of ``x``."""
+        # centred inputs: the convs see values around zero without a normalisation layer
+        h = self.head(x - 0.5)
+        return h + self.body_end(self.body(h))
+
     def _colour_at_stride(self, x: torch.Tensor) -> torch.Tensor:
         """Colour varies slowly: the body runs at 1/colour_stride of the size (a receptive field
         that many times wider for the same cost), and the chroma it predicts is enlarged
         (bilinear) onto the input's own luminance."""
-        small = F.avg_pool2d(x, self.colour_stride, ceil_mode=True)
-        h = self.head(small - 0.5)
-        h = h + self.body_end(self.body(h))
+        h = self._features(F.avg_pool2d(x, self.colour_stride, ceil_mode=True))
         offsets = F.interpolate(self.to_rgb(h), size=x.shape[-2:], mode="bilinear")
         return colorized(x + offsets, x, 1)
 
