@@ -9,6 +9,7 @@ import pytest
 from pipelines.core.config import ConfigError, build
 from pipelines.imaging.degradations import (
     Degradation,
+    Frame,
     crappify,
     downscale,
     gaussian_blur,
@@ -19,6 +20,7 @@ from pipelines.imaging.degradations import (
     rng_for,
     to_grayscale,
     watermark,
+    watermark_with_mask,
 )
 from pipelines.imaging.resize import RESAMPLERS
 
@@ -219,8 +221,25 @@ def test_spec_errors_name_the_key_and_value(section, key, words):
     assert str(err.value).startswith(key + ":") and words in str(err.value)
 
 
-def test_watermark_ref_side_sizes_text_like_the_whole_image():
-    img = np.full((32, 32, 3), 40, np.uint8)
-    _, own = watermark(img, "42", np.random.default_rng(0), height=(0.2, 0.2))
-    _, ref = watermark(img, "42", np.random.default_rng(0), height=(0.2, 0.2), ref_side=120)
-    assert ref["box_h"] > own["box_h"]
+def test_watermark_in_a_frame_draws_the_crop_of_the_whole_images_text():
+    whole = np.full((120, 160, 3), 40, np.uint8)
+    marked, rec, mask = watermark_with_mask(whole, "42", np.random.default_rng(0))
+    assert np.array_equal(
+        watermark(whole, "42", np.random.default_rng(0), frame=Frame(0, 0, 160, 120))[0], marked
+    )
+    # a 32 px crop cut through the box: exactly that part of the whole image's text
+    y = max(rec["y"] + rec["box_h"] // 2 - 16, 0)
+    x = max(rec["x"] + rec["box_w"] // 2 - 16, 0)
+    crop = whole[y : y + 32, x : x + 32]
+    out, crec, cmask = watermark_with_mask(
+        crop, "42", np.random.default_rng(0), frame=Frame(x, y, 160, 120)
+    )
+    assert np.array_equal(out, marked[y : y + 32, x : x + 32]) and cmask.any()
+    assert np.array_equal(cmask, mask[y : y + 32, x : x + 32])
+    assert (crec["box_w"], crec["box_h"]) == (rec["box_w"], rec["box_h"])
+    # the bottom-right corner lies outside the top-left quadrant where the text goes
+    corner = whole[88:, 128:]
+    out, _, cmask = watermark_with_mask(
+        corner, "42", np.random.default_rng(0), frame=Frame(128, 88, 160, 120)
+    )
+    assert np.array_equal(out, corner) and not cmask.any()

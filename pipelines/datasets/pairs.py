@@ -28,9 +28,9 @@ from pipelines.imaging.tensors import centre_box, to_tensor
 
 log = logging.getLogger(__name__)
 
-# degrade(hr_crop, rng, ref_side) -> lr: the LR image the generator learns to restore;
-# ref_side is the LR shorter side of the whole image the crop came from (watermark size)
-Degrader = Callable[[np.ndarray, np.random.Generator, int], np.ndarray]
+# degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
+# the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame
+Degrader = Callable[[np.ndarray, np.random.Generator, tuple[int, int, int, int]], np.ndarray]
 
 
 def lr_path_for(hr_file: Path, hr_root: Path, lr_root: Path) -> Path:
@@ -181,7 +181,7 @@ class TrainPairs(Dataset):
         lr = None
         if self.lr_files is not None and self.degrade is None:
             lr, hr = aligned_lr(self.cache.read(self.lr_files[k]), hr, self.scale)
-        hr_crop, lr_crop = self._crop(hr, lr, rng)
+        hr_crop, lr_crop, (y, x) = self._crop(hr, lr, rng)
         if self.aug is not None:
             self.aug.set_random_seed(int(rng.integers(2**31)))
             out = self.aug(image=hr_crop, lr=lr_crop if lr_crop is not None else hr_crop[:1, :1])
@@ -197,7 +197,11 @@ class TrainPairs(Dataset):
                 )
                 lr_crop = shrink(hr_crop, self.crop // self.scale, kernel)
             else:
-                lr_crop = self.degrade(hr_crop, rng, min(hr.shape[:2]) // self.scale)
+                # the frame of the crop before its flip or turn: the chance and size of the
+                # watermark it sees are those of its place in the photo
+                s = self.scale
+                frame = (x // s, y // s, hr.shape[1] // s, hr.shape[0] // s)
+                lr_crop = self.degrade(hr_crop, rng, frame)
         return to_tensor(lr_crop), to_tensor(hr_crop)
 
     def _crop(self, hr: np.ndarray, lr: np.ndarray | None, rng: np.random.Generator):
@@ -209,8 +213,9 @@ class TrainPairs(Dataset):
         x = int(rng.integers(0, (w - c) // s + 1)) * s
         hr_crop = np.ascontiguousarray(hr[y : y + c, x : x + c])
         if lr is None:
-            return hr_crop, None
-        return hr_crop, np.ascontiguousarray(lr[y // s : (y + c) // s, x // s : (x + c) // s])
+            return hr_crop, None, (y, x)
+        lr_crop = np.ascontiguousarray(lr[y // s : (y + c) // s, x // s : (x + c) // s])
+        return hr_crop, lr_crop, (y, x)
 
 
 class EvalPairs(Dataset):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -32,6 +32,16 @@ from pipelines.imaging.resize import RESAMPLERS, Resample
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLORS = ("white", "random")
+
+
+class Frame(NamedTuple):
+    """Where an image lies in the whole image it was cut from (px): a training crop is
+    watermarked as its part of the whole image would be."""
+
+    x: int
+    y: int
+    width: int
+    height: int
 
 
 def _check_rgb(img: np.ndarray) -> None:
@@ -131,11 +141,11 @@ def watermark(
     height: tuple[float, float] = (0.08, 0.16),
     opacity: tuple[float, float] = (1.0, 1.0),
     color: Literal["white", "random"] = "white",
-    ref_side: int | None = None,
+    frame: Frame | None = None,
 ) -> tuple[np.ndarray, dict]:
     """``watermark_with_mask`` without the mask: (the new image, the record)."""
     out, record, _ = watermark_with_mask(
-        img, text, rng, height=height, opacity=opacity, color=color, ref_side=ref_side
+        img, text, rng, height=height, opacity=opacity, color=color, frame=frame
     )
     return out, record
 
@@ -148,7 +158,7 @@ def watermark_with_mask(
     height: tuple[float, float] = (0.08, 0.16),
     opacity: tuple[float, float] = (1.0, 1.0),
     color: Literal["white", "random"] = "white",
-    ref_side: int | None = None,
+    frame: Frame | None = None,
 ) -> tuple[np.ndarray, dict, np.ndarray]:
     """Alpha-blend ``text`` in an OpenCV Hershey font at a random place, size, colour, opacity.
 
@@ -157,8 +167,10 @@ def watermark_with_mask(
     so the record says exactly which pixels may have changed: the box (x, y, width, height).
     ``height`` is the text height as a fraction of the image's shorter side (fastai's default
     bitmap font on a 96 px image is about 0.11).
-    ``ref_side`` replaces the shorter side in that fraction: a training crop passes its whole
-    image's, so crops carry text of the size seen on whole images.
+    ``frame`` places ``img`` inside a larger whole image: the box is sized and placed on the
+    whole image and only its part inside ``img`` is drawn, so training crops see watermarks as
+    often, as large and as cut as their regions of whole images do (text sized to each crop
+    would cover most of every one). The record keeps the whole image's box.
     Returns (the new image, the record, the mask): the mask is an HxW uint8 image of the
     text's anti-aliased coverage (0-255, before opacity), 0 wherever nothing was drawn, so an
     evaluation can score a restoration inside the text. An empty ``text`` draws nothing.
@@ -184,17 +196,13 @@ def watermark_with_mask(
     full = np.zeros((h, w), np.uint8)
     if not text:
         return img.copy(), record, full
-    scale, thickness, pad, th, bw, bh = _fit_text(text, frac * (ref_side or min(w, h)), w, h)
+    fx0, fy0, fw, fh = frame or Frame(0, 0, w, h)
+    scale, thickness, pad, th, bw, bh = _fit_text(text, frac * min(fw, fh), fw, fh)
     # the corner is uniform over the top-left quadrant, clamped so the box stays inside
-    x = min(int(fx * (w // 2 + 1)), w - bw)
-    y = min(int(fy * (h // 2 + 1)), h - bh)
+    x = min(int(fx * (fw // 2 + 1)), fw - bw)
+    y = min(int(fy * (fh // 2 + 1)), fh - bh)
     mask = np.zeros((bh, bw), np.uint8)
     cv2.putText(mask, text, (pad, pad + th), FONT, scale, 255, thickness, cv2.LINE_AA)
-    out = img.copy()
-    region = out[y : y + bh, x : x + bw].astype(np.float32)
-    a = mask.astype(np.float32)[..., None] * np.float32(alpha / 255.0)
-    region += a * (rgb.astype(np.float32) - region)
-    out[y : y + bh, x : x + bw] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     record.update(
         x=int(x),
         y=int(y),
@@ -203,7 +211,18 @@ def watermark_with_mask(
         font_scale=round(float(scale), 4),
         thickness=int(thickness),
     )
-    full[y : y + bh, x : x + bw] = mask
+    # the part of the box inside img, in img's pixels
+    bx, by = x - fx0, y - fy0
+    x0, y0, x1, y1 = max(bx, 0), max(by, 0), min(bx + bw, w), min(by + bh, h)
+    out = img.copy()
+    if x0 >= x1 or y0 >= y1:
+        return out, record, full
+    mask = mask[y0 - by : y1 - by, x0 - bx : x1 - bx]
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    a = mask.astype(np.float32)[..., None] * np.float32(alpha / 255.0)
+    region += a * (rgb.astype(np.float32) - region)
+    out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    full[y0:y1, x0:x1] = mask
     return out, record, full
 
 
@@ -280,15 +299,16 @@ def rng_for(seed: int, key: str) -> np.random.Generator:
 
 
 def crappify(
-    hr: np.ndarray, spec: Degradation, rng: np.random.Generator, ref_side: int | None = None
+    hr: np.ndarray, spec: Degradation, rng: np.random.Generator, frame: Frame | None = None
 ) -> tuple[np.ndarray, bytes, dict]:
-    """Degrade one HR image: (LR as decoded RGB uint8, its JPEG bytes, the record of draws)."""
-    lr, data, record, _ = crappify_with_mask(hr, spec, rng, ref_side)
+    """Degrade one HR image: (LR as decoded RGB uint8, its JPEG bytes, the record of draws).
+    ``frame``: the LR crop's place in the whole LR image (see ``watermark_with_mask``)."""
+    lr, data, record, _ = crappify_with_mask(hr, spec, rng, frame)
     return lr, data, record
 
 
 def crappify_with_mask(
-    hr: np.ndarray, spec: Degradation, rng: np.random.Generator, ref_side: int | None = None
+    hr: np.ndarray, spec: Degradation, rng: np.random.Generator, frame: Frame | None = None
 ) -> tuple[np.ndarray, bytes, dict, np.ndarray]:
     """``crappify`` plus the watermark's mask at LR size (see ``watermark_with_mask``).
 
@@ -321,7 +341,7 @@ def crappify_with_mask(
         height=spec.watermark_height,
         opacity=spec.watermark_opacity,
         color=spec.watermark_color,
-        ref_side=ref_side,
+        frame=frame,
     )
     lr, data = jpeg(img, quality)
     record = {
@@ -345,6 +365,6 @@ def make_degrader(spec: Degradation) -> Callable[[np.ndarray, np.random.Generato
 
 
 def _lr_only(
-    spec: Degradation, hr: np.ndarray, rng: np.random.Generator, ref_side: int | None = None
+    spec: Degradation, hr: np.ndarray, rng: np.random.Generator, frame: Frame | None = None
 ) -> np.ndarray:
-    return crappify(hr, spec, rng, ref_side)[0]
+    return crappify(hr, spec, rng, frame)[0]
