@@ -17,7 +17,7 @@ from pipelines.core.config import BaseConfig, as_dict, bounded
 from pipelines.core.files import atomic_dir, write_csv
 from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
-from pipelines.core.runtime import autocast
+from pipelines.core.runtime import autocast, to_device
 from pipelines.datasets.pairs import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader
 from pipelines.imaging.images import read_rgb, write_image
 from pipelines.imaging.tensors import centre_crop, to_tensor
@@ -131,7 +131,7 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     distributed.barrier(ranks)
 
     arch = as_dict(cfg.model)
-    critic = build_critic(**arch).to(device)
+    critic = to_device(build_critic(**arch), device)
     crop = cfg.crop or base.crop
     ckpt = RollingCheckpoint(
         Path(base.paths.checkpoints) / STAGE,
@@ -164,7 +164,7 @@ def run(cfg: PretrainCriticConfig, tracker=None) -> dict:
     speed = Throughput()
     for fake_img, real_img in loader:
         set_lr(opt, [one_cycle(step, cfg.steps, cfg.lr, cfg.pct_start)])
-        fake_img, real_img = fake_img.to(device), real_img.to(device)
+        fake_img, real_img = to_device(fake_img, device), to_device(real_img, device)
         with autocast(device, dtype):
             loss = critic_loss(cfg.loss, trained, real_img, fake_img)
         opt.zero_grad(set_to_none=True)

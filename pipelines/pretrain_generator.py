@@ -20,7 +20,7 @@ from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, sec
 from pipelines.core.files import write_csv
 from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
-from pipelines.core.runtime import autocast
+from pipelines.core.runtime import autocast, to_device
 from pipelines.core.tasks import FIDELITY, REFERENCE
 from pipelines.datasets.degraded import train_dataset
 from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, step_loader
@@ -229,7 +229,7 @@ def resume(
 def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     base, session = cfg.base, prelude.start(cfg.base)
     device, ranks, dtype = session.device, session.ranks, session.dtype
-    model = build_generator(**cfg.model.arch(base.scale, base.task)).to(device)
+    model = to_device(build_generator(**cfg.model.arch(base.scale, base.task)), device)
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     kept = ema.model if ema is not None else model  # validated and saved: the average, if any
     loss_fn = build_content_loss(
@@ -265,7 +265,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                     [peak * r for r in ratios],
                     one_cycle_beta1(local, phase.steps, cfg.pct_start),
                 )
-                lr_img, hr_img = lr_img.to(device), hr_img.to(device)
+                lr_img, hr_img = to_device(lr_img, device), to_device(hr_img, device)
                 with autocast(device, dtype):
                     loss = loss_fn(trained(lr_img).float(), hr_img)
                 opt.zero_grad(set_to_none=True)

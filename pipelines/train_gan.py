@@ -27,6 +27,7 @@ from pipelines.core.config import BaseConfig, ConfigError, as_dict, bounded, sec
 from pipelines.core.files import sha256_file, write_csv
 from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
+from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
 from pipelines.datasets.degraded import train_dataset
 from pipelines.datasets.pairs import EvalPairs, step_loader
@@ -92,8 +93,8 @@ def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:
     g_saved = checkpoint.load(models / "generator.pt", kind="generator")
     require_task(g_saved["arch"], models / "generator.pt", cfg.base.task)
     d_saved = checkpoint.load(models / "critic.pt", kind="critic")
-    gen = build_generator(**g_saved["arch"]).to(session.device)
-    critic = build_critic(**d_saved["arch"]).to(session.device)
+    gen = to_device(build_generator(**g_saved["arch"]), session.device)
+    critic = to_device(build_critic(**d_saved["arch"]), session.device)
     gen.load_state_dict(g_saved["model"])
     critic.load_state_dict(d_saved["model"])
     opt_g = adamw(gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -193,7 +194,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         if loop.generator_steps >= cfg.steps:
             break
         loop.batches += 1
-        lr_img, hr_img = lr_img.to(device), hr_img.to(device)
+        lr_img, hr_img = to_device(lr_img, device), to_device(hr_img, device)
         if loop.critic_turn:
             loss_d = gan.critic_step(hr_img, gan.fakes(lr_img))
             check_finite({"critic": loss_d}, loop.generator_steps, ckpt)

@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +28,8 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 on CUDA by default; on the CPU only when asked for (fp32 is the safe default there)."""
+    """Inference: bf16 on CUDA by default; on the CPU only when asked for, so evaluate's scores
+    and restore's outputs there are fp32's (and match the ONNX exports)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -36,10 +39,36 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
+def training_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Training: as ``autocast_dtype``, and bf16 by default on a CPU with bf16 instructions too,
+    where a training step runs twice as fast as in fp32; on other CPUs oneDNN emulates bf16,
+    slower than fp32 (0.3x measured on two cores)."""
+    if precision == "auto" and device.type == "cpu" and cpu_computes_bf16():
+        return torch.bfloat16
+    return autocast_dtype(device, precision)
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), read from Linux's
+    /proc/cpuinfo; False where that cannot be read."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", info) is not None
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(x, device: torch.device):
+    """A module or an NCHW batch on ``device`` in the channels-last layout, the one oneDNN and
+    cuDNN convolve fastest: the residual generator's training step runs 1.24x faster in fp32
+    and 2.1x again in bf16 on a 2-core AVX512-BF16 CPU (``python -m bench generator``)."""
+    return x.to(device, memory_format=torch.channels_last)
 
 
 def seed_everything(seed: int) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.core.config import BaseConfig
-from pipelines.core.runtime import autocast_dtype, make_deterministic, pick_device, seed_everything
+from pipelines.core.runtime import make_deterministic, pick_device, seed_everything, training_dtype
 from pipelines.training import distributed
 
 
@@ -26,4 +26,4 @@ def start(base: BaseConfig) -> Session:
     make_deterministic()
     device = pick_device(base.device)
     ranks = distributed.init(device)
-    return Session(device, ranks, autocast_dtype(device, base.precision))
+    return Session(device, ranks, training_dtype(device, base.precision))
