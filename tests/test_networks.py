@@ -187,3 +187,38 @@ def test_critic_patch_logits():
     with pytest.raises(ValueError, match="31x64"):
         critic(torch.rand(1, 3, 31, 64))
     assert build_critic(nf=8, n_blocks=2)(torch.rand(1, 3, 16, 16)).shape == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [{"encoder": "resnet18"}, {"kind": "srresnet", "channels": 8, "blocks": 2}],
+    ids=["unet", "srresnet"],
+)
+def test_a_restorer_returns_a_gray_photo_gray_and_a_colour_one_in_colour(arch):
+    torch.manual_seed(0)
+    net = build_generator(scale=2, **arch).eval()
+    for p in net.parameters():  # trained-like: the untrained output is plain bicubic
+        torch.nn.init.normal_(p, std=0.05)
+    colour = torch.rand(1, 3, 32, 32)
+    # a JPEG round trip leaves a gray photo's channels a level apart
+    gray = colour.mean(1, keepdim=True).repeat(1, 3, 1, 1)
+    gray[:, 0] += 1 / 255
+    with torch.no_grad():
+        out_gray, out_colour, both = net(gray), net(colour), net(torch.cat([gray, colour]))
+    assert (out_gray.amax(1) - out_gray.amin(1)).max() < 1e-6
+    assert (out_colour.amax(1) - out_colour.amin(1)).mean() > 0.05
+    # decided per image: a colour photo in the batch leaves the gray one gray
+    assert torch.allclose(both, torch.cat([out_gray, out_colour]), atol=1e-5)
+
+
+def test_restored_keeps_the_luminance_and_leaves_colour_inputs_alone():
+    from pipelines.networks.colour import GRAY_SPREAD, luma, restored
+
+    torch.manual_seed(0)
+    out = torch.rand(2, 3, 8, 8)
+    seen = torch.rand(2, 3, 4, 4)
+    seen[0] = seen[0, :1] + torch.tensor([0.0, GRAY_SPREAD / 2, 0.0]).view(3, 1, 1)
+    got = restored(out, seen)
+    assert torch.allclose(luma(got), luma(out), atol=1e-6)
+    assert torch.equal(got[0], luma(out[:1])[0].expand(3, -1, -1))
+    assert torch.equal(got[1], out[1])

@@ -1,4 +1,4 @@
-"""Luminance and chroma of NCHW RGB tensors in [0, 1], for the colorizing generators.
+"""Luminance and chroma of NCHW RGB tensors in [0, 1], for the generators' outputs.
 
 A colorizer sees only the luminance of its input, and its output keeps that luminance exactly
 (at scale 1) and takes only the chroma from the network, as DeOldify does: a colorized photo
@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# the widest channel spread of a gray photo after a JPEG round trip, with room: an input within
+# it at every pixel is black and white
+GRAY_SPREAD = 2.0 / 255
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -48,3 +51,12 @@ def colorized(out: torch.Tensor, seen: torch.Tensor, scale: int) -> torch.Tensor
     pixels), with the chroma fitted into [0, 1] the same way."""
     y = luma(seen) if scale == 1 else luma(out).clamp(0.0, 1.0)
     return with_luminance(out, y)
+
+
+def restored(out: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """A restorer's output: for an input ``seen`` that is gray, its own luminance in all three
+    channels, so a black-and-white photo comes back without colour fringes (its luminance, and
+    so its Y-PSNR, is unchanged); for a colour input, ``out`` as it is. Decided per image."""
+    spread = (seen.amax(dim=1) - seen.amin(dim=1)).flatten(1).amax(dim=1)
+    is_gray = (spread <= GRAY_SPREAD).view(-1, 1, 1, 1)
+    return torch.where(is_gray, gray(out), out)

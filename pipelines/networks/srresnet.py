@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.core.tasks import check_task
-from pipelines.networks.colour import colorized, gray
+from pipelines.networks.colour import colorized, gray, restored
 from pipelines.networks.unet import upsample
 
 SCALES = (1, 2, 4, 8)
@@ -90,8 +90,7 @@ class SRResNetGenerator(nn.Module):
             if self.colour_stride > 1:
                 return self._colour_at_stride(x)
         y = upsample(x, self.scale) + self.to_rgb(self.up(self._features(x)))
-        if self.task == "colorize":
-            y = colorized(y, x, self.scale)
+        y = colorized(y, x, self.scale) if self.task == "colorize" else restored(y, x)
         # straight-through clamp: the value is clamped, the gradient is the identity's
         return y + (y.clamp(0.0, 1.0) - y).detach()
 

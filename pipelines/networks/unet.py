@@ -27,7 +27,7 @@ import torchvision
 from torch import nn
 
 from pipelines.core.tasks import check_task
-from pipelines.networks.colour import colorized, gray
+from pipelines.networks.colour import colorized, gray, restored
 from pipelines.networks.layers import NORMS, Norm, PixelShuffleICNR, ResBlock, conv_layer
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 from pipelines.training.checkpoint import unwrap
@@ -225,7 +225,7 @@ class UNetGenerator(nn.Module):
         norm_base = (base - self.encoder.mean) / self.encoder.std
         r = self.to_residual(self.head(torch.cat([y, norm_base], dim=1)))
         out = torch.sigmoid(torch.logit(base.clamp(EPS, 1 - EPS)) + r)
-        return colorized(out, x, self.scale) if self.task == "colorize" else out
+        return colorized(out, x, self.scale) if self.task == "colorize" else restored(out, x)
 
 
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
