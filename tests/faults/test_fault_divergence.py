@@ -54,8 +54,9 @@ def poison_generator_after(monkeypatch, module, step: int) -> None:
                 out = original(*args, **kw)
                 count[0] += 1
                 if count[0] == step:
-                    with torch.no_grad():
-                        opt.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+                    with torch.no_grad():  # indexed: the weight may be channels-last
+                        weight = opt.param_groups[0]["params"][0]
+                        weight[(0,) * weight.dim()] = float("nan")
                 return out
 
             opt.step = step_then_poison
