@@ -114,6 +114,9 @@ class PretrainGeneratorConfig:
     clean_prob: float = bounded(0.0, lo=0, hi=1)
     # their downscale kernel, drawn per crop from this list (pipelines.datasets.pairs.CLEAN_RESAMPLE)
     clean_resample: tuple[str, ...] = ("area",)
+    # LR px: crappy crops' text is drawn on a window of their photo from this size up to the
+    # whole photo (TrainPairs._text_frame); 0 = on the whole photo
+    watermark_window: int = bounded(0, lo=0)
     # decay of the exponential moving average of the weights that is validated and saved;
     # 0 = none (the last weights)
     ema: float = bounded(0.0, lo=0, hi=0.99999)
@@ -194,6 +197,7 @@ def phase_batches(
         cfg.lighting,
         cfg.clean_prob,
         cfg.clean_resample,
+        cfg.watermark_window,
     )
     return step_loader(
         dataset,

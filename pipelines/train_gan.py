@@ -72,6 +72,7 @@ class TrainGanConfig:
     lighting: float = bounded(0.1, lo=0, hi=1)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
     clean_resample: tuple[str, ...] = ("area",)  # as pretrain_generator's
+    watermark_window: int = bounded(0, lo=0)  # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -145,6 +146,7 @@ def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
         cfg.lighting,
         cfg.clean_prob,
         cfg.clean_resample,
+        cfg.watermark_window,
     )
     return step_loader(
         dataset,

@@ -130,3 +130,31 @@ def test_critic_pairs(tmp_path, hr_files):
     fake, real = ds[3]
     assert fake.shape == real.shape == (3, 32, 32)
     assert torch.equal(fake, real)  # fakes here are exact crops of the reals: same region
+
+
+def test_watermark_window_frames_the_crop_in_a_smaller_window_of_its_photo(tmp_path):
+    f = tmp_path / "hr" / "big.png"
+    write_image(f, photo(400, 640, 0))  # LR 100 x 160
+    frames = []
+
+    def record(hr, rng, frame):
+        frames.append(frame)
+        return hr[::4, ::4].copy()
+
+    whole = TrainPairs([f], 32, 4, seed=0, degrade=record)
+    for i in range(20):
+        whole[i]
+    assert all(fw == 160 and fh == 100 for _, _, fw, fh in frames)
+    frames.clear()
+    windowed = TrainPairs([f], 32, 4, seed=0, degrade=record, watermark_window=24)
+    for i in range(200):
+        windowed[i]
+    shorts = [min(fw, fh) for _, _, fw, fh in frames]
+    for x, y, fw, fh in frames:
+        # the 8 px LR crop lies inside its window, which has the photo's aspect
+        assert 0 <= x <= fw - 8 and 0 <= y <= fh - 8
+        assert abs(fw / fh - 1.6) < 0.1
+    # from the window size to the photo's, over the whole range
+    assert min(shorts) >= 24 and max(shorts) <= 100
+    assert min(shorts) < 28 and max(shorts) > 85
+    assert windowed[7][0].shape == (3, 8, 8)

@@ -17,6 +17,7 @@ def train_dataset(
     lighting: float,
     clean_prob: float,
     clean_resample: tuple[str, ...] = ("area",),
+    watermark_window: int = 0,
 ) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
     degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files."""
@@ -32,6 +33,7 @@ def train_dataset(
             lighting=lighting,
             clean_prob=clean_prob,
             clean_resample=clean_resample,
+            watermark_window=watermark_window,
         )
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)

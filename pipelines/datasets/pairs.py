@@ -141,6 +141,7 @@ class TrainPairs(Dataset):
         lighting: float = 0.1,
         clean_prob: float = 0.0,
         clean_resample: Sequence[str] = ("area",),
+        watermark_window: int = 0,
     ):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
@@ -161,6 +162,8 @@ class TrainPairs(Dataset):
                 f"of {', '.join(CLEAN_RESAMPLE)}"
             )
         self.clean_resample = tuple(clean_resample)
+        # LR px; 0 = each crop's text is sized and placed on its whole photo
+        self.watermark_window = watermark_window
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -198,11 +201,31 @@ class TrainPairs(Dataset):
                 lr_crop = shrink(hr_crop, self.crop // self.scale, kernel)
             else:
                 # the frame of the crop before its flip or turn: the chance and size of the
-                # watermark it sees are those of its place in the photo
-                s = self.scale
-                frame = (x // s, y // s, hr.shape[1] // s, hr.shape[0] // s)
-                lr_crop = self.degrade(hr_crop, rng, frame)
+                # watermark it sees are those of its place in that frame
+                lr_crop = self.degrade(hr_crop, rng, self._text_frame(x, y, hr.shape, rng))
         return to_tensor(lr_crop), to_tensor(hr_crop)
+
+    def _text_frame(
+        self, x: int, y: int, shape: tuple[int, ...], rng: np.random.Generator
+    ) -> tuple[int, int, int, int]:
+        """The LR crop at HR (x, y) inside the window of its photo that its text is drawn on.
+
+        Text is sized to a photo's shorter side, so a model trained on large photos would see
+        only text taller than a small photo's. With ``watermark_window``, the window's shorter
+        side is log-uniform from that many LR px (at least the crop) to the photo's, the
+        window has the photo's aspect, and it is placed at random around the crop: text comes
+        at the sizes, and as often, as on photos of all those sizes.
+        """
+        s, c = self.scale, self.crop // self.scale
+        cx, cy, w, h = x // s, y // s, shape[1] // s, shape[0] // s
+        lo = max(self.watermark_window, c)
+        if not self.watermark_window or min(w, h) <= lo:
+            return (cx, cy, w, h)
+        f = (lo / min(w, h)) ** (1.0 - rng.random())  # window / photo, log-uniform
+        ww, wh = max(c, round(w * f)), max(c, round(h * f))
+        wx = int(rng.integers(max(0, cx + c - ww), min(cx, w - ww) + 1))
+        wy = int(rng.integers(max(0, cy + c - wh), min(cy, h - wh) + 1))
+        return (cx - wx, cy - wy, ww, wh)
 
     def _crop(self, hr: np.ndarray, lr: np.ndarray | None, rng: np.random.Generator):
         s, c = self.scale, self.crop
