@@ -60,12 +60,17 @@ class GeneratorModel:
     blocks: int = bounded(16, lo=0)
     # srresnet colorizing at scale 1: chroma predicted at 1/colour_stride of the size
     colour_stride: int = bounded(1, lo=1, hi=16)
+    # a restorer's output chroma: network (its own) | input (the input's, bicubic-upsampled:
+    # the network restores the luminance only)
+    chroma: Literal["network", "input"] = "network"
 
     def arch(self, scale: int, task: str = "restore") -> dict:
         """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key and a restorer's
         no ``task``, as before they existed, so their model files and checkpoints stay as they
         were."""
         colour = {"task": task} if task != "restore" else {}
+        if self.chroma != "network":  # files of network-chroma models keep their arch
+            colour["chroma"] = self.chroma
         if self.kind == "srresnet":
             if task != "restore":
                 colour["colour_stride"] = self.colour_stride
@@ -79,7 +84,7 @@ class GeneratorModel:
         unet = {
             k: v
             for k, v in as_dict(self).items()
-            if k not in ("kind", "channels", "blocks", "colour_stride")
+            if k not in ("kind", "channels", "blocks", "colour_stride", "chroma")
         }
         return {**unet, "scale": scale, **colour}
 
@@ -146,6 +151,11 @@ class PretrainGeneratorConfig:
                 f"model.colour_stride: {self.model.colour_stride} needs model.kind srresnet, "
                 f"base.task colorize and base.scale 1 (here {self.model.kind}, "
                 f"{self.base.task}, {self.base.scale})"
+            )
+        if self.model.chroma != "network" and self.base.task != "restore":
+            raise ConfigError(
+                f"model.chroma: {self.model.chroma!r} is a restorer's; base.task "
+                f"{self.base.task!r} predicts its chroma (use network)"
             )
         if self.model.kind != "unet" and any(p.frozen for p in self.phases):
             raise ConfigError(

@@ -218,7 +218,44 @@ def test_restored_keeps_the_luminance_and_leaves_colour_inputs_alone():
     out = torch.rand(2, 3, 8, 8)
     seen = torch.rand(2, 3, 4, 4)
     seen[0] = seen[0, :1] + torch.tensor([0.0, GRAY_SPREAD / 2, 0.0]).view(3, 1, 1)
-    got = restored(out, seen)
+    got = restored(out, seen, upsample(seen, 2))
     assert torch.allclose(luma(got), luma(out), atol=1e-6)
     assert torch.equal(got[0], luma(out[:1])[0].expand(3, -1, -1))
     assert torch.equal(got[1], out[1])
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [{"encoder": "resnet18"}, {"kind": "srresnet", "channels": 8, "blocks": 2}],
+    ids=["unet", "srresnet"],
+)
+def test_a_restorer_with_input_chroma_restores_the_luminance_on_the_inputs_colour(arch):
+    from pipelines.networks.colour import luma
+
+    torch.manual_seed(0)
+    net = build_generator(scale=2, chroma="input", **arch).eval()
+    ours = build_generator(scale=2, **arch).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    ours.load_state_dict(net.state_dict())
+    # mid-range colours, so luminance plus chroma stays inside [0, 1]
+    x = 0.35 + 0.3 * F.avg_pool2d(torch.rand(2, 3, 34, 34), 3, stride=1)
+    with torch.no_grad():
+        got, own = net(x), ours(x)
+    base = upsample(x, 2)
+    # the luminance is the network's, the chroma the bicubic input's
+    assert torch.allclose(luma(got), luma(own).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(got - luma(got), base - luma(base), atol=1e-5)
+    assert not torch.allclose(own - luma(own), base - luma(base), atol=1e-3)
+    assert net.arch["chroma"] == "input" and "chroma" not in ours.arch
+    again = build_generator(**net.arch).eval()
+    again.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), got)
+
+
+def test_input_chroma_is_a_restorers_only():
+    with pytest.raises(ValueError, match="chroma: 'input' is a restorer's"):
+        build_generator(kind="srresnet", channels=8, blocks=1, task="colorize", chroma="input")
+    with pytest.raises(ValueError, match="chroma: 'inputs' is not one of network, input"):
+        build_generator(kind="srresnet", channels=8, blocks=1, chroma="inputs")

@@ -53,10 +53,31 @@ def colorized(out: torch.Tensor, seen: torch.Tensor, scale: int) -> torch.Tensor
     return with_luminance(out, y)
 
 
-def restored(out: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """A restorer's output: for an input ``seen`` that is gray, its own luminance in all three
-    channels, so a black-and-white photo comes back without colour fringes (its luminance, and
-    so its Y-PSNR, is unchanged); for a colour input, ``out`` as it is. Decided per image."""
+# where a restorer's output chroma comes from: its network, or the input upsampled bicubically
+CHROMA = ("network", "input")
+
+
+def check_chroma(chroma: str, task: str) -> None:
+    if chroma not in CHROMA:
+        raise ValueError(f"chroma: {chroma!r} is not one of {', '.join(CHROMA)}")
+    if chroma != "network" and task != "restore":
+        raise ValueError(f"chroma: {chroma!r} is a restorer's; a {task} model predicts its chroma")
+
+
+def restored(
+    out: torch.Tensor, seen: torch.Tensor, base: torch.Tensor, chroma: str = "network"
+) -> torch.Tensor:
+    """A restorer's output from the network's ``out`` for the input ``seen``, ``base`` being
+    ``seen`` upsampled bicubically.
+
+    ``chroma="input"``: the luminance of ``out`` with the chroma of ``base``. The network then
+    restores only the luminance; the colour stays the input's, which cannot fringe (measured:
+    a network's own chroma was no closer to the truth than bicubic's, and further near edges).
+    ``"network"``: ``out`` as it is, but for an input that is gray its own luminance in all
+    three channels, so a black-and-white photo comes back without colour fringes (its
+    luminance, and so its Y-PSNR, is unchanged). Decided per image."""
+    if chroma == "input":
+        return with_luminance(base, luma(out).clamp(0.0, 1.0))
     spread = (seen.amax(dim=1) - seen.amin(dim=1)).flatten(1).amax(dim=1)
     is_gray = (spread <= GRAY_SPREAD).view(-1, 1, 1, 1)
     return torch.where(is_gray, gray(out), out)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelines.core.tasks import check_task
-from pipelines.networks.colour import colorized, gray, restored
+from pipelines.networks.colour import check_chroma, colorized, gray, restored
 from pipelines.networks.unet import upsample
 
 SCALES = (1, 2, 4, 8)
@@ -52,9 +52,11 @@ class SRResNetGenerator(nn.Module):
         kind: str = KIND,
         task: str = "restore",
         colour_stride: int = 1,
+        chroma: str = "network",
     ):
         super().__init__()
         check_task(task)
+        check_chroma(chroma, task)
         if colour_stride < 1 or (colour_stride > 1 and (task != "colorize" or scale != 1)):
             raise ValueError(
                 f"colour_stride: {colour_stride} (above 1 only for a colorizer at scale 1)"
@@ -73,6 +75,9 @@ class SRResNetGenerator(nn.Module):
         self.colour_stride = colour_stride
         if task != "restore":  # restoring model files keep the arch they always had
             self.arch.update(task=task, colour_stride=colour_stride)
+        self.chroma = chroma
+        if chroma != "network":
+            self.arch["chroma"] = chroma
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
         self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
@@ -89,8 +94,12 @@ class SRResNetGenerator(nn.Module):
             x = gray(x)
             if self.colour_stride > 1:
                 return self._colour_at_stride(x)
-        y = upsample(x, self.scale) + self.to_rgb(self.up(self._features(x)))
-        y = colorized(y, x, self.scale) if self.task == "colorize" else restored(y, x)
+        base = upsample(x, self.scale)
+        y = base + self.to_rgb(self.up(self._features(x)))
+        if self.task == "colorize":
+            y = colorized(y, x, self.scale)
+        else:
+            y = restored(y, x, base, self.chroma)
         # straight-through clamp: the value is clamped, the gradient is the identity's
         return y + (y.clamp(0.0, 1.0) - y).detach()
 
@@ -116,6 +125,7 @@ def build_srresnet(
     kind: str = KIND,
     task: str = "restore",
     colour_stride: int = 1,
+    chroma: str = "network",
 ) -> SRResNetGenerator:
     """The residual generator at the input resolution.
 
@@ -126,8 +136,9 @@ def build_srresnet(
     task: restore, or colorize: the network sees the input's luminance and predicts colour
     (pipelines/networks/colour.py).
     colour_stride: a colorizer at scale 1 predicts its chroma at 1/colour_stride of the size.
+    chroma: a restorer's output chroma, "network" or "input" (``colour.restored``).
 
     ``model.arch`` holds these arguments, ``kind="srresnet"`` included, for
     ``build_generator(**arch)``.
     """
-    return SRResNetGenerator(scale, channels, blocks, kind, task, colour_stride)
+    return SRResNetGenerator(scale, channels, blocks, kind, task, colour_stride, chroma)

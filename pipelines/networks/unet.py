@@ -27,7 +27,7 @@ import torchvision
 from torch import nn
 
 from pipelines.core.tasks import check_task
-from pipelines.networks.colour import colorized, gray, restored
+from pipelines.networks.colour import check_chroma, colorized, gray, restored
 from pipelines.networks.layers import NORMS, Norm, PixelShuffleICNR, ResBlock, conv_layer
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 from pipelines.training.checkpoint import unwrap
@@ -125,9 +125,11 @@ class UNetGenerator(nn.Module):
         hr_channels: int = 32,
         lr_cross: bool = True,
         task: str = "restore",
+        chroma: str = "network",
     ):
         super().__init__()
         check_task(task)
+        check_chroma(chroma, task)
         if scale not in SCALES:
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
         if norm not in NORMS:
@@ -149,6 +151,9 @@ class UNetGenerator(nn.Module):
         self.task = task
         if task != "restore":  # restoring model files keep the arch they always had
             self.arch["task"] = task
+        self.chroma = chroma
+        if chroma != "network":
+            self.arch["chroma"] = chroma
         self.encoder = ResNetEncoder(encoder, pretrained)
         skips = self.encoder.channels()
         ni = skips[-1]
@@ -225,7 +230,9 @@ class UNetGenerator(nn.Module):
         norm_base = (base - self.encoder.mean) / self.encoder.std
         r = self.to_residual(self.head(torch.cat([y, norm_base], dim=1)))
         out = torch.sigmoid(torch.logit(base.clamp(EPS, 1 - EPS)) + r)
-        return colorized(out, x, self.scale) if self.task == "colorize" else restored(out, x)
+        if self.task == "colorize":
+            return colorized(out, x, self.scale)
+        return restored(out, x, base, self.chroma)
 
 
 def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -272,6 +279,7 @@ def build_generator(
     hr_channels: int = 32,
     lr_cross: bool = True,
     task: str = "restore",
+    chroma: str = "network",
 ) -> UNetGenerator:
     """The U-Net generator.
 
@@ -285,6 +293,7 @@ def build_generator(
     lr_cross: merge the input image into the features at the input resolution (scale > 1).
     task: restore, or colorize: the network sees the input's luminance and predicts colour
     (pipelines/networks/colour.py).
+    chroma: a restorer's output chroma, "network" or "input" (``colour.restored``).
 
     ``model.arch`` holds these arguments (with pretrained="none": the weights come from the
     checkpoint) for ``build_generator(**arch)``.
@@ -300,4 +309,5 @@ def build_generator(
         hr_channels,
         lr_cross,
         task,
+        chroma,
     )
