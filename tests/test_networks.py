@@ -189,11 +189,15 @@ def test_critic_patch_logits():
     assert build_critic(nf=8, n_blocks=2)(torch.rand(1, 3, 16, 16)).shape == (1, 1)
 
 
-@pytest.mark.parametrize(
+# the two generator kinds, small
+each_restorer = pytest.mark.parametrize(
     "arch",
     [{"encoder": "resnet18"}, {"kind": "srresnet", "channels": 8, "blocks": 2}],
     ids=["unet", "srresnet"],
 )
+
+
+@each_restorer
 def test_a_restorer_returns_a_gray_photo_gray_and_a_colour_one_in_colour(arch):
     torch.manual_seed(0)
     net = build_generator(scale=2, **arch).eval()
@@ -224,11 +228,7 @@ def test_restored_keeps_the_luminance_and_leaves_colour_inputs_alone():
     assert torch.equal(got[1], out[1])
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [{"encoder": "resnet18"}, {"kind": "srresnet", "channels": 8, "blocks": 2}],
-    ids=["unet", "srresnet"],
-)
+@each_restorer
 def test_a_restorer_with_input_chroma_restores_the_luminance_on_the_inputs_colour(arch):
     from pipelines.networks.colour import luma
 
