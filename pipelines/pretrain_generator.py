@@ -61,7 +61,7 @@ class GeneratorModel:
     # srresnet colorizing at scale 1: chroma predicted at 1/colour_stride of the size
     colour_stride: int = bounded(1, lo=1, hi=16)
     # a restorer's output chroma: network (its own) | input (the input's, bicubic-upsampled:
-    # the network restores the luminance only)
+    # the network restores the luminance only); a colorizer ignores it
     chroma: Literal["network", "input"] = "network"
 
     def arch(self, scale: int, task: str = "restore") -> dict:
@@ -69,7 +69,9 @@ class GeneratorModel:
         no ``task``, as before they existed, so their model files and checkpoints stay as they
         were."""
         colour = {"task": task} if task != "restore" else {}
-        if self.chroma != "network":  # files of network-chroma models keep their arch
+        # a colorizer's chroma is its task, whatever this says (so `-S base.task=colorize`
+        # works on the restorer's params); files of network-chroma models keep their arch
+        if self.chroma != "network" and task == "restore":
             colour["chroma"] = self.chroma
         if self.kind == "srresnet":
             if task != "restore":
@@ -151,11 +153,6 @@ class PretrainGeneratorConfig:
                 f"model.colour_stride: {self.model.colour_stride} needs model.kind srresnet, "
                 f"base.task colorize and base.scale 1 (here {self.model.kind}, "
                 f"{self.base.task}, {self.base.scale})"
-            )
-        if self.model.chroma != "network" and self.base.task != "restore":
-            raise ConfigError(
-                f"model.chroma: {self.model.chroma!r} is a restorer's; base.task "
-                f"{self.base.task!r} predicts its chroma (use network)"
             )
         if self.model.kind != "unet" and any(p.frozen for p in self.phases):
             raise ConfigError(

@@ -141,18 +141,21 @@ def test_colorize_colour_stride_needs_a_colorizer_at_scale_1():
     assert "model.colour_stride" in str(err.value) and "restore" in str(err.value)
 
 
-def test_colorize_refuses_the_input_chroma_of_a_restorer():
+def test_colorize_ignores_the_input_chroma_of_a_restorer():
     from pipelines.pretrain_generator import PretrainGeneratorConfig
 
+    # the restorer's params with the task switched, as `dvc exp run -S base.task=colorize` does
     params = tiny_params(
         {
             "base": {"task": "colorize", "scale": 1},
             "pretrain_generator": {"model": {"kind": "srresnet", "chroma": "input"}},
         }
     )
-    with pytest.raises(ConfigError) as err:
-        load(PretrainGeneratorConfig, "pretrain_generator", params)
-    assert "model.chroma" in str(err.value) and "colorize" in str(err.value)
+    params["pretrain_generator"]["phases"] = [{"steps": 1}]
+    cfg = load(PretrainGeneratorConfig, "pretrain_generator", params)
+    arch = cfg.model.arch(1, "colorize")
+    assert arch["task"] == "colorize" and "chroma" not in arch
+    assert cfg.model.arch(1)["chroma"] == "input"
 
 
 def test_colorize_gan_selection_by_colourfulness_needs_a_colorizer():
