@@ -63,6 +63,8 @@ class GeneratorModel:
     # a restorer's output chroma: network (its own) | input (the input's, bicubic-upsampled:
     # the network restores the luminance only); a colorizer ignores it
     chroma: Literal["network", "input"] = "network"
+    # srresnet: staged (conv + PixelShuffle 2 per factor 2) | direct (one PixelShuffle)
+    upsampler: Literal["staged", "direct"] = "staged"
 
     def arch(self, scale: int, task: str = "restore") -> dict:
         """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key and a restorer's
@@ -76,6 +78,8 @@ class GeneratorModel:
         if self.kind == "srresnet":
             if task != "restore":
                 colour["colour_stride"] = self.colour_stride
+            if self.upsampler != "staged":
+                colour["upsampler"] = self.upsampler
             return {
                 "kind": "srresnet",
                 "scale": scale,
@@ -86,7 +90,7 @@ class GeneratorModel:
         unet = {
             k: v
             for k, v in as_dict(self).items()
-            if k not in ("kind", "channels", "blocks", "colour_stride", "chroma")
+            if k not in ("kind", "channels", "blocks", "colour_stride", "chroma", "upsampler")
         }
         return {**unet, "scale": scale, **colour}
 

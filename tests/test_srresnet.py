@@ -33,9 +33,13 @@ def trained_like(model: SRResNetGenerator) -> SRResNetGenerator:
     return model
 
 
+each_upsampler = pytest.mark.parametrize("upsampler", ["staged", "direct"])
+
+
+@each_upsampler
 @pytest.mark.parametrize("scale", [1, 2, 4, 8])
-def test_output_size_for_odd_inputs(scale):
-    model = small(scale=scale).eval()
+def test_output_size_for_odd_inputs(scale, upsampler):
+    model = small(scale=scale, upsampler=upsampler).eval()
     with torch.no_grad():
         for h, w in [(37, 29), (1, 5), (16, 16)]:
             assert model(torch.rand(2, 3, h, w)).shape == (2, 3, h * scale, w * scale)
@@ -47,10 +51,24 @@ def test_default_size_is_the_edsr_baseline():
     assert len(model.body) == 16
 
 
-def test_untrained_network_is_bicubic_upsampling():
+@each_upsampler
+def test_untrained_network_is_bicubic_upsampling(upsampler):
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
-        assert torch.allclose(small(scale=4)(x), upsample(x, 4).clamp(0, 1), atol=1e-6)
+        out = small(scale=4, upsampler=upsampler)(x)
+    assert torch.allclose(out, upsample(x, 4).clamp(0, 1), atol=1e-6)
+
+
+def test_the_direct_upsampler_has_no_convs_above_the_input_size():
+    staged, direct = small(scale=4, channels=16), small(scale=4, channels=16, upsampler="direct")
+    assert len(staged.up) == 6 and len(direct.up) == 0
+    assert direct.to_rgb.out_channels == 3 * 16
+    assert isinstance(direct.shuffle, torch.nn.PixelShuffle)
+    assert "upsampler" not in staged.arch and direct.arch["upsampler"] == "direct"
+    # a trained-like direct network is not bicubic: its shuffle places the conv's channels
+    x = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        assert not torch.allclose(trained_like(direct)(x), upsample(x, 4).clamp(0, 1))
 
 
 def test_output_stays_in_range_and_the_clamp_passes_gradients():
@@ -73,10 +91,13 @@ def test_bad_arguments_are_named():
         small(channels=2)
     with pytest.raises(ValueError, match="kind"):
         build_generator(kind="transformer")
+    with pytest.raises(ValueError, match="upsampler: 'nearest' is not one of staged, direct"):
+        small(upsampler="nearest")
 
 
-def test_arch_rebuilds_the_network_and_a_model_file_loads(tmp_path):
-    model = trained_like(small(scale=4))
+@each_upsampler
+def test_arch_rebuilds_the_network_and_a_model_file_loads(tmp_path, upsampler):
+    model = trained_like(small(scale=4, upsampler=upsampler))
     assert model.arch["kind"] == "srresnet"
     path = tmp_path / "generator.pt"
     checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
@@ -99,15 +120,17 @@ def test_one_parameter_group_for_the_learning_rate_and_no_encoder_to_freeze():
         freeze_encoder(model, True)
 
 
+@each_upsampler
 @pytest.mark.parametrize("h, w", [(37, 101), (9, 7)])
-def test_restore_odd_sizes_single_pass_and_tiled(h, w):
-    model = trained_like(small(scale=2, blocks=1)).eval()
+def test_restore_odd_sizes_single_pass_and_tiled(h, w, upsampler):
+    model = trained_like(small(scale=2, blocks=1, upsampler=upsampler)).eval()
     lr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     whole = restore(model, lr, tile=64, overlap=16)
     assert whole.shape == (h * 2, w * 2, 3) and whole.dtype == np.uint8
     assert not np.array_equal(whole, bicubic_upscale(lr, 2))
-    # receptive radius 5.5 LR px (5 convs at LR size, one at HR) fits in the tiles' zero
-    # margin (overlap / 4 = 6): tiled equals a single pass up to rounding
+    # receptive radius at most 5.5 LR px (staged: 5 convs at LR size, one at HR; direct: 4 at
+    # LR) fits in the tiles' zero margin (overlap / 4 = 6): tiled equals a single pass up to
+    # rounding
     tiled = restore(model, lr, tile=48, overlap=24)
     assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
 
@@ -125,6 +148,10 @@ def test_config_builds_the_arch_and_refuses_a_frozen_phase():
         PretrainGeneratorConfig, "pretrain_generator", {**params, "pretrain_generator": {}}
     ).model.arch(2)
     assert "kind" not in unet and unet["encoder"] == "resnet18"
+    params["pretrain_generator"]["model"]["upsampler"] = "direct"
+    direct = load(PretrainGeneratorConfig, "pretrain_generator", params).model.arch(2)
+    assert direct["upsampler"] == "direct" and "upsampler" not in unet
+    params["pretrain_generator"]["model"]["upsampler"] = "staged"
     params["pretrain_generator"]["phases"] = [{"steps": 2, "frozen": True}]
     with pytest.raises(ConfigError, match="frozen"):
         load(PretrainGeneratorConfig, "pretrain_generator", params)

@@ -2,9 +2,10 @@
 
 The SRGAN and EDSR networks: a head convolution, ``blocks`` residual blocks (conv, ReLU, conv,
 plus the skip; no normalisation layers, which cost detail and speed at small batches), a conv
-and a long skip over the whole body, then ``log2(scale)`` times (conv to 4x channels,
-PixelShuffle 2, ReLU) and a conv to RGB. Everything but that last conv runs at the input size,
-so at x4 it costs 1/16 of a network of the same width run at the output size.
+and a long skip over the whole body, then the upsampler (``UPSAMPLERS``): ``log2(scale)`` times
+(conv to 4x channels, PixelShuffle 2, ReLU) and a conv to RGB ("staged"), or one conv to
+3 * scale**2 channels and a single PixelShuffle ("direct"). The body runs at the input size, so
+at x4 it costs 1/16 of a network of the same width run at the output size.
 
 The contract is the U-Net generator's: RGB in [0, 1] at the input size in, RGB in [0, 1] at
 ``scale`` times that size out, any input of at least 1 px. The output is a residual added to the
@@ -27,6 +28,11 @@ from pipelines.networks.unet import upsample
 
 SCALES = (1, 2, 4, 8)
 KIND = "srresnet"
+# staged: (conv to 4x channels, PixelShuffle 2, ReLU) per factor 2, then a conv to RGB at the
+# output size (SRResNet, EDSR); direct: one conv at the input size to 3 * scale**2 channels
+# and a single PixelShuffle (ESPCN, Real-ESRGAN's compact net). At x4 the staged convs cost
+# about 20 body convs, most of them at twice the input size; direct costs one.
+UPSAMPLERS = ("staged", "direct")
 
 
 class ResidualBlock(nn.Module):
@@ -53,6 +59,7 @@ class SRResNetGenerator(nn.Module):
         task: str = "restore",
         colour_stride: int = 1,
         chroma: str = "network",
+        upsampler: str = "staged",
     ):
         super().__init__()
         check_task(task)
@@ -65,6 +72,8 @@ class SRResNetGenerator(nn.Module):
             raise ValueError(f"kind: {kind!r} is not {KIND!r}")
         if scale not in SCALES:
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler: {upsampler!r} is not one of {', '.join(UPSAMPLERS)}")
         if channels < 4:
             raise ValueError(f"channels: {channels} is below 4")
         if blocks < 0:
@@ -78,14 +87,25 @@ class SRResNetGenerator(nn.Module):
         self.chroma = chroma
         if chroma != "network":
             self.arch["chroma"] = chroma
+        if upsampler != "staged":  # files of staged models keep the arch they always had
+            self.arch["upsampler"] = upsampler
         self.head = nn.Conv2d(3, channels, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
         self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
         up: list[nn.Module] = []
-        for _ in range(int(math.log2(scale))):
-            up += [nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
+        per_pixel = 1  # output pixels per to_rgb pixel
+        if upsampler == "staged":
+            for _ in range(int(math.log2(scale))):
+                up += [
+                    nn.Conv2d(channels, 4 * channels, 3, padding=1),
+                    nn.PixelShuffle(2),
+                    nn.ReLU(),
+                ]
+        else:
+            per_pixel = scale * scale
         self.up = nn.Sequential(*up)
-        self.to_rgb = nn.Conv2d(channels, 3, 3, padding=1)
+        self.to_rgb = nn.Conv2d(channels, 3 * per_pixel, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(scale) if per_pixel > 1 else nn.Identity()
         nn.init.zeros_(self.to_rgb.weight)
         nn.init.zeros_(self.to_rgb.bias)
 
@@ -95,7 +115,7 @@ class SRResNetGenerator(nn.Module):
             if self.colour_stride > 1:
                 return self._colour_at_stride(x)
         base = upsample(x, self.scale)
-        y = base + self.to_rgb(self.up(self._features(x)))
+        y = base + self.shuffle(self.to_rgb(self.up(self._features(x))))
         if self.task == "colorize":
             y = colorized(y, x, self.scale)
         else:
@@ -126,6 +146,7 @@ def build_srresnet(
     task: str = "restore",
     colour_stride: int = 1,
     chroma: str = "network",
+    upsampler: str = "staged",
 ) -> SRResNetGenerator:
     """The residual generator at the input resolution.
 
@@ -137,8 +158,9 @@ def build_srresnet(
     (pipelines/networks/colour.py).
     colour_stride: a colorizer at scale 1 predicts its chroma at 1/colour_stride of the size.
     chroma: a restorer's output chroma, "network" or "input" (``colour.restored``).
+    upsampler: "staged" or "direct" (``UPSAMPLERS``).
 
     ``model.arch`` holds these arguments, ``kind="srresnet"`` included, for
     ``build_generator(**arch)``.
     """
-    return SRResNetGenerator(scale, channels, blocks, kind, task, colour_stride, chroma)
+    return SRResNetGenerator(scale, channels, blocks, kind, task, colour_stride, chroma, upsampler)
