@@ -70,29 +70,31 @@ class GeneratorModel:
         """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key and a restorer's
         no ``task``, as before they existed, so their model files and checkpoints stay as they
         were."""
-        colour = {"task": task} if task != "restore" else {}
+        # keys added after the first model files, written only where they differ from what
+        # those files meant
+        added = {"task": task} if task != "restore" else {}
         # a colorizer's chroma is its task, whatever this says (so `-S base.task=colorize`
         # works on the restorer's params); files of network-chroma models keep their arch
         if self.chroma != "network" and task == "restore":
-            colour["chroma"] = self.chroma
+            added["chroma"] = self.chroma
         if self.kind == "srresnet":
             if task != "restore":
-                colour["colour_stride"] = self.colour_stride
+                added["colour_stride"] = self.colour_stride
             if self.upsampler != "staged":
-                colour["upsampler"] = self.upsampler
+                added["upsampler"] = self.upsampler
             return {
                 "kind": "srresnet",
                 "scale": scale,
                 "channels": self.channels,
                 "blocks": self.blocks,
-                **colour,
+                **added,
             }
         unet = {
             k: v
             for k, v in as_dict(self).items()
             if k not in ("kind", "channels", "blocks", "colour_stride", "chroma", "upsampler")
         }
-        return {**unet, "scale": scale, **colour}
+        return {**unet, "scale": scale, **added}
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,6 @@ class SRResNetGenerator(nn.Module):
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
         self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
         up: list[nn.Module] = []
-        per_pixel = 1  # output pixels per to_rgb pixel
         if upsampler == "staged":
             for _ in range(int(math.log2(scale))):
                 up += [
@@ -101,9 +100,9 @@ class SRResNetGenerator(nn.Module):
                     nn.PixelShuffle(2),
                     nn.ReLU(),
                 ]
-        else:
-            per_pixel = scale * scale
         self.up = nn.Sequential(*up)
+        # output pixels per to_rgb pixel: the direct upsampler's shuffle spreads them
+        per_pixel = 1 if upsampler == "staged" else scale * scale
         self.to_rgb = nn.Conv2d(channels, 3 * per_pixel, 3, padding=1)
         self.shuffle = nn.PixelShuffle(scale) if per_pixel > 1 else nn.Identity()
         nn.init.zeros_(self.to_rgb.weight)
