@@ -71,6 +71,27 @@ def test_a_batch_scores_each_pair_and_bad_shapes_are_refused(butterfly):
         model(x[..., :17, :17], x[..., :17, :17])
 
 
+def test_a_kept_reference_scores_as_a_fresh_pass_and_another_reference_replaces_it(butterfly):
+    model = stlpips.load("vgg")
+    truth, other = to_tensor(butterfly), to_tensor(noisy(butterfly, 5, seed=3))
+    outputs = [to_tensor(noisy(butterfly, s, seed=s)) for s in (4, 12)]
+    with torch.inference_mode():
+        fresh = [float(model(x, truth)[0]) for x in outputs]
+        kept = [float(model.distance_to(x, truth, b"truth")[0]) for x in outputs]
+        # the same shape under another key: scored against the new reference, not the kept one
+        against_other = float(model.distance_to(outputs[0], other, b"other")[0])
+        assert against_other == pytest.approx(float(model(outputs[0], other)[0]), abs=1e-6)
+    assert kept == pytest.approx(fresh, abs=1e-6)
+    assert against_other != pytest.approx(fresh[0], abs=1e-4)
+
+
+def test_score_tells_references_of_one_shape_apart(butterfly):
+    out = noisy(butterfly, 10)
+    a, b = score(out, butterfly, 4)["stlpips"], score(out, out, 4)["stlpips"]
+    assert a > 0 and b == 0.0
+    assert score(out, butterfly, 4)["stlpips"] == a
+
+
 REFERENCE = r"""
 import json, sys, types
 import torch

@@ -156,6 +156,7 @@ class STLPIPS(nn.Module):
         self.net = Trunk(net)
         for i, c in enumerate(CHANNELS[net]):
             self.add_module(f"lin{i}", LinearHead(c))
+        self._reference: tuple[bytes, list[torch.Tensor]] | None = None  # see distance_to
         self.eval().requires_grad_(False)
 
     @property
@@ -163,24 +164,43 @@ class STLPIPS(nn.Module):
         return MIN_SIZE[self.kind]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.shape != y.shape:
-            raise ValueError(
-                f"ST-LPIPS inputs differ in shape: {tuple(x.shape)} and {tuple(y.shape)}"
-            )
+        _same_shape(x, y)
+        n = x.shape[0]
+        # one pass over both images: the trunk is the whole cost
+        taps = self.features(torch.cat([x, y]))
+        return self.compare([f[:n] for f in taps], [f[n:] for f in taps])
+
+    def distance_to(self, x: torch.Tensor, y: torch.Tensor, key: bytes) -> torch.Tensor:
+        """``forward(x, y)`` for a reference scored against many images in turn (evaluation
+        scores every method of a photo against its truth): the features of ``y`` are kept
+        under ``key``, bytes that identify it, until another reference comes."""
+        _same_shape(x, y)
+        if self._reference is None or self._reference[0] != key:
+            self._reference = (key, self.features(y))
+        return self.compare(self.features(x), self._reference[1])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five taps of a batch, each unit-normalised along its channels."""
         if min(x.shape[-2:]) < self.min_size:
             raise ValueError(
                 f"ST-LPIPS ({self.kind}) needs at least {self.min_size} px a side, "
                 f"got {x.shape[-1]}x{x.shape[-2]}"
             )
-        n = x.shape[0]
-        # one pass over both images: the trunk is the whole cost
-        taps = self.net(self.scaling_layer(torch.cat([x, y]) * 2 - 1))
-        total = x.new_zeros(n)
-        for i, f in enumerate(taps):
-            f = f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + EPS)
-            diff = (f[:n] - f[n:]) ** 2
-            total = total + getattr(self, f"lin{i}")(diff).mean(dim=(1, 2, 3))
+        # channels-last: the same values, about 1.3x faster through oneDNN on a CPU
+        x = self.scaling_layer(x * 2 - 1).contiguous(memory_format=torch.channels_last)
+        return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + EPS) for f in self.net(x)]
+
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """The distance per image between two batches' ``features``."""
+        total = fx[0].new_zeros(fx[0].shape[0])
+        for i, (a, b) in enumerate(zip(fx, fy, strict=True)):
+            total = total + getattr(self, f"lin{i}")((a - b) ** 2).mean(dim=(1, 2, 3))
         return total
+
+
+def _same_shape(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape != y.shape:
+        raise ValueError(f"ST-LPIPS inputs differ in shape: {tuple(x.shape)} and {tuple(y.shape)}")
 
 
 def weights_file(net: Net = "vgg") -> Path | None:
@@ -211,7 +231,7 @@ def load(net: Net = "vgg", path: Path | str | None = None) -> STLPIPS:
         model = STLPIPS(net)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    return model.to(memory_format=torch.channels_last).eval()
 
 
 @functools.lru_cache(maxsize=2)
