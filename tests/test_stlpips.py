@@ -77,9 +77,9 @@ def test_a_kept_reference_scores_as_a_fresh_pass_and_another_reference_replaces_
     outputs = [to_tensor(noisy(butterfly, s, seed=s)) for s in (4, 12)]
     with torch.inference_mode():
         fresh = [float(model(x, truth)[0]) for x in outputs]
-        kept = [float(model.distance_to(x, truth, b"truth")[0]) for x in outputs]
+        kept = [float(model.distance_to(x, truth, "truth")[0]) for x in outputs]
         # the same shape under another key: scored against the new reference, not the kept one
-        against_other = float(model.distance_to(outputs[0], other, b"other")[0])
+        against_other = float(model.distance_to(outputs[0], other, "other")[0])
         assert against_other == pytest.approx(float(model(outputs[0], other)[0]), abs=1e-6)
     assert kept == pytest.approx(fresh, abs=1e-6)
     assert against_other != pytest.approx(fresh[0], abs=1e-4)

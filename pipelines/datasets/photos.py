@@ -5,7 +5,6 @@ See the ``download`` stage for the rules; this module holds how they are carried
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -193,7 +192,7 @@ def _check(path: Path, rel: str, cfg: DownloadConfig) -> _Checked:
     rgb, note = images.check_image(path, cfg.min_side, cfg.max_pixels)
     if rgb is None:
         return _Checked(rel, note)
-    digest = hashlib.sha256(repr(rgb.shape).encode() + rgb.tobytes()).hexdigest()
+    digest = images.pixels_sha256(rgb)
     # a colorizer is never measured on a photo that has no colour; it still learns from it
     # that gray things stay gray
     gray = cfg.base.task == "colorize" and images.is_gray(rgb)

@@ -12,6 +12,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -319,6 +320,12 @@ def to_grayscale(img: np.ndarray) -> np.ndarray:
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got {img.dtype} {img.shape}")
     return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def pixels_sha256(img: np.ndarray) -> str:
+    """The digest of an image's shape and pixels: the same pixels give the same digest,
+    whatever file or encoding they came from."""
+    return hashlib.sha256(repr(img.shape).encode() + img.tobytes()).hexdigest()
 
 
 def is_gray(img: np.ndarray, tolerance: int = 2) -> bool:

@@ -15,7 +15,6 @@ Every function takes RGB uint8 HxWx3 arrays of the same shape.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import piq
 import torch
 
+from pipelines.imaging.images import pixels_sha256
 from pipelines.imaging.tensors import to_tensor
 from pipelines.scoring import stlpips
 
@@ -293,14 +293,6 @@ def stlpips_available() -> bool:
     return stlpips.cached(STLPIPS_NET) is not None
 
 
-def _identity(img: np.ndarray) -> bytes:
-    """Bytes that tell one image from another: its shape and a digest of its pixels."""
-    return (
-        repr((img.shape, img.dtype.str)).encode()
-        + hashlib.blake2b(np.ascontiguousarray(img).data, digest_size=16).digest()
-    )
-
-
 def score(
     sr: np.ndarray, hr: np.ndarray, border: int = 0, task: str = "restore"
 ) -> dict[str, float]:
@@ -316,13 +308,13 @@ def score(
     """
     _check_pair(sr, hr)
     out = fidelity(sr, hr, border, task)
+    restored, truth = crop_border(sr, border), crop_border(hr, border)
     if task == "colorize":
         out["ssim"] = ssim_rgb(sr, hr, border)
-        out["colorfulness"] = colorfulness(crop_border(sr, border))
-        out["truth_colorfulness"] = colorfulness(crop_border(hr, border))
+        out["colorfulness"] = colorfulness(restored)
+        out["truth_colorfulness"] = colorfulness(truth)
         out["colorfulness_error"] = abs(out["colorfulness"] - out["truth_colorfulness"])
-    truth = crop_border(hr, border)
-    x = to_tensor(crop_border(sr, border))[None]
+    x = to_tensor(restored)[None]
     y = to_tensor(truth)[None]
     with torch.inference_mode():
         value = ms_ssim(x, y)
@@ -333,7 +325,7 @@ def score(
             out["haarpsi"] = float(piq.haarpsi(x, y, data_range=1.0))
         st = stlpips.cached(STLPIPS_NET)
         if st is not None and min(x.shape[-2:]) >= st.min_size:
-            out["stlpips"] = float(st.distance_to(x, y, _identity(truth))[0])
+            out["stlpips"] = float(st.distance_to(x, y, pixels_sha256(truth))[0])
         distance = _vgg_distance_model()
         if distance is not None and min(x.shape[-2:]) >= VGG_MIN_SIZE:
             out["vgg_distance"] = float(distance(x, y))

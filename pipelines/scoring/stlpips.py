@@ -156,7 +156,7 @@ class STLPIPS(nn.Module):
         self.net = Trunk(net)
         for i, c in enumerate(CHANNELS[net]):
             self.add_module(f"lin{i}", LinearHead(c))
-        self._reference: tuple[bytes, list[torch.Tensor]] | None = None  # see distance_to
+        self._reference: tuple[str, list[torch.Tensor]] | None = None  # see distance_to
         self.eval().requires_grad_(False)
 
     @property
@@ -170,10 +170,10 @@ class STLPIPS(nn.Module):
         taps = self.features(torch.cat([x, y]))
         return self.compare([f[:n] for f in taps], [f[n:] for f in taps])
 
-    def distance_to(self, x: torch.Tensor, y: torch.Tensor, key: bytes) -> torch.Tensor:
+    def distance_to(self, x: torch.Tensor, y: torch.Tensor, key: str) -> torch.Tensor:
         """``forward(x, y)`` for a reference scored against many images in turn (evaluation
         scores every method of a photo against its truth): the features of ``y`` are kept
-        under ``key``, bytes that identify it, until another reference comes."""
+        under ``key``, a string that identifies it, until another reference comes."""
         _same_shape(x, y)
         if self._reference is None or self._reference[0] != key:
             self._reference = (key, self.features(y))
