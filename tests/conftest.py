@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import pipelines  # noqa: F401  (first: its MKL setting must precede any computation here)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
