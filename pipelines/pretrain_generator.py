@@ -22,7 +22,7 @@ from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast, to_device
 from pipelines.core.tasks import FIDELITY, REFERENCE
-from pipelines.datasets.degraded import train_dataset
+from pipelines.datasets.degraded import check_text_window, train_dataset
 from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_generator, freeze_encoder, param_groups
@@ -130,6 +130,8 @@ class PretrainGeneratorConfig:
     # LR px: crappy crops' text is drawn on a window of their photo from this size up to the
     # whole photo (TrainPairs._text_frame); 0 = on the whole photo
     watermark_window: int = bounded(0, lo=0)
+    # share of windowed crappy crops placed where their window's text is drawn; 0 = none
+    watermark_focus: float = bounded(0.0, lo=0, hi=1)
     # decay of the exponential moving average of the weights that is validated and saved;
     # 0 = none (the last weights)
     ema: float = bounded(0.0, lo=0, hi=0.99999)
@@ -141,6 +143,7 @@ class PretrainGeneratorConfig:
     sample_every: int = bounded(200, lo=0)  # 0 = only at the end
 
     def check(self) -> None:
+        check_text_window(self.watermark_window, self.watermark_focus)
         if not self.phases:
             raise ConfigError("phases: at least one phase is needed")
         weights = stlpips.weights_file(self.perceptual_net)
@@ -211,6 +214,7 @@ def phase_batches(
         cfg.clean_prob,
         cfg.clean_resample,
         cfg.watermark_window,
+        cfg.watermark_focus,
     )
     return step_loader(
         dataset,

@@ -29,7 +29,7 @@ from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
-from pipelines.datasets.degraded import train_dataset
+from pipelines.datasets.degraded import check_text_window, train_dataset
 from pipelines.datasets.pairs import EvalPairs, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
@@ -73,10 +73,12 @@ class TrainGanConfig:
     clean_prob: float = bounded(0.0, lo=0, hi=1)
     clean_resample: tuple[str, ...] = ("area",)  # as pretrain_generator's
     watermark_window: int = bounded(0, lo=0)  # as pretrain_generator's
+    watermark_focus: float = bounded(0.0, lo=0, hi=1)  # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
     def check(self) -> None:
+        check_text_window(self.watermark_window, self.watermark_focus)
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
         if self.select_metric == "stlpips" and not stlpips_available():
@@ -147,6 +149,7 @@ def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
         cfg.clean_prob,
         cfg.clean_resample,
         cfg.watermark_window,
+        cfg.watermark_focus,
     )
     return step_loader(
         dataset,

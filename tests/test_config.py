@@ -179,3 +179,15 @@ def test_sun80_params_file_is_the_defaults_on_a_folder(repo_root):
     # relative to the repository root, where DVC runs the stages
     assert data["download"]["folder"] == "../shared/datasets/Sun80"
     assert data["evaluate"] == {**defaults["evaluate"], "hr_dirs": ["../shared/benchmarks/Set5"]}
+
+
+@pytest.mark.parametrize("stage", ["pretrain_generator", "train_gan"])
+def test_watermark_focus_needs_a_text_window(stage, repo_root):
+    from pipelines.pretrain_generator import PretrainGeneratorConfig
+    from pipelines.train_gan import TrainGanConfig
+
+    cls = {"pretrain_generator": PretrainGeneratorConfig, "train_gan": TrainGanConfig}[stage]
+    overrides = {f"{stage}.watermark_window": 0, f"{stage}.watermark_focus": 0.5}
+    with pytest.raises(ConfigError, match=r"watermark_focus: 0.5 needs a text window"):
+        load(cls, stage, repo_root / "params.yaml", overrides)
+    assert load(cls, stage, repo_root / "params.yaml", {f"{stage}.watermark_focus": 0.5})

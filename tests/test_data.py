@@ -158,3 +158,44 @@ def test_watermark_window_frames_the_crop_in_a_smaller_window_of_its_photo(tmp_p
     assert min(shorts) >= 24 and max(shorts) <= 100
     assert min(shorts) < 28 and max(shorts) > 85
     assert windowed[7][0].shape == (3, 8, 8)
+
+
+def test_watermark_focus_places_crops_where_the_window_draws_its_text(tmp_path):
+    f = tmp_path / "hr" / "big.png"
+    write_image(f, photo(400, 640, 0))  # LR 100 x 160
+    frames = []
+
+    def record(hr, rng, frame):
+        frames.append(frame)
+        return hr[::4, ::4].copy()
+
+    def draw(**kw):
+        frames.clear()
+        ds = TrainPairs([f], 32, 4, seed=0, degrade=record, watermark_window=24, **kw)
+        for i in range(200):
+            ds[i]
+        return list(frames)
+
+    unfocused = draw()
+    assert draw(watermark_focus=0.0) == unfocused  # 0 draws nothing more: the same crops
+    # the text's corner lies in the window's top-left quadrant (watermark_with_mask)
+    in_quadrant = [x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in draw(watermark_focus=1.0)]
+    assert all(in_quadrant)
+    assert sum(x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in unfocused) < 150
+    half = draw(watermark_focus=0.5)
+    share = sum(x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in half) / len(half)
+    assert 0.6 < share < 0.95
+
+
+def test_focused_crops_carry_text_more_often(tmp_path):
+    f = tmp_path / "hr" / "flat.png"
+    write_image(f, np.full((512, 768, 3), 80, np.uint8))  # only white text can be bright
+    degrade = make_degrader(Degradation())
+
+    def with_text(**kw):
+        ds = TrainPairs([f], 128, 4, seed=1, degrade=degrade, watermark_window=64, **kw)
+        return sum(bool(ds[i][0].amax() > 0.6) for i in range(200))
+
+    unfocused = with_text()
+    assert unfocused > 0
+    assert with_text(watermark_focus=1.0) > 1.5 * unfocused

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.core.config import BaseConfig
+from pipelines.core.config import BaseConfig, ConfigError
 from pipelines.datasets.pairs import TrainPairs, lr_path_for, split_files
 from pipelines.imaging.degradations import CrappifyConfig, make_degrader
 
@@ -18,6 +18,7 @@ def train_dataset(
     clean_prob: float,
     clean_resample: tuple[str, ...] = ("area",),
     watermark_window: int = 0,
+    watermark_focus: float = 0.0,
 ) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
     degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files."""
@@ -34,6 +35,15 @@ def train_dataset(
             clean_prob=clean_prob,
             clean_resample=clean_resample,
             watermark_window=watermark_window,
+            watermark_focus=watermark_focus,
         )
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)
+
+
+def check_text_window(window: int, focus: float) -> None:
+    """``watermark_focus`` places crops in their text window: without a window it means nothing."""
+    if focus and not window:
+        raise ConfigError(
+            f"watermark_focus: {focus} needs a text window (watermark_window is {window})"
+        )

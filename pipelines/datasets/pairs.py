@@ -142,6 +142,7 @@ class TrainPairs(Dataset):
         clean_prob: float = 0.0,
         clean_resample: Sequence[str] = ("area",),
         watermark_window: int = 0,
+        watermark_focus: float = 0.0,
     ):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
@@ -164,6 +165,8 @@ class TrainPairs(Dataset):
         self.clean_resample = tuple(clean_resample)
         # LR px; 0 = each crop's text is sized and placed on its whole photo
         self.watermark_window = watermark_window
+        # share of windowed crops placed where their window's text is drawn
+        self.watermark_focus = watermark_focus
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -215,6 +218,12 @@ class TrainPairs(Dataset):
         side is log-uniform from that many LR px (at least the crop) to the photo's, the
         window has the photo's aspect, and it is placed at random around the crop: text comes
         at the sizes, and as often, as on photos of all those sizes.
+
+        A crop lies on text rarely (about one crappy crop in six on Sun80's photos), yet inside
+        a photo's text is where a crappy photo loses the most. With ``watermark_focus``, that
+        share of windowed crops is put where the text's corner is drawn, the window's top-left
+        quadrant (``watermark_with_mask``): the window then may reach past the photo's edge,
+        which only the text, never a pixel, is placed on. 0 draws no extra random numbers.
         """
         s, c = self.scale, self.crop // self.scale
         cx, cy, w, h = x // s, y // s, shape[1] // s, shape[0] // s
@@ -223,6 +232,10 @@ class TrainPairs(Dataset):
             return (cx, cy, w, h)
         f = (lo / min(w, h)) ** (1.0 - rng.random())  # window / photo, log-uniform
         ww, wh = max(c, round(w * f)), max(c, round(h * f))
+        if self.watermark_focus and rng.random() < self.watermark_focus:
+            ox = int(rng.integers(0, min(ww - c, ww // 2) + 1))
+            oy = int(rng.integers(0, min(wh - c, wh // 2) + 1))
+            return (ox, oy, ww, wh)
         wx = int(rng.integers(max(0, cx + c - ww), min(cx, w - ww) + 1))
         wy = int(rng.integers(max(0, cy + c - wh), min(cy, h - wh) + 1))
         return (cx - wx, cy - wy, ww, wh)
