@@ -130,7 +130,8 @@ class PretrainGeneratorConfig:
     # LR px: crappy crops' text is drawn on a window of their photo from this size up to the
     # whole photo (TrainPairs._text_frame); 0 = on the whole photo
     watermark_window: int = bounded(0, lo=0)
-    # share of windowed crappy crops placed where their window's text is drawn; 0 = none
+    # share of windowed crappy crops (photos larger than the window) placed where their
+    # window's text is drawn; needs watermark_window; 0 = none
     watermark_focus: float = bounded(0.0, lo=0, hi=1)
     # decay of the exponential moving average of the weights that is validated and saved;
     # 0 = none (the last weights)

@@ -190,4 +190,5 @@ def test_watermark_focus_needs_a_text_window(stage, repo_root):
     overrides = {f"{stage}.watermark_window": 0, f"{stage}.watermark_focus": 0.5}
     with pytest.raises(ConfigError, match=r"watermark_focus: 0.5 needs a text window"):
         load(cls, stage, repo_root / "params.yaml", overrides)
-    assert load(cls, stage, repo_root / "params.yaml", {f"{stage}.watermark_focus": 0.5})
+    focused = load(cls, stage, repo_root / "params.yaml", {f"{stage}.watermark_focus": 0.5})
+    assert focused.watermark_focus == 0.5 and focused.watermark_window > 0

@@ -177,7 +177,9 @@ def test_watermark_focus_places_crops_where_the_window_draws_its_text(tmp_path):
         return list(frames)
 
     unfocused = draw()
-    assert draw(watermark_focus=0.0) == unfocused  # 0 draws nothing more: the same crops
+    # 0 draws nothing more: the frames the windows gave before the focus existed
+    before = [(43, 26, 66, 41), (134, 42, 158, 99), (12, 24, 78, 49), (72, 72, 138, 86)]
+    assert draw(watermark_focus=0.0)[:4] == unfocused[:4] == before
     # the text's corner lies in the window's top-left quadrant (watermark_with_mask)
     in_quadrant = [x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in draw(watermark_focus=1.0)]
     assert all(in_quadrant)

@@ -75,6 +75,7 @@ print(sum(not torch.equal(r, results[0]) for r in results))
 """
 
 
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch without MKL")
 def test_a_matrix_vector_product_does_not_depend_on_where_its_operands_lie():
     # a fresh process: MKL takes its reproducibility setting at its first call only
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}

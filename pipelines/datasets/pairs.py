@@ -222,8 +222,10 @@ class TrainPairs(Dataset):
         A crop lies on text rarely (about one crappy crop in six on Sun80's photos), yet inside
         a photo's text is where a crappy photo loses the most. With ``watermark_focus``, that
         share of windowed crops is put where the text's corner is drawn, the window's top-left
-        quadrant (``watermark_with_mask``): the window then may reach past the photo's edge,
-        which only the text, never a pixel, is placed on. 0 draws no extra random numbers.
+        quadrant (``watermark_with_mask``). The window may then reach past the photo's edge: it
+        only sizes and places the text, and the crop's pixels still come from inside the photo.
+        Photos no larger than the window keep the whole-photo frame, focused or not. 0 draws no
+        extra random numbers.
         """
         s, c = self.scale, self.crop // self.scale
         cx, cy, w, h = x // s, y // s, shape[1] // s, shape[0] // s
