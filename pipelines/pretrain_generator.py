@@ -255,7 +255,10 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
     ema = ModelEMA(model, cfg.ema) if cfg.ema else None
     kept = ema.model if ema is not None else model  # validated and saved: the average, if any
     loss_fn = build_content_loss(
-        cfg.loss, perceptual=cfg.perceptual, perceptual_net=cfg.perceptual_net
+        cfg.loss,
+        perceptual=cfg.perceptual,
+        perceptual_net=cfg.perceptual_net,
+        luminance=model.chroma == "input",
     ).to(device)
     valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
     task = base.task

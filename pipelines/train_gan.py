@@ -113,7 +113,7 @@ def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:
         critic,
         opt_g,
         opt_d,
-        build_content_loss(cfg.content).to(session.device),
+        build_content_loss(cfg.content, luminance=gen.chroma == "input").to(session.device),
         cfg.adversarial,
         cfg.adv_weight,
         cfg.content_weight,

@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from pipelines.networks.colour import luma, with_luminance
 from pipelines.networks.pretrained import IMAGENET_STD
 from pipelines.scoring.losses import (
     GP_WEIGHT,
     FeatureLoss,
+    OnLuminance,
     PixelLoss,
     build_content_loss,
     critic_logit_loss,
@@ -147,3 +149,27 @@ def test_feature_loss_without_gram_and_with_a_weight(random_vgg_loss):
     finally:
         random_vgg_loss.gram, random_vgg_loss.weight = True, 1.0
     assert without / 2 < with_gram
+
+
+def test_a_luminance_loss_ignores_chroma():
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 8, 8) * 0.6 + 0.2
+    other_colour = with_luminance(torch.rand(2, 3, 8, 8), luma(target))
+    loss = build_content_loss("l1", luminance=True)
+    assert isinstance(loss, OnLuminance)
+    assert loss(other_colour, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert build_content_loss("l1")(other_colour, target).item() > 0.01
+
+
+def test_with_the_input_chroma_only_the_luminance_loss_is_least_at_the_true_luminance():
+    # one pixel whose output chroma (the input's) is off: R far too high, G and B a bit low
+    target = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    wrong_chroma = target + torch.tensor([0.2, -0.05, -0.05]).view(1, 3, 1, 1)
+    offsets = torch.linspace(-0.1, 0.1, 201)
+
+    def best(loss):
+        values = [loss(with_luminance(wrong_chroma, luma(target) + d), target) for d in offsets]
+        return offsets[int(torch.stack(values).argmin())].item()
+
+    assert best(build_content_loss("l1", luminance=True)) == pytest.approx(0.0, abs=1e-3)
+    assert abs(best(build_content_loss("l1"))) > 0.01  # over RGB the chroma pulls it off

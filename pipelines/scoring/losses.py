@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg
 
+from pipelines.networks.colour import gray
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 from pipelines.scoring import stlpips
 
@@ -138,6 +139,22 @@ class WithPerceptual(nn.Module):
         return self.content(output, target) + self.weight * self.distance(output, target).mean()
 
 
+class OnLuminance(nn.Module):
+    """A content loss between the luminances of the images (each spread over three channels).
+
+    For a restorer that keeps the input's chroma (``model.chroma: input``): its output's chroma
+    is fixed, and over RGB the loss would pull the luminance it does control by the chroma's
+    errors. L1's optimum for a luminance offset y with chroma errors e_c is y = -median(e_c),
+    not the truth; on the luminance alone it is the truth."""
+
+    def __init__(self, content: nn.Module):
+        super().__init__()
+        self.content = content
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.content(gray(output), gray(target))
+
+
 def build_content_loss(
     name: Content,
     weight: float = 1.0,
@@ -146,10 +163,18 @@ def build_content_loss(
     pretrained: str = "imagenet",
     perceptual: float = 0.0,
     perceptual_net: stlpips.Net = "alex",
+    luminance: bool = False,
 ) -> nn.Module:
     """The content loss ``name``; ``layer_weights``, ``gram`` and ``pretrained`` (the VGG's
     weights spec, see pipelines.networks.pretrained) only concern "feature". ``perceptual`` > 0
-    adds that weight of the ST-LPIPS distance through ``perceptual_net``."""
+    adds that weight of the ST-LPIPS distance through ``perceptual_net``. ``luminance``: the
+    whole loss compares the images' luminances (``OnLuminance``)."""
+    if luminance:
+        return OnLuminance(
+            build_content_loss(
+                name, weight, layer_weights, gram, pretrained, perceptual, perceptual_net
+            )
+        )
     if perceptual > 0:
         return WithPerceptual(
             build_content_loss(name, weight, layer_weights, gram, pretrained),
