@@ -132,61 +132,53 @@ def test_critic_pairs(tmp_path, hr_files):
     assert torch.equal(fake, real)  # fakes here are exact crops of the reals: same region
 
 
-def test_watermark_window_frames_the_crop_in_a_smaller_window_of_its_photo(tmp_path):
+def window_frames(tmp_path, n, **kw) -> list[tuple[int, int, int, int]]:
+    """The text frames of the first ``n`` crappy 32 px crops of one 400 x 640 photo (LR 100 x
+    160) that ``TrainPairs(**kw)`` draws."""
     f = tmp_path / "hr" / "big.png"
-    write_image(f, photo(400, 640, 0))  # LR 100 x 160
+    if not f.exists():
+        write_image(f, photo(400, 640, 0))
     frames = []
 
     def record(hr, rng, frame):
         frames.append(frame)
         return hr[::4, ::4].copy()
 
-    whole = TrainPairs([f], 32, 4, seed=0, degrade=record)
-    for i in range(20):
-        whole[i]
-    assert all(fw == 160 and fh == 100 for _, _, fw, fh in frames)
-    frames.clear()
-    windowed = TrainPairs([f], 32, 4, seed=0, degrade=record, watermark_window=24)
-    for i in range(200):
-        windowed[i]
-    shorts = [min(fw, fh) for _, _, fw, fh in frames]
-    for x, y, fw, fh in frames:
+    ds = TrainPairs([f], 32, 4, seed=0, degrade=record, **kw)
+    for i in range(n):
+        ds[i]
+    assert ds[7][0].shape == (3, 8, 8)
+    return frames[:n]
+
+
+def test_watermark_window_frames_the_crop_in_a_smaller_window_of_its_photo(tmp_path):
+    whole = window_frames(tmp_path, 20)
+    assert all(fw == 160 and fh == 100 for _, _, fw, fh in whole)
+    windowed = window_frames(tmp_path, 200, watermark_window=24)
+    shorts = [min(fw, fh) for _, _, fw, fh in windowed]
+    for x, y, fw, fh in windowed:
         # the 8 px LR crop lies inside its window, which has the photo's aspect
         assert 0 <= x <= fw - 8 and 0 <= y <= fh - 8
         assert abs(fw / fh - 1.6) < 0.1
     # from the window size to the photo's, over the whole range
     assert min(shorts) >= 24 and max(shorts) <= 100
     assert min(shorts) < 28 and max(shorts) > 85
-    assert windowed[7][0].shape == (3, 8, 8)
 
 
 def test_watermark_focus_places_crops_where_the_window_draws_its_text(tmp_path):
-    f = tmp_path / "hr" / "big.png"
-    write_image(f, photo(400, 640, 0))  # LR 100 x 160
-    frames = []
+    def in_quadrant(frames):
+        # the text's corner lies in the window's top-left quadrant (watermark_with_mask)
+        return [x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in frames]
 
-    def record(hr, rng, frame):
-        frames.append(frame)
-        return hr[::4, ::4].copy()
-
-    def draw(**kw):
-        frames.clear()
-        ds = TrainPairs([f], 32, 4, seed=0, degrade=record, watermark_window=24, **kw)
-        for i in range(200):
-            ds[i]
-        return list(frames)
-
-    unfocused = draw()
+    unfocused = window_frames(tmp_path, 200, watermark_window=24)
     # 0 draws nothing more: the frames the windows gave before the focus existed
     before = [(43, 26, 66, 41), (134, 42, 158, 99), (12, 24, 78, 49), (72, 72, 138, 86)]
-    assert draw(watermark_focus=0.0)[:4] == unfocused[:4] == before
-    # the text's corner lies in the window's top-left quadrant (watermark_with_mask)
-    in_quadrant = [x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in draw(watermark_focus=1.0)]
-    assert all(in_quadrant)
-    assert sum(x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in unfocused) < 150
-    half = draw(watermark_focus=0.5)
-    share = sum(x <= fw // 2 and y <= fh // 2 for x, y, fw, fh in half) / len(half)
-    assert 0.6 < share < 0.95
+    zero = window_frames(tmp_path, 200, watermark_window=24, watermark_focus=0.0)
+    assert zero[:4] == unfocused[:4] == before
+    assert all(in_quadrant(window_frames(tmp_path, 200, watermark_window=24, watermark_focus=1.0)))
+    assert sum(in_quadrant(unfocused)) < 150
+    half = in_quadrant(window_frames(tmp_path, 200, watermark_window=24, watermark_focus=0.5))
+    assert 0.6 < sum(half) / len(half) < 0.95
 
 
 def test_focused_crops_carry_text_more_often(tmp_path):
