@@ -23,6 +23,8 @@ BENCHMARKS = {
     "distributed": "bench.distributed",
     "pipeline": "bench.pipeline",
     "quality": "bench.quality",
+    "damage": "bench.damage",
 }
-# run only when named: each trains the whole pipeline (``make pipeline``'s budget)
-ON_REQUEST = ("quality",)
+# run only when named: quality trains the whole pipeline (``make pipeline``'s budget), damage
+# scores models it trained
+ON_REQUEST = ("quality", "damage")

@@ -1,0 +1,153 @@
+"""Where a restorer's gain comes from: each part of the crappy degradation on its own.
+
+``python -m bench damage [--model PATH ...] [--params FILE] [--hr-dir DIR ...]``
+
+A crappy input has lost detail to the downscale, had text drawn on it and been JPEG-compressed.
+The gain over bicubic on crappy photos mixes what a model does about each. Here every HR photo
+of the folders (default Set5) is degraded by one part at a time, with the params' crappify
+section and the same seeded draws as ``evaluate``'s ``<folder>/crappy`` (so the "crappy" row is
+that data set's LR, bit for bit):
+
+- downscale: the crappify resample alone;
+- text: downscale and the watermark, JPEG quality 100 (no JPEG at all is not a crappify option;
+  at 100 its error is small beside the others');
+- JPEG: downscale and JPEG at the params' quality range, no text;
+- JPEG q: the same at one quality, for each of ``--quality`` (default 10, 30, 50, 70);
+- crappy: everything.
+
+Blur and noise, when the params switch them on, are in every row but the downscale one.
+
+The table gives bicubic's Y-PSNR and each model's gain over it (dB), ``base.scale`` border
+pixels cropped, as ``evaluate`` scores. A model that deblocks gains more on JPEG inputs than on
+downscaled ones, since bicubic keeps every JPEG error and the truth has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pipelines  # noqa: F401  (its import settings come before any computation)
+from bench.common import ROOT, Report
+from bench.quality import DEFAULT_HR_DIRS
+from pipelines.core.config import load
+from pipelines.datasets.pairs import aligned_lr
+from pipelines.imaging.degradations import CrappifyConfig, Degradation, crappify, downscale, rng_for
+from pipelines.imaging.images import list_images, read_rgb, to_grayscale
+from pipelines.imaging.resize import upscale
+from pipelines.inference.restore import load_generator, network_task, restore
+from pipelines.scoring.metrics import psnr_y
+
+NAME = "damage"
+TITLE = "Gain over bicubic per part of the degradation (Y-PSNR dB)"
+DEFAULT_MODELS = ("models/generator.pt", "models/gan_generator.pt")
+DEFAULT_QUALITIES = (10, 30, 50, 70)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("damage (also takes --params and --hr-dir)")
+    g.add_argument(
+        "--model",
+        dest="damage_models",
+        action="append",
+        default=None,
+        type=Path,
+        metavar="PATH",
+        help="damage: a generator file (repeatable; default models/generator.pt and "
+        "models/gan_generator.pt, those that exist)",
+    )
+    g.add_argument(
+        "--quality",
+        dest="damage_qualities",
+        action="append",
+        default=None,
+        type=int,
+        metavar="Q",
+        help="damage: a JPEG quality of its own row (repeatable; default 10, 30, 50, 70)",
+    )
+
+
+def variants(spec: Degradation, qualities: list[int]) -> dict[str, Degradation | None]:
+    """Row name -> the degradation of that row; None: the downscale alone."""
+    rows: dict[str, Degradation | None] = {
+        "downscale": None,
+        "text": dataclasses.replace(spec, jpeg_quality=(100, 100)),
+        "JPEG": dataclasses.replace(spec, watermark="none"),
+    }
+    for q in qualities:
+        rows[f"JPEG {q}"] = dataclasses.replace(spec, watermark="none", jpeg_quality=(q, q))
+    rows["crappy"] = spec
+    return rows
+
+
+def degraded(hr: np.ndarray, spec: Degradation | None, base_spec: Degradation, key: str, seed: int):
+    """(LR, the HR region it covers) of ``hr`` under one row's degradation."""
+    if spec is None:
+        img = to_grayscale(hr) if base_spec.grayscale else hr
+        lr = downscale(img, base_spec.scale, base_spec.resample)
+    else:
+        lr = crappify(hr, spec, rng_for(seed, key))[0]
+    return aligned_lr(lr, hr, base_spec.scale)
+
+
+def run(args: argparse.Namespace) -> Report:
+    params = args.params
+    cfg = load(CrappifyConfig, "crappify", params)
+    if cfg.base.task != "restore":
+        raise SystemExit(f"damage: {params} is a {cfg.base.task} config; this measures restorers")
+    paths = args.damage_models or [ROOT / m for m in DEFAULT_MODELS if (ROOT / m).is_file()]
+    if not paths:
+        raise SystemExit("damage: no model files (train first, or give --model PATH)")
+    # columns by file stem; by folder and stem when two files share a stem
+    stems = [Path(p).stem for p in paths]
+    models = {}
+    for path, stem in zip(paths, stems):
+        model = load_generator(path)
+        if network_task(model) != "restore":
+            raise SystemExit(f"damage: {path} is not a restorer")
+        models[stem if stems.count(stem) == 1 else f"{Path(path).parent.parent.name}/{stem}"] = (
+            model
+        )
+    folders = [Path(d) for d in (args.hr_dirs or DEFAULT_HR_DIRS)]
+    qualities = args.damage_qualities or list(DEFAULT_QUALITIES)
+    report = Report(
+        NAME,
+        TITLE,
+        {
+            "params": str(params),
+            "models": [str(p) for p in paths],
+            "hr_dirs": [str(d) for d in folders],
+            "qualities": qualities,
+        },
+    )
+    scale, seed = cfg.base.scale, cfg.base.seed
+    for folder in folders:
+        files = list_images(folder)
+        if not files:
+            raise SystemExit(f"damage: {folder}: no images")
+        results: dict[str, dict[str, float]] = {}
+        for row, spec in variants(cfg, qualities).items():
+            scores: dict[str, list[float]] = {"bicubic": [], **{m: [] for m in models}}
+            for f in files:
+                hr = read_rgb(f)
+                lr, hr = degraded(hr, spec, cfg, f.relative_to(folder).as_posix(), seed)
+                scores["bicubic"].append(psnr_y(upscale(lr, scale), hr, border=scale))
+                for name, model in models.items():
+                    with torch.no_grad():
+                        sr = restore(model, lr)
+                    scores[name].append(psnr_y(sr, hr, border=scale))
+            results[row] = {k: float(np.mean(v)) for k, v in scores.items()}
+        report.data[folder.name] = results
+        report.table(
+            f"{folder.name} ({len(files)} photos): bicubic Y-PSNR and each model's gain over it",
+            ["degradation", "bicubic", *models],
+            [
+                [row, f"{r['bicubic']:.2f}", *(f"{r[m] - r['bicubic']:+.2f}" for m in models)]
+                for row, r in results.items()
+            ],
+        )
+    return report

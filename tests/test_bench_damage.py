@@ -1,0 +1,93 @@
+"""``python -m bench damage``: each part of the degradation on its own, on real Set5 photos."""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bench import damage
+from pipelines.core.config import load
+from pipelines.datasets.evaluation import folder_images
+from pipelines.imaging.degradations import CrappifyConfig, downscale
+from pipelines.imaging.images import read_rgb
+from pipelines.networks.srresnet import build_srresnet
+from pipelines.scoring.metrics import rgb_to_y
+from pipelines.training import checkpoint
+
+SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    out = tmp_path / "Set5"
+    out.mkdir()
+    for name in ("bird.png", "woman.png"):
+        shutil.copy(SET5 / name, out / name)
+    return out
+
+
+def crappify_config() -> CrappifyConfig:
+    return load(CrappifyConfig, "crappify", {"base": {}, "crappify": {}})
+
+
+def test_each_row_degrades_by_its_part_alone(folder):
+    cfg = crappify_config()
+    rows = damage.variants(cfg, [10, 70])
+    assert list(rows) == ["downscale", "text", "JPEG", "JPEG 10", "JPEG 70", "crappy"]
+    hr = read_rgb(folder / "bird.png")
+    lr = {
+        row: damage.degraded(hr, spec, cfg, "bird.png", cfg.base.seed)[0]
+        for row, spec in rows.items()
+    }
+    assert np.array_equal(lr["downscale"], downscale(hr, 4, "area"))
+    # the crappy row is evaluate's <folder>/crappy input, bit for bit
+    evaluated = next(
+        image
+        for image in folder_images(folder, cfg.base, cfg, "crappy", 0)
+        if image.name == "bird.png"
+    )
+    assert np.array_equal(lr["crappy"], evaluated.lr)
+    clean = lr["downscale"].astype(float)
+
+    def error(row):
+        return float(np.abs(lr[row] - clean).mean())
+
+    # JPEG rows draw no text, lower qualities lose more; the text row, at quality 100, keeps
+    # the luminance outside its white strokes (its 4:2:0 chroma is subsampled still)
+    assert error("JPEG 10") > error("JPEG 70") > 0
+    text_y = rgb_to_y(lr["text"]) - rgb_to_y(lr["downscale"])
+    assert text_y.max() > 100 and np.median(np.abs(text_y)) <= 1
+    assert (rgb_to_y(lr["JPEG 10"]) - rgb_to_y(lr["downscale"])).max() < 100
+
+
+def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
+    """An untrained residual generator returns the bicubic upscale: ~0 dB in every row."""
+    model = build_srresnet(scale=4, channels=4, blocks=0)
+    path = tmp_path / "models/generator.pt"
+    checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"base": {"device": "cpu"}, "crappify": {}}))
+    args = argparse.Namespace(
+        params=params, hr_dirs=[str(folder)], damage_models=[path], damage_qualities=[30]
+    )
+    report = damage.run(args)
+    results = report.data["Set5"]
+    assert list(results) == ["downscale", "text", "JPEG", "JPEG 30", "crappy"]
+    for row in results.values():
+        assert row["generator"] == pytest.approx(row["bicubic"], abs=0.05)
+    assert (
+        results["crappy"]["bicubic"] < results["JPEG"]["bicubic"] < results["downscale"]["bicubic"]
+    )
+
+
+def test_a_colorizing_config_is_refused(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"base": {"task": "colorize", "scale": 1}, "crappify": {}}))
+    args = argparse.Namespace(
+        params=params, hr_dirs=None, damage_models=None, damage_qualities=None
+    )
+    with pytest.raises(SystemExit, match="colorize"):
+        damage.run(args)
