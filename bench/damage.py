@@ -109,6 +109,11 @@ def run(args: argparse.Namespace) -> Report:
         model = load_generator(path)
         if network_task(model) != "restore":
             raise SystemExit(f"damage: {path} is not a restorer")
+        if model.scale != cfg.base.scale:
+            raise SystemExit(
+                f"damage: {path} upscales x{model.scale}; base.scale in {params} is "
+                f"{cfg.base.scale}"
+            )
         models[stem if stems.count(stem) == 1 else f"{Path(path).parent.parent.name}/{stem}"] = (
             model
         )

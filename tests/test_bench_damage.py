@@ -91,3 +91,16 @@ def test_a_colorizing_config_is_refused(tmp_path):
     )
     with pytest.raises(SystemExit, match="colorize"):
         damage.run(args)
+
+
+def test_a_model_of_another_scale_is_refused(tmp_path):
+    model = build_srresnet(scale=2, channels=4, blocks=0)
+    path = tmp_path / "x2.pt"
+    checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"base": {"scale": 4}, "crappify": {}}))
+    args = argparse.Namespace(
+        params=params, hr_dirs=None, damage_models=[path], damage_qualities=None
+    )
+    with pytest.raises(SystemExit, match=r"x2\.pt upscales x2; base\.scale .* is 4"):
+        damage.run(args)
