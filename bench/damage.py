@@ -134,12 +134,13 @@ def run(args: argparse.Namespace) -> Report:
         files = list_images(folder)
         if not files:
             raise SystemExit(f"damage: {folder}: no images")
+        # each photo decoded once, degraded once per row
+        photos = {f.relative_to(folder).as_posix(): read_rgb(f) for f in files}
         results: dict[str, dict[str, float]] = {}
         for row, spec in variants(cfg, qualities).items():
             scores: dict[str, list[float]] = {"bicubic": [], **{m: [] for m in models}}
-            for f in files:
-                hr = read_rgb(f)
-                lr, hr = degraded(hr, spec, cfg, f.relative_to(folder).as_posix(), seed)
+            for key, photo in photos.items():
+                lr, hr = degraded(photo, spec, cfg, key, seed)
                 scores["bicubic"].append(psnr_y(upscale(lr, scale), hr, border=scale))
                 for name, model in models.items():
                     with torch.no_grad():
