@@ -228,6 +228,26 @@ def test_restored_keeps_the_luminance_and_leaves_colour_inputs_alone():
     assert torch.equal(got[1], out[1])
 
 
+def test_with_chroma_keeps_the_colour_exactly_and_moves_the_luminance_into_range():
+    from pipelines.networks.colour import luma, with_chroma
+
+    torch.manual_seed(1)
+    rgb = torch.rand(2, 3, 16, 16)
+    # luminance from far below 0 to far above 1: most pixels cannot keep it
+    y = torch.linspace(-0.5, 1.5, 16 * 16).view(1, 1, 16, 16).expand(2, -1, -1, -1)
+    got = with_chroma(rgb, y)
+    assert got.min() >= -1e-6 and got.max() <= 1 + 1e-6
+    assert torch.allclose(got - luma(got), rgb - luma(rgb), atol=1e-6)
+    # where luminance plus chroma fits, the luminance is y's
+    chroma = rgb - luma(rgb)
+    fits = ((y + chroma >= 0) & (y + chroma <= 1)).all(dim=1, keepdim=True)
+    assert fits.any() and (~fits).any()
+    assert torch.allclose(luma(got)[fits], y[fits], atol=1e-6)
+    # elsewhere it is the nearest luminance that fits: one channel sits at 0 or 1
+    edge = (got <= 1e-6) | (got >= 1 - 1e-6)
+    assert edge.any(dim=1, keepdim=True)[~fits].all()
+
+
 @each_restorer
 def test_a_restorer_with_input_chroma_restores_the_luminance_on_the_inputs_colour(arch):
     from pipelines.networks.colour import luma

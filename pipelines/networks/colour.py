@@ -45,6 +45,19 @@ def with_luminance(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y + fit * chroma
 
 
+def with_chroma(rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The luminance ``y`` (N x 1 x H x W) under the chroma of ``rgb`` (in [0, 1]), kept exactly.
+
+    Where a channel would leave [0, 1], the luminance is moved to the nearest value at which
+    every channel fits, instead of shortening the chroma: the colour stays ``rgb``'s. Such a
+    value always exists, ``rgb``'s own luminance being one.
+    """
+    chroma = rgb - luma(rgb)
+    lo = (-chroma).amax(dim=1, keepdim=True)
+    hi = (1.0 - chroma).amin(dim=1, keepdim=True)
+    return torch.minimum(torch.maximum(y, lo), hi) + chroma
+
+
 def colorized(out: torch.Tensor, seen: torch.Tensor, scale: int) -> torch.Tensor:
     """A colorizer's output: at scale 1 the chroma of ``out`` on the luminance of its input
     ``seen``, exactly; upscaling, its luminance is the network's own (the input's has too few
@@ -70,14 +83,15 @@ def restored(
     """A restorer's output from the network's ``out`` for the input ``seen``, ``base`` being
     ``seen`` upsampled bicubically.
 
-    ``chroma="input"``: the luminance of ``out`` with the chroma of ``base``. The network then
-    restores only the luminance; the colour stays the input's, which cannot fringe (measured:
-    a network's own chroma was no closer to the truth than bicubic's, and further near edges).
+    ``chroma="input"``: the luminance of ``out`` with the chroma of ``base`` clamped to [0, 1],
+    bicubic's own colour, exactly (``with_chroma``). The network then restores only the
+    luminance; the colour stays the input's, which cannot fringe (measured: a network's own
+    chroma was no closer to the truth than bicubic's, and further near edges).
     ``"network"``: ``out`` as it is, but for an input that is gray its own luminance in all
     three channels, so a black-and-white photo comes back without colour fringes (its
     luminance, and so its Y-PSNR, is unchanged). Decided per image."""
     if chroma == "input":
-        return with_luminance(base, luma(out).clamp(0.0, 1.0))
+        return with_chroma(base.clamp(0.0, 1.0), luma(out))
     spread = (seen.amax(dim=1) - seen.amin(dim=1)).flatten(1).amax(dim=1)
     is_gray = (spread <= GRAY_SPREAD).view(-1, 1, 1, 1)
     return torch.where(is_gray, gray(out), out)
