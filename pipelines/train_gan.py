@@ -41,6 +41,7 @@ from pipelines.scoring.metrics import COLOUR_METRICS, SELECTABLE, stlpips_availa
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.gan import Counters, Gan, better, eligible
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
+from pipelines.training.schedule import warm_up
 from pipelines.training.validation import sample_grid, validate
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class TrainGanConfig:
     crop: int = bounded(0, lo=0)  # 0 = base.crop
     data: Literal["fresh", "fixed"] = "fresh"
     lr: float = bounded(1e-4, lo=0, lo_open=True)
+    warmup: int = bounded(0, lo=0)  # generator steps of linear lr warm-up
     critic_lr_mult: float = bounded(5.0, lo=0, lo_open=True)
     betas: tuple[float, float] = bounded((0.0, 0.99), lo=0, hi=1)
     weight_decay: float = bounded(1e-3, lo=0)
@@ -208,6 +210,8 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
             steps_log.emas_only({"critic_loss": loss_mean})
             loop.after_critic(loss_mean, cfg.threshold, cfg.max_critic_steps)
             continue
+        for group in gan.opt_g.param_groups:
+            group["lr"] = warm_up(loop.generator_steps, cfg.warmup, cfg.lr)
         losses = gan.generator_step(lr_img, hr_img)
         loop.after_generator()
         step = loop.generator_steps

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipelines.training.schedule import one_cycle, one_cycle_beta1
+from pipelines.training.schedule import one_cycle, one_cycle_beta1, warm_up
 
 
 def test_one_cycle_shape():
@@ -24,3 +24,10 @@ def test_beta1_moves_against_lr():
 
 def test_single_step_is_peak():
     assert one_cycle(0, 1, 0.1) == 0.1 and math.isfinite(one_cycle_beta1(0, 1))
+
+
+def test_warm_up_is_linear_and_then_constant():
+    lrs = [warm_up(s, 4, 1e-4) for s in range(7)]
+    assert lrs[:4] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4])
+    assert lrs[4:] == [1e-4] * 3
+    assert [warm_up(s, 0, 1e-4) for s in range(3)] == [1e-4] * 3

@@ -170,6 +170,8 @@ def test_kill_9_then_rerun_equals_uninterrupted(pipeline_dir, tmp_path, stage, o
         params[stage]["phases"][1]["steps"] = 12
     else:
         params[stage]["steps"] = 12
+        # killed inside the warm-up: the resumed run takes its lr from the step
+        params[stage]["warmup"] = 6
     runs, losses = {}, {}
     for name in ("straight", "resumed"):
         work = tmp_path / name

@@ -37,3 +37,11 @@ def one_cycle_beta1(
     if step < warm:
         return _cos(high, low, step / warm)
     return _cos(low, high, min(1.0, (step - warm) / max(1, total - 1 - warm)))
+
+
+def warm_up(step: int, warmup: int, lr: float) -> float:
+    """``lr`` reached linearly over the first ``warmup`` steps (step 0 is the first): the
+    first step takes lr / warmup. 0 = none."""
+    if warmup <= 0 or step >= warmup:
+        return lr
+    return lr * (step + 1) / warmup
