@@ -5,7 +5,9 @@ it starts with the critic and trains it until its batch loss falls below ``thres
 makes one generator step (adversarial + ``content_weight`` x content loss), and so on. Each
 batch feeds exactly one step. The network that only serves as the loss is frozen and in eval
 mode. Beyond the recipe, a run of critic steps is capped at ``max_critic_steps``, because a
-critic stuck at chance would otherwise starve the generator.
+critic stuck at chance would otherwise starve the generator; and the generator's lr rises
+linearly over its first ``warmup`` steps, because at the full lr (Adam, beta1 0) its first
+steps move furthest from the pretrained generator, the candidate the others are held to.
 
 Checkpoint selection (instead of picking "just before the glitches" by eye): every
 ``checkpoint_every`` generator steps the generator is scored on the validation split. The
