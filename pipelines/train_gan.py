@@ -81,6 +81,10 @@ class TrainGanConfig:
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
+    def lr_at(self, step: int) -> float:
+        """The generator's lr at generator step ``step`` (0 is the first): the warm-up's."""
+        return warm_up(step, self.warmup, self.lr)
+
     def check(self) -> None:
         check_text_window(self.watermark_window, self.watermark_focus)
         for key in ("crop", "valid_crop"):
@@ -212,9 +216,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
             steps_log.emas_only({"critic_loss": loss_mean})
             loop.after_critic(loss_mean, cfg.threshold, cfg.max_critic_steps)
             continue
-        for group in gan.opt_g.param_groups:
-            group["lr"] = warm_up(loop.generator_steps, cfg.warmup, cfg.lr)
-        losses = gan.generator_step(lr_img, hr_img)
+        losses = gan.generator_step(lr_img, hr_img, cfg.lr_at(loop.generator_steps))
         loop.after_generator()
         step = loop.generator_steps
         check_finite({"generator": losses["gen_loss"]}, step, ckpt)

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -213,6 +214,9 @@ def test_gpu_limit_serialises_training_stages(server, tmp_path):
 
     assert intervals(), "without a limit the two stages run side by side"
     cli(env, sys.executable, "-m", "prefect", "concurrency-limit", "create", "gpu", "1")
+    # A process remembers for 5 s that a set of task tags has no limit
+    # (prefect.concurrency.services._no_limits_cache): the first run told this one so
+    time.sleep(6)
     assert not intervals(), "with `gpu` limited to 1 they take turns"
 
 

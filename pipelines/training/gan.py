@@ -76,7 +76,13 @@ class Gan:
         self.opt_d.step()
         return loss
 
-    def generator_step(self, lr_img: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generator_step(
+        self, lr_img: torch.Tensor, real: torch.Tensor, lr: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One generator step, at the learning rate ``lr`` if given."""
+        if lr is not None:
+            for group in self.opt_g.param_groups:
+                group["lr"] = lr
         requires_grad(self.critic, False)
         self.critic.eval()
         self.gen.train()
