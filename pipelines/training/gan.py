@@ -18,6 +18,7 @@ from pipelines.core.runtime import autocast
 from pipelines.core.tasks import FIDELITY
 from pipelines.scoring.losses import Adversarial, critic_loss, generator_adv_loss
 from pipelines.scoring.metrics import HIGHER_IS_BETTER
+from pipelines.training.loop import set_lr
 
 
 def requires_grad(model: nn.Module, flag: bool) -> None:
@@ -81,8 +82,7 @@ class Gan:
     ) -> dict[str, torch.Tensor]:
         """One generator step, at the learning rate ``lr`` if given."""
         if lr is not None:
-            for group in self.opt_g.param_groups:
-                group["lr"] = lr
+            set_lr(self.opt_g, [lr] * len(self.opt_g.param_groups))
         requires_grad(self.critic, False)
         self.critic.eval()
         self.gen.train()
