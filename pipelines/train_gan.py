@@ -11,9 +11,12 @@ steps move furthest from the pretrained generator, the candidate the others are 
 
 Checkpoint selection (instead of picking "just before the glitches" by eye): every
 ``checkpoint_every`` generator steps the generator is scored on the validation split. The
-starting (pretrained) generator is candidate 0. A candidate is eligible when its validation
-Y-PSNR is at most ``max_psnr_drop`` dB below candidate 0's; among the eligible ones the stage
-keeps the best by ``select_metric`` (a perceptual score; HaarPSI by default), the earliest on
+starting (pretrained) generator is candidate 0. The validation photos are scored under each of
+``valid_degradations``: crappy (the crappify stage's LR) and clean (MATLAB-bicubic downscaled),
+because a GAN phase trained on crappy inputs can cost clean ones far more than crappy ones. A
+candidate is eligible when its validation Y-PSNR is at most ``max_psnr_drop`` dB below
+candidate 0's on every one of them; among the eligible ones the stage keeps the best by
+``select_metric`` (a perceptual score; HaarPSI by default) averaged over them, the earliest on
 ties. So the GAN phase can trade a bounded amount of fidelity for perceptual quality, and
 never returns a generator that collapsed.
 """
@@ -32,7 +35,7 @@ from pipelines.core.results import write_results
 from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
 from pipelines.datasets.degraded import check_text_window, train_dataset
-from pipelines.datasets.pairs import EvalPairs, step_loader
+from pipelines.datasets.pairs import KINDS, EvalPairs, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
@@ -41,7 +44,7 @@ from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Adversarial, Content, build_content_loss
 from pipelines.scoring.metrics import COLOUR_METRICS, SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
-from pipelines.training.gan import Counters, Gan, better, eligible
+from pipelines.training.gan import Counters, Gan, better, eligible, score_key
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
 from pipelines.training.schedule import warm_up
 from pipelines.training.validation import sample_grid, validate
@@ -73,6 +76,7 @@ class TrainGanConfig:
     max_psnr_drop: float = bounded(0.5, lo=0)
     select_metric: SELECTABLE = "haarpsi"
     valid_crop: int = bounded(256, lo=0)
+    valid_degradations: tuple[str, ...] = ("crappy",)  # evaluate's kinds: crappy | clean
     lighting: float = bounded(0.1, lo=0, hi=1)
     clean_prob: float = bounded(0.0, lo=0, hi=1)
     clean_resample: tuple[str, ...] = ("area",)  # as pretrain_generator's
@@ -89,6 +93,12 @@ class TrainGanConfig:
         check_text_window(self.watermark_window, self.watermark_focus)
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
+        kinds = list(self.valid_degradations)
+        if not kinds or len(set(kinds)) < len(kinds) or set(kinds) - set(KINDS):
+            raise ConfigError(
+                f"valid_degradations: {kinds!r} must be a non-empty list of distinct kinds "
+                f"from {', '.join(KINDS)}"
+            )
         if self.select_metric == "stlpips" and not stlpips_available():
             raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
         if self.select_metric in COLOUR_METRICS and self.base.task != "colorize":
@@ -170,12 +180,33 @@ def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
     )
 
 
+def scorer(cfg: TrainGanConfig, session: prelude.Session):
+    """score(generator, step): the candidate's scores on every validation set, named by
+    ``score_key``; and the first set, for the sample grids."""
+    base = cfg.base
+    sets = {
+        kind: EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop, kind)
+        for kind in cfg.valid_degradations
+    }
+
+    def score(gen, step: int) -> dict:
+        scores = {"step": step}
+        for kind, pairs in sets.items():
+            found = validate(
+                gen, pairs, session.device, session.dtype, base.scale, full=True, task=base.task
+            )
+            scores.update({score_key(kind, k): v for k, v in found.items()})
+        return scores
+
+    return score, next(iter(sets.values()))
+
+
 def run(cfg: TrainGanConfig, tracker=None) -> dict:
     base, session = cfg.base, prelude.start(cfg.base)
-    device, ranks, dtype = session.device, session.ranks, session.dtype
+    device, ranks = session.device, session.ranks
     gan, g_saved = build(cfg, session)
-    valid = EvalPairs(base.paths.hr, base.paths.lr, "valid", base.scale, cfg.valid_crop)
-    border, ckpt, task = base.scale, rolling_checkpoint(cfg, ranks.main), base.task
+    score, valid = scorer(cfg, session)
+    ckpt, task, kinds = rolling_checkpoint(cfg, ranks.main), base.task, cfg.valid_degradations
     best_file = ckpt.folder / "best.pt"
 
     def keep_best() -> None:
@@ -194,9 +225,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         history, best = list(state["history"]), dict(state["best"])
     else:
         loop = Counters()
-        history = [
-            {"step": 0, **validate(gan.gen, valid, device, dtype, border, full=True, task=task)}
-        ]
+        history = [score(gan.gen, 0)]
         best = dict(history[0])
         keep_best()
     loader = batches(cfg, loop.batches, session)
@@ -224,13 +253,10 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         values = {k: v.item() for k, v in losses.items()}
         steps_log.step(step, {**values, "critic_steps": loop.critic_steps}, speed.rate)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            cand = {
-                "step": step,
-                **validate(gan.gen, valid, device, dtype, border, full=True, task=task),
-            }
+            cand = score(gan.gen, step)
             history.append(cand)
-            if eligible(cand, history[0], cfg.max_psnr_drop, task) and better(
-                cand, best, cfg.select_metric
+            if eligible(cand, history[0], cfg.max_psnr_drop, task, kinds) and better(
+                cand, best, cfg.select_metric, kinds
             ):
                 best = dict(cand)
                 keep_best()

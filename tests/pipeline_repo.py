@@ -56,6 +56,7 @@ TINY = {
         "batch_size": 2,
         "checkpoint_every": 2,
         "valid_crop": 48,
+        "valid_degradations": ["crappy", "clean"],
         "max_critic_steps": 2,
         "log_every": 1,
     },

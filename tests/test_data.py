@@ -118,6 +118,25 @@ def test_eval_pairs(tmp_path, hr_files):
         EvalPairs(tmp_path / "hr", tmp_path / "lr", "valid", 4)
 
 
+def test_eval_pairs_clean_are_the_benchmark_downscale_of_the_centre_crop(tmp_path, hr_files):
+    from pipelines.imaging.images import read_rgb
+    from pipelines.imaging.resize import benchmark_lr
+
+    # no LR files: clean pairs are made from the HR photos alone
+    pairs = EvalPairs(tmp_path / "hr", tmp_path / "lr", "train", 4, crop=48, kind="clean")
+    for i, f in enumerate(hr_files):
+        lr, hr = pairs[i]
+        assert tuple(hr.shape) == (3, 48, 48) and tuple(lr.shape) == (3, 12, 12)
+        hr_img = read_rgb(f)
+        top = (hr_img.shape[0] - 48) // 2 // 4 * 4
+        left = (hr_img.shape[1] - 48) // 2 // 4 * 4
+        want_lr, want_hr = benchmark_lr(hr_img[top : top + 48, left : left + 48], 4)
+        assert np.array_equal(to_image(hr), want_hr) and np.array_equal(to_image(lr), want_lr)
+    whole = EvalPairs(tmp_path / "hr", tmp_path / "lr", "train", 4, kind="clean")
+    lr, hr = whole[0]  # 70 x 90: cropped to 68 x 88, as the evaluate stage's clean sets
+    assert tuple(hr.shape) == (3, 68, 88) and tuple(lr.shape) == (3, 17, 22)
+
+
 def test_critic_pairs(tmp_path, hr_files):
     fakes = []
     for f in hr_files:

@@ -22,22 +22,18 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from pipelines.core.config import BaseConfig
 from pipelines.core.files import sha256_bytes, sha256_file
-from pipelines.datasets.pairs import aligned_lr, lr_path_for
+from pipelines.datasets.pairs import Kind, aligned_lr, lr_path_for
 from pipelines.imaging.degradations import Degradation, crappify_with_mask, rng_for
 from pipelines.imaging.images import list_images, read_rgb
 from pipelines.imaging.resize import benchmark_lr
 from pipelines.scoring.regions import watermark_mask_hr
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["crappy", "clean"]
-KINDS: tuple[Kind, ...] = ("crappy", "clean")
 
 
 @dataclass(frozen=True)

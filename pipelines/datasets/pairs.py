@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import albumentations as A
 import cv2
@@ -23,10 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 from pipelines.core.errors import StageError
 from pipelines.core.runtime import hash_seed
 from pipelines.imaging.images import list_images, read_rgb
-from pipelines.imaging.resize import RESAMPLERS, imresize_matlab
-from pipelines.imaging.tensors import centre_box, to_tensor
+from pipelines.imaging.resize import RESAMPLERS, benchmark_lr, imresize_matlab
+from pipelines.imaging.tensors import centre_box, centre_crop, to_tensor
 
 log = logging.getLogger(__name__)
+
+# how a validation or evaluation photo is degraded: crappify's LR, or the SR benchmark's
+Kind = Literal["crappy", "clean"]
+KINDS: tuple[Kind, ...] = ("crappy", "clean")
 
 # degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
 # the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame
@@ -257,20 +262,31 @@ class TrainPairs(Dataset):
 
 
 class EvalPairs(Dataset):
-    """Whole (or centre-cropped) LR/HR pairs from the crappify stage's files, in file order."""
+    """Whole (or centre-cropped) LR/HR pairs of a split, in file order. ``kind`` "crappy": the
+    crappify stage's LR files; "clean": the HR (crop) MATLAB-bicubic downscaled, the SR
+    benchmark protocol, as the evaluate stage's clean data sets."""
 
     def __init__(
-        self, hr_root: Path | str, lr_root: Path | str, split: str, scale: int, crop: int = 0
+        self,
+        hr_root: Path | str,
+        lr_root: Path | str,
+        split: str,
+        scale: int,
+        crop: int = 0,
+        kind: Kind = "crappy",
     ):
         self.hr_root, self.lr_root = Path(hr_root), Path(lr_root)
         self.hr_files = split_files(self.hr_root, split)
-        self.scale, self.crop = scale, crop
+        self.scale, self.crop, self.kind = scale, crop, kind
 
     def __len__(self) -> int:
         return len(self.hr_files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         hr_file = self.hr_files[i]
+        if self.kind == "clean":
+            lr, hr = benchmark_lr(centre_crop(read_rgb(hr_file), self.crop, self.scale), self.scale)
+            return to_tensor(lr), to_tensor(hr)
         lr, hr = aligned_lr(
             read_rgb(lr_path_for(hr_file, self.hr_root, self.lr_root)),
             read_rgb(hr_file),

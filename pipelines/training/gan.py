@@ -7,7 +7,7 @@ the benchmark run the same code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,19 +129,33 @@ class Counters:
         return cls(**state)
 
 
+def score_key(kind: str, metric: str) -> str:
+    """A validation score's name: the crappy set's bare (as before other sets were scored),
+    another set's prefixed with its kind (``clean_psnr_y``)."""
+    return metric if kind == "crappy" else f"{kind}_{metric}"
+
+
 def eligible(
     candidate: Mapping[str, float],
     start: Mapping[str, float],
     max_drop: float,
     task: str = "restore",
+    kinds: Sequence[str] = ("crappy",),
 ) -> bool:
-    """A candidate may cost at most ``max_drop`` dB of validation PSNR against the start: the
-    ``task``'s (Y-PSNR; RGB PSNR for a colorizer, whose luma is its input's)."""
-    key = FIDELITY[task]
-    return candidate[key] >= start[key] - max_drop
+    """A candidate may cost at most ``max_drop`` dB of validation PSNR against the start on
+    every validation set ``kinds``: the ``task``'s PSNR (Y-PSNR; RGB PSNR for a colorizer,
+    whose luma is its input's)."""
+    keys = [score_key(kind, FIDELITY[task]) for kind in kinds]
+    return all(candidate[k] >= start[k] - max_drop for k in keys)
 
 
-def better(candidate: Mapping[str, float], best: Mapping[str, float], metric: str) -> bool:
-    if HIGHER_IS_BETTER[metric]:
-        return candidate[metric] > best[metric]
-    return candidate[metric] < best[metric]
+def better(
+    candidate: Mapping[str, float],
+    best: Mapping[str, float],
+    metric: str,
+    kinds: Sequence[str] = ("crappy",),
+) -> bool:
+    """Whether ``candidate`` beats ``best`` by ``metric`` averaged over the sets ``kinds``."""
+    keys = [score_key(kind, metric) for kind in kinds]
+    cand, held = (sum(scores[k] for k in keys) / len(keys) for scores in (candidate, best))
+    return cand > held if HIGHER_IS_BETTER[metric] else cand < held
