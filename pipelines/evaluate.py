@@ -36,6 +36,7 @@ from pipelines.core.files import write_csv, write_json
 from pipelines.core.runtime import autocast_dtype, pick_device
 from pipelines.core.tasks import FIDELITY, REFERENCE, REGISTERED_MODEL
 from pipelines.datasets.evaluation import Kind, dataset_name, folder_images, split_images
+from pipelines.datasets.pairs import check_kinds
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.imaging.images import write_image
 from pipelines.imaging.resize import upscale
@@ -103,11 +104,7 @@ class EvaluateConfig:
             raise ConfigError(f"hr_dirs: {clash!r} names two data sets")
         if not self.splits and not self.hr_dirs:
             raise ConfigError("splits: no data set to evaluate (give splits or hr_dirs)")
-        if not self.degradations:
-            raise ConfigError("degradations: give at least one of crappy, clean")
-        clash = _first_duplicate(list(self.degradations))
-        if clash:
-            raise ConfigError(f"degradations: {clash!r} is given twice")
+        check_kinds("degradations", self.degradations)
 
 
 def _first_duplicate(names: list[str]) -> str | None:

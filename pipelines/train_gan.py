@@ -35,7 +35,7 @@ from pipelines.core.results import write_results
 from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
 from pipelines.datasets.degraded import check_text_window, train_dataset
-from pipelines.datasets.pairs import KINDS, EvalPairs, step_loader
+from pipelines.datasets.pairs import EvalPairs, check_kinds, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
@@ -93,12 +93,7 @@ class TrainGanConfig:
         check_text_window(self.watermark_window, self.watermark_focus)
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
-        kinds = list(self.valid_degradations)
-        if not kinds or len(set(kinds)) < len(kinds) or set(kinds) - set(KINDS):
-            raise ConfigError(
-                f"valid_degradations: {kinds!r} must be a non-empty list of distinct kinds "
-                f"from {', '.join(KINDS)}"
-            )
+        check_kinds("valid_degradations", self.valid_degradations)
         if self.select_metric == "stlpips" and not stlpips_available():
             raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
         if self.select_metric in COLOUR_METRICS and self.base.task != "colorize":

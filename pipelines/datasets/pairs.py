@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pipelines.core.config import ConfigError
 from pipelines.core.errors import StageError
 from pipelines.core.runtime import hash_seed
 from pipelines.imaging.images import list_images, read_rgb
@@ -32,6 +33,20 @@ log = logging.getLogger(__name__)
 # how a validation or evaluation photo is degraded: crappify's LR, or the SR benchmark's
 Kind = Literal["crappy", "clean"]
 KINDS: tuple[Kind, ...] = ("crappy", "clean")
+
+
+def check_kinds(key: str, kinds: Sequence[str]) -> None:
+    """A params list of kinds (evaluate's data sets, train_gan's validation sets): one or more,
+    each known and given once; else a ConfigError naming ``key``."""
+    names = ", ".join(KINDS)
+    if not kinds:
+        raise ConfigError(f"{key}: give at least one of {names}")
+    for i, kind in enumerate(kinds):
+        if kind not in KINDS:
+            raise ConfigError(f"{key}: {kind!r} is not one of {names}")
+        if kind in kinds[:i]:
+            raise ConfigError(f"{key}: {kind!r} is given twice; give each of {names} once at most")
+
 
 # degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
 # the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame
