@@ -8,6 +8,9 @@ mode. Beyond the recipe, a run of critic steps is capped at ``max_critic_steps``
 critic stuck at chance would otherwise starve the generator; and the generator's lr rises
 linearly over its first ``warmup`` steps, because at the full lr (Adam, beta1 0) its first
 steps move furthest from the pretrained generator, the candidate the others are held to.
+With ``ema``, the candidates are an average of the generator's weights over its recent steps
+(at that decay from the pretrained weights on), as every current super-resolution GAN trainer
+keeps one: the adversarial steps' noise averages out of what is scored and saved.
 
 Checkpoint selection (instead of picking "just before the glitches" by eye): every
 ``checkpoint_every`` generator steps the generator is scored on the validation split. The
@@ -44,6 +47,7 @@ from pipelines.running.stage import stage_main
 from pipelines.scoring.losses import Adversarial, Content, build_content_loss
 from pipelines.scoring.metrics import COLOUR_METRICS, SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
+from pipelines.training.ema import ModelEMA
 from pipelines.training.gan import Counters, Gan, better, eligible, score_key
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
 from pipelines.training.schedule import warm_up
@@ -63,6 +67,7 @@ class TrainGanConfig:
     data: Literal["fresh", "fixed"] = "fresh"
     lr: float = bounded(1e-4, lo=0, lo_open=True)
     warmup: int = bounded(0, lo=0)  # generator steps of linear lr warm-up
+    ema: float = bounded(0.0, lo=0, hi=0.99999)  # decay of the generator's weight average; 0 = none
     critic_lr_mult: float = bounded(5.0, lo=0, lo_open=True)
     betas: tuple[float, float] = bounded((0.0, 0.99), lo=0, hi=1)
     weight_decay: float = bounded(1e-3, lo=0)
@@ -134,6 +139,7 @@ def build(cfg: TrainGanConfig, session: prelude.Session) -> tuple[Gan, dict]:
         critic_t=distributed.wrap(critic, ranks, session.device, base.sync_batchnorm),
         device=session.device,
         dtype=session.dtype,
+        ema=ModelEMA(gen, cfg.ema, warmup=False) if cfg.ema else None,
     )
     return gan, g_saved
 
@@ -207,7 +213,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     def keep_best() -> None:
         if ranks.main:
             checkpoint.save(
-                best_file, checkpoint.model_payload("generator", g_saved["arch"], gan.gen)
+                best_file, checkpoint.model_payload("generator", g_saved["arch"], gan.kept)
             )
 
     state = ckpt.restore()
@@ -220,7 +226,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         history, best = list(state["history"]), dict(state["best"])
     else:
         loop = Counters()
-        history = [score(gan.gen, 0)]
+        history = [score(gan.kept, 0)]
         best = dict(history[0])
         keep_best()
     loader = batches(cfg, loop.batches, session)
@@ -248,7 +254,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         values = {k: v.item() for k, v in losses.items()}
         steps_log.step(step, {**values, "critic_steps": loop.critic_steps}, speed.rate)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            cand = score(gan.gen, step)
+            cand = score(gan.kept, step)
             history.append(cand)
             if eligible(cand, history[0], cfg.max_psnr_drop, task, kinds) and better(
                 cand, best, cfg.select_metric, kinds
@@ -265,7 +271,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
                 loop=loop.state(),
             )
             if tracker is not None:
-                tracker.log_image(sample_grid(gan.gen, valid, device), key="samples", step=step)
+                tracker.log_image(sample_grid(gan.kept, valid, device), key="samples", step=step)
             speed.resume()
     steps_log.close()
     if not ranks.main:

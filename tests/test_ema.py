@@ -136,3 +136,34 @@ def test_resume_equals_uninterrupted_bitwise(data_dir, tmp_path, monkeypatch, cr
     assert models["straight"]["arch"] == models["resumed"]["arch"]
     for key, value in models["straight"]["model"].items():
         assert torch.equal(value, models["resumed"]["model"][key]), key
+
+
+def test_gan_phase_average_starts_at_the_pretrained_weights_and_follows_each_generator_step():
+    from pipelines.networks import build_critic
+    from pipelines.scoring.losses import build_content_loss
+    from pipelines.training.gan import Gan
+    from pipelines.training.loop import adamw
+
+    torch.manual_seed(0)
+    gen, critic = small(), build_critic(nf=8, n_blocks=1)
+    start = {k: v.clone() for k, v in gen.state_dict().items()}
+    gan = Gan(
+        gen,
+        critic,
+        adamw(gen.parameters(), lr=1e-2),
+        adamw(critic.parameters(), lr=1e-2),
+        build_content_loss("l1"),
+        ema=ModelEMA(gen, decay=0.75, warmup=False),
+    )
+    assert gan.kept is gan.ema.model
+    lr_img, hr_img = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
+    gan.generator_step(lr_img, hr_img)
+    trained = gen.state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in start.items())
+    # no warm-up cap: the first update already averages at the decay, from the pretrained weights
+    for k, v in gan.kept.state_dict().items():
+        assert torch.allclose(v, 0.75 * start[k] + 0.25 * trained[k], atol=1e-6), k
+    state = gan.state()
+    assert state["ema"]["updates"] == 1
+    without = Gan(gen, critic, gan.opt_g, gan.opt_d, gan.content)
+    assert without.kept is gen and "ema" not in without.state()

@@ -6,7 +6,9 @@ average towards the trained model's: ``avg = decay * avg + (1 - decay) * current
 average is a smoother, usually better generator than the last iterate, at the cost of one
 copy of the weights and one fused multiply-add per step. Early on the decay is capped at
 ``(1 + n) / (10 + n)`` after ``n`` updates (TensorFlow's ExponentialMovingAverage), so the
-average is not dominated by the random initialisation in a short run.
+average is not dominated by the random initialisation in a short run. A model that starts
+trained (the GAN phase's pretrained generator) averages at ``decay`` from the first update
+(``warmup=False``): there its starting weights are worth keeping.
 
 Its state (the averaged weights and the update count) goes into the rolling checkpoint, so a
 resumed run continues the same average as an uninterrupted one.
@@ -25,10 +27,11 @@ from pipelines.training.checkpoint import unwrap
 class ModelEMA:
     """The averaged copy of ``model`` (a network with an ``arch`` dict), in eval mode."""
 
-    def __init__(self, model: nn.Module, decay: float = 0.999):
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema decay: {decay} is not in [0, 1)")
         self.decay = decay
+        self.warmup = warmup
         self.updates = 0
         # rebuilt from ``arch`` (not deep-copied, not folded): same parametrizations, so the same
         # state dict keys as the trained model
@@ -39,6 +42,8 @@ class ModelEMA:
         self.model.to(device).eval().requires_grad_(False)
 
     def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ from pipelines.core.runtime import autocast
 from pipelines.core.tasks import FIDELITY
 from pipelines.scoring.losses import Adversarial, critic_loss, generator_adv_loss
 from pipelines.scoring.metrics import HIGHER_IS_BETTER
+from pipelines.training.ema import ModelEMA
 from pipelines.training.loop import set_lr
 
 
@@ -30,7 +31,9 @@ def requires_grad(model: nn.Module, flag: bool) -> None:
 class Gan:
     """A generator and a critic with their optimizers. ``gen_t`` and ``critic_t`` are what
     steps train through (DistributedDataParallel wrappers under torchrun); the bare networks
-    serve when the other one steps, so DDP never waits for gradients of a frozen network."""
+    serve when the other one steps, so DDP never waits for gradients of a frozen network.
+    With ``ema``, the generator's weight average follows each generator step, and ``kept`` (what
+    is validated and saved) is that average."""
 
     gen: nn.Module
     critic: nn.Module
@@ -44,14 +47,21 @@ class Gan:
     critic_t: nn.Module | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype | None = None
+    ema: ModelEMA | None = None
+
+    @property
+    def kept(self) -> nn.Module:
+        """The generator that is validated and saved: the weight average, if any."""
+        return self.ema.model if self.ema is not None else self.gen
 
     def state(self) -> dict[str, Any]:
-        """Both networks and both optimizers, as the rolling checkpoint holds them."""
+        """Both networks, both optimizers and the average, as the rolling checkpoint holds them."""
         return {
             "generator": self.gen.state_dict(),
             "critic": self.critic.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -59,6 +69,8 @@ class Gan:
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
     @torch.no_grad()
     def fakes(self, lr_img: torch.Tensor) -> torch.Tensor:
@@ -94,6 +106,8 @@ class Gan:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update(self.gen)
         return {"gen_loss": loss, "adv_loss": adv, "content_loss": content}
 
 
