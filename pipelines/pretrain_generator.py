@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 STAGE = "pretrain_generator"
 
 
+# not U-Net arguments: the residual network's keys, and chroma (``arch`` adds it where it counts)
+UNET_EXCLUDED = ("kind", "channels", "blocks", "colour_stride", "chroma", "upsampler", "unshuffle")
+
+
 @dataclass(frozen=True)
 class GeneratorModel:
     # unet: the U-Net on a ResNet encoder (the recipe); srresnet: residual blocks at the input
@@ -65,6 +69,8 @@ class GeneratorModel:
     chroma: Literal["network", "input"] = "network"
     # srresnet: staged (conv + PixelShuffle 2 per factor 2) | direct (one PixelShuffle)
     upsampler: Literal["staged", "direct"] = "staged"
+    # srresnet: the body's cell, px a side (2, 4: unshuffled into channels; direct upsampler)
+    unshuffle: Literal[1, 2, 4] = 1
 
     def arch(self, scale: int, task: str = "restore") -> dict:
         """``build_generator``'s keywords; a U-Net's dict has no ``kind`` key and a restorer's
@@ -82,6 +88,8 @@ class GeneratorModel:
                 added["colour_stride"] = self.colour_stride
             if self.upsampler != "staged":
                 added["upsampler"] = self.upsampler
+            if self.unshuffle != 1:
+                added["unshuffle"] = self.unshuffle
             return {
                 "kind": "srresnet",
                 "scale": scale,
@@ -92,7 +100,7 @@ class GeneratorModel:
         unet = {
             k: v
             for k, v in as_dict(self).items()
-            if k not in ("kind", "channels", "blocks", "colour_stride", "chroma", "upsampler")
+            if k not in UNET_EXCLUDED
         }
         return {**unet, "scale": scale, **added}
 
@@ -163,6 +171,14 @@ class PretrainGeneratorConfig:
                 f"model.colour_stride: {self.model.colour_stride} needs model.kind srresnet, "
                 f"base.task colorize and base.scale 1 (here {self.model.kind}, "
                 f"{self.base.task}, {self.base.scale})"
+            )
+        m = self.model
+        if m.unshuffle > 1 and (
+            m.kind != "srresnet" or m.upsampler != "direct" or self.base.task != "restore"
+        ):
+            raise ConfigError(
+                f"model.unshuffle: {m.unshuffle} needs model.kind srresnet, model.upsampler "
+                f"direct and base.task restore (here {m.kind}, {m.upsampler}, {self.base.task})"
             )
         if self.model.kind != "unet" and any(p.frozen for p in self.phases):
             raise ConfigError(

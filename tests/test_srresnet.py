@@ -158,3 +158,49 @@ def test_config_builds_the_arch_and_refuses_a_frozen_phase():
     params["pretrain_generator"].update(phases=[{"steps": 2}], clean_resample=["box"])
     with pytest.raises(ConfigError, match="clean_resample"):
         load(PretrainGeneratorConfig, "pretrain_generator", params)
+
+
+@pytest.mark.parametrize("cell", [2, 4])
+def test_an_unshuffled_body_keeps_the_contract_at_odd_sizes(cell):
+    model = small(scale=4, upsampler="direct", unshuffle=cell).eval()
+    assert model.arch["unshuffle"] == cell and "unshuffle" not in small(upsampler="direct").arch
+    assert model.head.in_channels == 3 * cell * cell
+    assert model.to_rgb.out_channels == 3 * (4 * cell) ** 2
+    x = torch.rand(2, 3, 13, 7)
+    with torch.no_grad():
+        # untrained: bicubic, whatever padding the cells needed
+        assert torch.allclose(model(x), upsample(x, 4).clamp(0, 1), atol=1e-6)
+        trained_like(model)
+        assert model(x).shape == (2, 3, 52, 28)
+        assert not torch.allclose(model(x), upsample(x, 4).clamp(0, 1))
+        loaded = build_generator(**model.arch)
+        loaded.load_state_dict(model.state_dict())
+        assert torch.equal(loaded.eval()(x), model(x))
+
+
+def test_an_unshuffled_body_exports_to_onnx_for_any_size():
+    from pipelines.exporting.onnx_file import to_onnx
+
+    model = trained_like(small(scale=2, upsampler="direct", unshuffle=2)).eval()
+    # odd, even and tiny sides: the graph pads to whole cells as PyTorch does
+    _, diff = to_onnx(model, {"scale": "2"}, check_sizes=((29, 61), (8, 8), (1, 3)))
+    assert diff < 1e-5
+
+
+def test_an_unshuffled_body_needs_a_restorer_with_the_direct_upsampler():
+    with pytest.raises(ValueError, match="unshuffle: 2"):
+        small(unshuffle=2)  # staged
+    with pytest.raises(ValueError, match="unshuffle: 3"):
+        small(upsampler="direct", unshuffle=3)
+    with pytest.raises(ValueError, match="unshuffle: 2"):
+        small(upsampler="direct", unshuffle=2, task="colorize", scale=1)
+    params = {
+        "base": {"scale": 2, "crop": 32},
+        "crappify": {},
+        "pretrain_generator": {"model": {"kind": "srresnet", "unshuffle": 2}},
+    }
+    with pytest.raises(ConfigError, match="model.unshuffle: 2 needs .* model.upsampler direct"):
+        load(PretrainGeneratorConfig, "pretrain_generator", params)
+    params["pretrain_generator"]["model"]["unshuffle"] = 3
+    with pytest.raises(ConfigError, match="model.unshuffle: 3 is not one of 1, 2, 4"):
+        load(PretrainGeneratorConfig, "pretrain_generator", params)

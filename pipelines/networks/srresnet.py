@@ -33,6 +33,9 @@ KIND = "srresnet"
 # and a single PixelShuffle (ESPCN, Real-ESRGAN's compact net). At x4 the staged convs cost
 # about 20 body convs, most of them at twice the input size; direct costs one.
 UPSAMPLERS = ("staged", "direct")
+# the body's cell: 1 = every input pixel; 2 or 4 = cells of that many px a side, unshuffled into
+# channels (Real-ESRGAN's x2 and x1 models), with the direct upsampler shuffling scale * cell
+UNSHUFFLES = (1, 2, 4)
 
 
 class ResidualBlock(nn.Module):
@@ -60,6 +63,7 @@ class SRResNetGenerator(nn.Module):
         colour_stride: int = 1,
         chroma: str = "network",
         upsampler: str = "staged",
+        unshuffle: int = 1,
     ):
         super().__init__()
         check_task(task)
@@ -74,6 +78,13 @@ class SRResNetGenerator(nn.Module):
             raise ValueError(f"scale: {scale!r} is not one of {', '.join(map(str, SCALES))}")
         if upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler: {upsampler!r} is not one of {', '.join(UPSAMPLERS)}")
+        if unshuffle not in UNSHUFFLES or (
+            unshuffle > 1 and (upsampler != "direct" or task != "restore")
+        ):
+            raise ValueError(
+                f"unshuffle: {unshuffle} (1, or {', '.join(map(str, UNSHUFFLES[1:]))} for a "
+                "restorer with the direct upsampler)"
+            )
         if channels < 4:
             raise ValueError(f"channels: {channels} is below 4")
         if blocks < 0:
@@ -89,7 +100,10 @@ class SRResNetGenerator(nn.Module):
             self.arch["chroma"] = chroma
         if upsampler != "staged":  # files of staged models keep the arch they always had
             self.arch["upsampler"] = upsampler
-        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        self.unshuffle = unshuffle
+        if unshuffle > 1:
+            self.arch["unshuffle"] = unshuffle
+        self.head = nn.Conv2d(3 * unshuffle * unshuffle, channels, 3, padding=1)
         self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
         self.body_end = nn.Conv2d(channels, channels, 3, padding=1)
         up: list[nn.Module] = []
@@ -102,9 +116,9 @@ class SRResNetGenerator(nn.Module):
                 ]
         self.up = nn.Sequential(*up)
         # output pixels per to_rgb pixel: the direct upsampler's shuffle spreads them
-        per_pixel = 1 if upsampler == "staged" else scale * scale
-        self.to_rgb = nn.Conv2d(channels, 3 * per_pixel, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(scale) if per_pixel > 1 else nn.Identity()
+        factor = 1 if upsampler == "staged" else scale * unshuffle
+        self.to_rgb = nn.Conv2d(channels, 3 * factor * factor, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(factor) if factor > 1 else nn.Identity()
         nn.init.zeros_(self.to_rgb.weight)
         nn.init.zeros_(self.to_rgb.bias)
 
@@ -114,7 +128,7 @@ class SRResNetGenerator(nn.Module):
             if self.colour_stride > 1:
                 return self._colour_at_stride(x)
         base = upsample(x, self.scale)
-        y = base + self.shuffle(self.to_rgb(self.up(self._features(x))))
+        y = base + self._residual(x)
         if self.task == "colorize":
             y = colorized(y, x, self.scale)
         else:
@@ -122,10 +136,24 @@ class SRResNetGenerator(nn.Module):
         # straight-through clamp: the value is clamped, the gradient is the identity's
         return y + (y.clamp(0.0, 1.0) - y).detach()
 
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The output-size residual over the bicubic upscale of ``x``."""
+        if self.unshuffle == 1:
+            return self.shuffle(self.to_rgb(self.up(self._features(x))))
+        # the body runs on unshuffle x unshuffle cells of the input, their pixels as channels
+        # (lossless): 1/unshuffle**2 of the positions, a receptive field that many times wider
+        u, (h, w) = self.unshuffle, x.shape[-2:]
+        padded = F.pad(x, (0, -w % u, 0, -h % u), mode="replicate")
+        r = self.shuffle(self.to_rgb(self._features(padded)))
+        return r[..., : h * self.scale, : w * self.scale]
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """Head, residual body and long skip at the size of ``x``."""
+        """Head, residual body and long skip at the size of ``x`` (of its cells, unshuffled)."""
         # centred inputs: the convs see values around zero without a normalisation layer
-        h = self.head(x - 0.5)
+        x = x - 0.5
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        h = self.head(x)
         return h + self.body_end(self.body(h))
 
     def _colour_at_stride(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,6 +174,7 @@ def build_srresnet(
     colour_stride: int = 1,
     chroma: str = "network",
     upsampler: str = "staged",
+    unshuffle: int = 1,
 ) -> SRResNetGenerator:
     """The residual generator at the input resolution.
 
@@ -158,8 +187,12 @@ def build_srresnet(
     colour_stride: a colorizer at scale 1 predicts its chroma at 1/colour_stride of the size.
     chroma: a restorer's output chroma, "network" or "input" (``colour.restored``).
     upsampler: "staged" or "direct" (``UPSAMPLERS``).
+    unshuffle: the body's cell, 1, 2 or 4 px a side (``UNSHUFFLES``; above 1 for a restorer
+    with the direct upsampler).
 
     ``model.arch`` holds these arguments, ``kind="srresnet"`` included, for
     ``build_generator(**arch)``.
     """
-    return SRResNetGenerator(scale, channels, blocks, kind, task, colour_stride, chroma, upsampler)
+    return SRResNetGenerator(
+        scale, channels, blocks, kind, task, colour_stride, chroma, upsampler, unshuffle
+    )
