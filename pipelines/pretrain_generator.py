@@ -97,11 +97,7 @@ class GeneratorModel:
                 "blocks": self.blocks,
                 **added,
             }
-        unet = {
-            k: v
-            for k, v in as_dict(self).items()
-            if k not in UNET_EXCLUDED
-        }
+        unet = {k: v for k, v in as_dict(self).items() if k not in UNET_EXCLUDED}
         return {**unet, "scale": scale, **added}
 
 
