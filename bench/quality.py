@@ -119,6 +119,7 @@ def workspace_params(params: Path, workdir: Path, overrides: list[str]) -> dict:
         "checkpoints": "checkpoints",
         "metrics": "metrics",
         "plots": "plots",
+        "reports": "reports",
     }.items():
         paths[key] = str(workdir / rel)
     return data

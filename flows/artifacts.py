@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from pipelines.reporting.page import REPORT_FILE
+from pipelines.reporting.page import REPORT_NAME
 from pipelines.reporting.results import read_evaluation, table_rows
 
 EVALUATION_KEY, SUMMARY_KEY, MLFLOW_KEY, REPORT_KEY = (
@@ -35,14 +35,15 @@ GRID_WIDTH = 960  # px of the grid inlined in the summary
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
-def workspace_paths(workspace: Path) -> tuple[Path, Path]:
-    """The metrics and plots folders of ``workspace``, as its params.yaml ``base.paths`` says."""
+def workspace_paths(workspace: Path) -> tuple[Path, Path, Path]:
+    """The metrics, plots and reports folders of ``workspace``, as its params.yaml
+    ``base.paths`` says."""
     params = workspace / "params.yaml"
     paths = {}
     if params.exists():
         data = yaml.safe_load(params.read_text()) or {}
         paths = (data.get("base") or {}).get("paths") or {}
-    return workspace / paths.get("metrics", "metrics"), workspace / paths.get("plots", "plots")
+    return tuple(workspace / paths.get(key, key) for key in ("metrics", "plots", "reports"))
 
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str | None, run_id: str) -> str:
@@ -70,7 +71,7 @@ def publish(
 
     made: dict[str, Any] = {}
     try:
-        metrics_dir, plots_dir = workspace_paths(workspace)
+        metrics_dir, plots_dir, reports_dir = workspace_paths(workspace)
     except (OSError, yaml.YAMLError, AttributeError) as exc:
         logger.warning("no artifacts: %s/params.yaml unreadable (%s)", workspace, exc)
         return made
@@ -112,7 +113,7 @@ def publish(
                 description="The flow's MLflow parent run; its stage runs are nested under it.",
             ),
         )
-    report = workspace / REPORT_FILE
+    report = reports_dir / REPORT_NAME
     if report.exists():
         attempt(
             REPORT_KEY,

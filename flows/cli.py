@@ -375,9 +375,17 @@ def add_report(sub) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipelines.reporting.page import REPORT_FILE
+    import yaml
 
-    path = (_root(args) / REPORT_FILE).resolve()
+    from flows.artifacts import workspace_paths
+    from pipelines.reporting.page import REPORT_NAME
+
+    try:
+        reports_dir = workspace_paths(_root(args))[2]
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        print(f"decrappify report: params.yaml unreadable: {exc}", file=sys.stderr)
+        return 1
+    path = (reports_dir / REPORT_NAME).resolve()
     if not path.is_file():
         print(
             f"decrappify report: {path} does not exist yet: run the evaluate stage "

@@ -44,7 +44,7 @@ from pipelines.imaging.tensors import centre_crop
 from pipelines.imaging.visualize import grid
 from pipelines.inference.restore import load_generator, restore
 from pipelines.reporting import dvc_views
-from pipelines.reporting.page import REPORT_FILE, Samples, samples_table, write_report
+from pipelines.reporting.page import REPORT_NAME, Samples, samples_table, write_report
 from pipelines.running import registry
 from pipelines.running.stage import stage_main
 from pipelines.scoring.metrics import score
@@ -251,7 +251,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
     picture = grid(grid_rows, [*first, reference, *models, "HR"])
     write_image(plots_dir / f"{STAGE}_grid.png", picture)
     page = write_report(
-        REPORT_FILE,
+        Path(base.paths.reports) / REPORT_NAME,
         results,
         samples,
         rows,

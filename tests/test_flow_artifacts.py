@@ -64,14 +64,14 @@ elif stage == "train_gan":
     Path("plots/gan_scores.csv").write_text("step,psnr_y,haarpsi\\n0,20,0.5\\n2,20.2,0.52\\n4,20.1,0.55\\n6,19.8,0.53\\n")
 elif stage == "evaluate":
     from pipelines.imaging.images import write_image
-    from pipelines.reporting.page import REPORT_FILE, write_report
+    from pipelines.reporting.page import REPORT_NAME, write_report
     results = {{"test": {{"images": 2,
         "bicubic": {{"psnr_y": 25.5, "haarpsi": 0.51}},
         "gan_generator": {{"psnr_y": 26.75, "haarpsi": 0.6}},
         "gain_db": {{"gan_generator": 1.25}}}}}}
     Path("metrics/evaluate.json").write_text(json.dumps(results))
     write_image("plots/evaluate_grid.png", np.full((40, 120, 3), 200, np.uint8))
-    write_report(REPORT_FILE, results, None)
+    write_report(Path("reports") / REPORT_NAME, results, None)
 print(f"{{stage}} done")
 """
 

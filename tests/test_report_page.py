@@ -13,7 +13,7 @@ import yaml
 from flows.cli import main
 from pipelines.reporting import charts
 from pipelines.reporting.page import (
-    REPORT_FILE,
+    REPORT_NAME,
     Samples,
     build_page,
     samples_table,
@@ -146,14 +146,31 @@ def test_changed_params_are_those_that_differ_from_the_config_defaults(tmp_path,
 
 
 def test_report_command_prints_the_path_or_says_what_to_run(tmp_path, capsys, monkeypatch):
+    page = tmp_path / "reports" / REPORT_NAME
     assert main(["report", "--root", str(tmp_path)]) == 1
     assert "run the evaluate stage" in capsys.readouterr().err
-    write_report(tmp_path / REPORT_FILE, RESULTS, None, root=tmp_path)
+    write_report(page, RESULTS, None, root=tmp_path)
     assert main(["report", "--root", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == str((tmp_path / REPORT_FILE).resolve())
+    assert capsys.readouterr().out.strip() == str(page.resolve())
     opened = []
     monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
     assert main(["report", "--root", str(tmp_path), "--open"]) == 0
-    assert opened == [(tmp_path / REPORT_FILE).resolve().as_uri()]
-    html = (tmp_path / REPORT_FILE).read_text()
+    assert opened == [page.resolve().as_uri()]
+    html = page.read_text()
     assert "not a git checkout" in html and json.dumps(0.31) in html
+
+
+def test_report_command_follows_the_reports_path_of_params(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"base": {"paths": {"reports": "out/pages"}}})
+    )
+    write_report(tmp_path / "reports" / REPORT_NAME, RESULTS, None, root=tmp_path)
+    assert main(["report", "--root", str(tmp_path)]) == 1  # not the default folder's page
+    assert "out/pages/index.html does not exist yet" in capsys.readouterr().err
+    write_report(tmp_path / "out" / "pages" / REPORT_NAME, RESULTS, None, root=tmp_path)
+    assert main(["report", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str((tmp_path / "out/pages" / REPORT_NAME).resolve())
+    (tmp_path / "params.yaml").unlink()
+    (tmp_path / "params.yaml").mkdir()  # unreadable as a file, even to root
+    assert main(["report", "--root", str(tmp_path)]) == 1
+    assert "params.yaml unreadable" in capsys.readouterr().err

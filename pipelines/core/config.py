@@ -189,6 +189,7 @@ class Paths:
     checkpoints: str = "checkpoints"
     metrics: str = "metrics"
     plots: str = "plots"
+    reports: str = "reports"  # the evaluation's report page, index.html (git-ignored)
     logs: str = "logs"  # timings and throughput of each run: git-ignored, not DVC metrics
 
 

@@ -32,7 +32,7 @@ from pipelines.reporting.results import (
     reference_of,
 )
 
-REPORT_FILE = Path("reports") / "index.html"
+REPORT_NAME = "index.html"  # in base.paths.reports
 CROP = 512  # HR px of each image region shown at full resolution
 IMAGES_PER_DATASET = 3  # the page stays a few MB: every cell is a lossless PNG
 INPUT_LABEL, TRUTH_LABEL = "input", "truth"
