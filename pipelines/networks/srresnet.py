@@ -138,14 +138,14 @@ class SRResNetGenerator(nn.Module):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         """The output-size residual over the bicubic upscale of ``x``."""
-        if self.unshuffle == 1:
-            return self.shuffle(self.to_rgb(self.up(self._features(x))))
-        # the body runs on unshuffle x unshuffle cells of the input, their pixels as channels
-        # (lossless): 1/unshuffle**2 of the positions, a receptive field that many times wider
+        # with unshuffle, the body runs on u x u cells of the input, their pixels as channels
+        # (lossless): 1/u**2 of the positions, a receptive field u times wider. A partial last
+        # cell is filled by repeating the edge, and its extra output cut off.
         u, (h, w) = self.unshuffle, x.shape[-2:]
-        padded = F.pad(x, (0, -w % u, 0, -h % u), mode="replicate")
-        r = self.shuffle(self.to_rgb(self._features(padded)))
-        return r[..., : h * self.scale, : w * self.scale]
+        if u > 1:
+            x = F.pad(x, (0, -w % u, 0, -h % u), mode="replicate")
+        r = self.shuffle(self.to_rgb(self.up(self._features(x))))
+        return r if u == 1 else r[..., : h * self.scale, : w * self.scale]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Head, residual body and long skip at the size of ``x`` (of its cells, unshuffled)."""
