@@ -35,6 +35,10 @@ GRID_WIDTH = 960  # px of the grid inlined in the summary
 LOCAL_UI = "http://127.0.0.1:5000"
 
 
+# what workspace_paths raises for a params.yaml it cannot read as a mapping
+PARAMS_ERRORS = (OSError, yaml.YAMLError, AttributeError)
+
+
 def workspace_paths(workspace: Path) -> tuple[Path, Path, Path]:
     """The metrics, plots and reports folders of ``workspace``, as its params.yaml
     ``base.paths`` says."""
@@ -72,7 +76,7 @@ def publish(
     made: dict[str, Any] = {}
     try:
         metrics_dir, plots_dir, reports_dir = workspace_paths(workspace)
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
+    except PARAMS_ERRORS as exc:
         logger.warning("no artifacts: %s/params.yaml unreadable (%s)", workspace, exc)
         return made
 

@@ -375,14 +375,12 @@ def add_report(sub) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import yaml
-
-    from flows.artifacts import workspace_paths
+    from flows.artifacts import PARAMS_ERRORS, workspace_paths
     from pipelines.reporting.page import REPORT_NAME
 
     try:
         reports_dir = workspace_paths(_root(args))[2]
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
+    except PARAMS_ERRORS as exc:
         print(f"decrappify report: params.yaml unreadable: {exc}", file=sys.stderr)
         return 1
     path = (reports_dir / REPORT_NAME).resolve()
