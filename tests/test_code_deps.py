@@ -16,6 +16,7 @@ from pipelines.core.code_deps import (
     CANNOT_CHANGE_OUTPUTS,
     code_digest,
     imported_modules,
+    paths_named,
     stage_module,
 )
 from pipelines.core.fingerprint import HOW_IT_RUNS, result_params
@@ -68,7 +69,8 @@ def test_code_deps_are_files_the_stage_runs(stage):
 def test_params_deps_are_the_config_fields_but_how_it_runs(stage):
     listed = DVC["stages"][stage]["params"]
     assert len(listed) == len(set(listed))
-    assert sorted(listed) == sorted(result_params(config_class(stage), stage))
+    named = paths_named(stage_module(stage))
+    assert sorted(listed) == sorted(result_params(config_class(stage), stage, named))
     assert not [k for k in listed if k.rsplit(".", 1)[-1] in HOW_IT_RUNS]
 
 
@@ -82,6 +84,16 @@ def test_params_deps_exist_in_the_params_files(params_file):
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{stage}: {key} not in params.yaml"
                 node = node[part]
+
+
+def test_a_path_param_reruns_only_the_stages_that_name_it():
+    """Where the report page goes concerns evaluate alone, and no stage reruns when the resume
+    checkpoints or the timing logs move."""
+    naming = {s for s in STAGES if "base.paths.reports" in DVC["stages"][s]["params"]}
+    assert naming == {"evaluate"}
+    assert all("base.paths.hr" in DVC["stages"][s]["params"] for s in ("download", "evaluate"))
+    listed = {k for s in STAGES for k in DVC["stages"][s]["params"]}
+    assert not {"base.paths", "base.paths.checkpoints", "base.paths.logs"} & listed
 
 
 def write(root: Path, name: str, text: str) -> None:

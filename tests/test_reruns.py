@@ -84,6 +84,17 @@ def test_how_it_runs_changes_rerun_nothing(workspace):
         git(workspace, "checkout", "params.yaml")
 
 
+def test_moving_a_folder_reruns_the_stages_that_use_it(workspace):
+    try:
+        for dotted in ("base.paths.checkpoints", "base.paths.logs"):
+            set_param(workspace, dotted, "elsewhere/" + dotted)
+        assert status(workspace) == {}, "moving checkpoints or logs reruns stages"
+        set_param(workspace, "base.paths.reports", "pages")
+        assert set(status(workspace)) == {"evaluate"}
+    finally:
+        git(workspace, "checkout", "params.yaml")
+
+
 def test_an_experiment_that_only_changes_how_it_runs_runs_no_stage(workspace):
     try:
         out = dvc_cli(

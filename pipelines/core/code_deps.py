@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,20 @@ def code_digest(entry: str, root: Path | None = None) -> str:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
     return h.hexdigest()
+
+
+# How the stages name their folders: ``cfg.base.paths.hr`` (a field of config.Paths)
+_PATH_FIELD = re.compile(r"\bpaths\.([a-z_]+)\b")
+
+
+def paths_named(entry: str, root: Path | None = None) -> set[str]:
+    """The ``base.paths`` fields that the modules ``entry`` runs name: the folders it can read
+    or write, so the only path params that can change what it does."""
+    return {
+        m
+        for path in imported_modules(entry, root).values()
+        for m in _PATH_FIELD.findall(path.read_text())
+    }
 
 
 # Where the project's code lives: a commit that only records results (dvc.lock, metrics/)

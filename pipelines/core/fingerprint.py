@@ -39,9 +39,11 @@ HOW_IT_RUNS = frozenset(
 
 
 # Where files are (base.paths) is no part of the fingerprint either: inputs count by content,
-# and an output's place does not change its bytes. It stays a DVC param (dvc.yaml's outputs are
-# those paths).
+# and an output's place does not change its bytes. The folders a stage names stay DVC params
+# (dvc.yaml's outputs are those paths), but these two: the resume checkpoints (a stage discards
+# those made from anything else) and the timing logs hold no output.
 WHERE = frozenset({"paths"})
+NO_OUTPUT_PATHS = frozenset({"checkpoints", "logs"})
 
 
 def what_it_computes(config: Any) -> Any:
@@ -77,20 +79,23 @@ def fingerprint(
     return h.hexdigest()
 
 
-def result_params(config_cls: type, section: str) -> list[str]:
+def result_params(config_cls: type, section: str, paths: Iterable[str] = ()) -> list[str]:
     """The params keys that can change the outputs of the stage whose config is ``config_cls``
     (its ``section``, with ``base`` and the other sections it reads), as dvc.yaml lists them:
-    one key per config field, ``HOW_IT_RUNS`` left out."""
+    one key per config field, ``HOW_IT_RUNS`` left out, and of ``base.paths`` the ``paths`` the
+    stage names (``code_deps.paths_named``) but ``NO_OUTPUT_PATHS``."""
     hints = typing.get_type_hints(config_cls)
     keys: list[str] = []
     for f in dataclasses.fields(config_cls):
         if not f.init or f.name in HOW_IT_RUNS:
             continue
         other = "base" if f.name == "base" else f.metadata.get("section")
-        if other:
+        if f.name in WHERE:
+            keys += [f"{section}.{f.name}.{p}" for p in sorted(set(paths) - NO_OUTPUT_PATHS)]
+        elif other:
             keys += [
                 k
-                for k in result_params(hints[f.name], other)
+                for k in result_params(hints[f.name], other, paths)
                 if not k.startswith("base.") or other == "base"
             ]
         else:
