@@ -3,9 +3,10 @@
 One walker serves two checks that must agree: tests/test_code_deps.py holds every module it
 finds against the stage's ``deps`` in dvc.yaml (so DVC reruns a stage when its code changes),
 and ``code_digest`` feeds the resume fingerprint (so a rerun after a code change does not
-resume a checkpoint the old code made). The walk reads ``import`` statements anywhere in a
-module, inside functions too, and follows them through project modules only (files below the
-repository root); it never imports anything.
+resume a checkpoint the old code made). ``paths_named`` reads the same modules for the
+``base.paths`` folders they name: the path params dvc.yaml lists for the stage. The walk reads
+``import`` statements anywhere in a module, inside functions too, and follows them through
+project modules only (files below the repository root); it never imports anything.
 """
 
 from __future__ import annotations
