@@ -22,7 +22,7 @@ from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast, to_device
 from pipelines.core.tasks import FIDELITY, REFERENCE
-from pipelines.datasets.degraded import check_text_window, train_dataset
+from pipelines.datasets.degraded import check_text_window, check_zoom, train_dataset
 from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_generator, freeze_encoder, param_groups
@@ -137,6 +137,9 @@ class PretrainGeneratorConfig:
     # share of windowed crappy crops (photos larger than the window) placed where their
     # window's text is drawn; needs watermark_window; 0 = none
     watermark_focus: float = bounded(0.0, lo=0, hi=1)
+    # [lo, hi]: each fresh HR crop is cut from its photo shrunk by a factor log-uniform in
+    # this range (TrainPairs._zoomed_crop); [1, 1] = the photo's own size
+    zoom: tuple[float, float] = (1.0, 1.0)
     # decay of the exponential moving average of the weights that is validated and saved;
     # 0 = none (the last weights)
     ema: float = bounded(0.0, lo=0, hi=0.99999)
@@ -149,6 +152,7 @@ class PretrainGeneratorConfig:
 
     def check(self) -> None:
         check_text_window(self.watermark_window, self.watermark_focus)
+        check_zoom(self.zoom, self.data)
         if not self.phases:
             raise ConfigError("phases: at least one phase is needed")
         weights = stlpips.weights_file(self.perceptual_net)
@@ -228,6 +232,7 @@ def phase_batches(
         cfg.clean_resample,
         cfg.watermark_window,
         cfg.watermark_focus,
+        cfg.zoom,
     )
     return step_loader(
         dataset,

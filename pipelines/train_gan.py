@@ -37,7 +37,7 @@ from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
-from pipelines.datasets.degraded import check_text_window, train_dataset
+from pipelines.datasets.degraded import check_text_window, check_zoom, train_dataset
 from pipelines.datasets.pairs import EvalPairs, check_kinds, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
@@ -87,6 +87,7 @@ class TrainGanConfig:
     clean_resample: tuple[str, ...] = ("area",)  # as pretrain_generator's
     watermark_window: int = bounded(0, lo=0)  # as pretrain_generator's
     watermark_focus: float = bounded(0.0, lo=0, hi=1)  # as pretrain_generator's
+    zoom: tuple[float, float] = (1.0, 1.0)  # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -96,6 +97,7 @@ class TrainGanConfig:
 
     def check(self) -> None:
         check_text_window(self.watermark_window, self.watermark_focus)
+        check_zoom(self.zoom, self.data)
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
         check_kinds("valid_degradations", self.valid_degradations)
@@ -169,6 +171,7 @@ def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
         cfg.clean_resample,
         cfg.watermark_window,
         cfg.watermark_focus,
+        cfg.zoom,
     )
     return step_loader(
         dataset,

@@ -19,6 +19,7 @@ def train_dataset(
     clean_resample: tuple[str, ...] = ("area",),
     watermark_window: int = 0,
     watermark_focus: float = 0.0,
+    zoom: tuple[float, float] = (1.0, 1.0),
 ) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
     degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files."""
@@ -36,6 +37,7 @@ def train_dataset(
             clean_resample=clean_resample,
             watermark_window=watermark_window,
             watermark_focus=watermark_focus,
+            zoom=zoom,
         )
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)
@@ -47,3 +49,13 @@ def check_text_window(window: int, focus: float) -> None:
         raise ConfigError(
             f"watermark_focus: {focus} needs a text window (watermark_window is {window})"
         )
+
+
+def check_zoom(zoom: tuple[float, float], data_mode: str) -> None:
+    """``zoom`` shrinks each HR crop before it is degraded: [lo, hi] in (0, 1], and only for
+    fresh degradations (the crappify stage's LR files are of the photos' own size)."""
+    lo, hi = zoom
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"zoom: {list(zoom)!r} must be [lo, hi] with 0 < lo <= hi <= 1")
+    if (lo, hi) != (1.0, 1.0) and data_mode != "fresh":
+        raise ConfigError(f"zoom: {list(zoom)!r} needs data: fresh (here {data_mode})")

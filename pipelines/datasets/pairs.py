@@ -163,6 +163,7 @@ class TrainPairs(Dataset):
         clean_resample: Sequence[str] = ("area",),
         watermark_window: int = 0,
         watermark_focus: float = 0.0,
+        zoom: tuple[float, float] = (1.0, 1.0),
     ):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
@@ -187,6 +188,12 @@ class TrainPairs(Dataset):
         self.watermark_window = watermark_window
         # share of windowed crops placed where their window's text is drawn
         self.watermark_focus = watermark_focus
+        lo, hi = zoom
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"zoom: {list(zoom)!r} must be [lo, hi] with 0 < lo <= hi <= 1")
+        if (lo, hi) != (1.0, 1.0) and degrade is None:
+            raise ValueError("zoom shrinks HR crops before their degradation: it needs degrade")
+        self.zoom = (lo, hi)
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -207,7 +214,7 @@ class TrainPairs(Dataset):
         lr = None
         if self.lr_files is not None and self.degrade is None:
             lr, hr = aligned_lr(self.cache.read(self.lr_files[k]), hr, self.scale)
-        hr_crop, lr_crop, (y, x) = self._crop(hr, lr, rng)
+        hr_crop, lr_crop, (y, x), shape = self._crop(hr, lr, rng)
         if self.aug is not None:
             self.aug.set_random_seed(int(rng.integers(2**31)))
             out = self.aug(image=hr_crop, lr=lr_crop if lr_crop is not None else hr_crop[:1, :1])
@@ -225,7 +232,7 @@ class TrainPairs(Dataset):
             else:
                 # the frame of the crop before its flip or turn: the chance and size of the
                 # watermark it sees are those of its place in that frame
-                lr_crop = self.degrade(hr_crop, rng, self._text_frame(x, y, hr.shape, rng))
+                lr_crop = self.degrade(hr_crop, rng, self._text_frame(x, y, shape, rng))
         return to_tensor(lr_crop), to_tensor(hr_crop)
 
     def _text_frame(
@@ -263,17 +270,43 @@ class TrainPairs(Dataset):
         return (cx - wx, cy - wy, ww, wh)
 
     def _crop(self, hr: np.ndarray, lr: np.ndarray | None, rng: np.random.Generator):
+        """A ``crop`` px square of the photo, shrunk first by the zoom drawn for it, and its
+        place (y, x) in the photo of that size, whose (height, width) comes last."""
         s, c = self.scale, self.crop
         h, w = hr.shape[:2]
         if h < c or w < c:
             raise ValueError(f"image {h}x{w} is smaller than the crop {c}")
+        if self.zoom != (1.0, 1.0):
+            return self._zoomed_crop(hr, rng)
         y = int(rng.integers(0, (h - c) // s + 1)) * s
         x = int(rng.integers(0, (w - c) // s + 1)) * s
         hr_crop = np.ascontiguousarray(hr[y : y + c, x : x + c])
         if lr is None:
-            return hr_crop, None, (y, x)
+            return hr_crop, None, (y, x), (h, w)
         lr_crop = np.ascontiguousarray(lr[y // s : (y + c) // s, x // s : (x + c) // s])
-        return hr_crop, lr_crop, (y, x)
+        return hr_crop, lr_crop, (y, x), (h, w)
+
+    def _zoomed_crop(self, hr: np.ndarray, rng: np.random.Generator):
+        """The photo as if shrunk by a factor log-uniform in ``zoom`` (at most to the crop's
+        size), cropped: a square of ``crop / factor`` px, area-shrunk to ``crop``.
+
+        Photos larger than the benchmarks' (Sun80's are up to 1024 px, Set5's 256-512) carry
+        less detail per pixel; shrunk, they teach the finer textures of smaller photos, and
+        each photo gives crops at several scales (the multi-scale copies of Real-ESRGAN's
+        training set, drawn per crop).
+        """
+        c, (h, w) = self.crop, hr.shape[:2]
+        lo, hi = self.zoom
+        z = max(lo * (hi / lo) ** rng.random(), c / min(h, w))
+        side = min(h, w, round(c / z))
+        y = int(rng.integers(0, h - side + 1))
+        x = int(rng.integers(0, w - side + 1))
+        region = hr[y : y + side, x : x + side]
+        hr_crop = region if side == c else cv2.resize(region, (c, c), interpolation=cv2.INTER_AREA)
+        f = c / side
+        zh, zw = max(c, round(h * f)), max(c, round(w * f))
+        place = (min(round(y * f), zh - c), min(round(x * f), zw - c))
+        return np.ascontiguousarray(hr_crop), None, place, (zh, zw)
 
 
 class EvalPairs(Dataset):
