@@ -198,3 +198,18 @@ def test_watermark_focus_needs_a_text_window(stage, repo_root):
         load(cls, stage, repo_root / "params.yaml", overrides)
     focused = load(cls, stage, repo_root / "params.yaml", {f"{stage}.watermark_focus": 0.5})
     assert focused.watermark_focus == 0.5 and focused.watermark_window > 0
+
+
+@pytest.mark.parametrize("stage", ["pretrain_generator", "train_gan"])
+def test_zoom_is_a_range_within_one_and_needs_fresh_data(stage, repo_root):
+    from pipelines.pretrain_generator import PretrainGeneratorConfig
+    from pipelines.train_gan import TrainGanConfig
+
+    cls = {"pretrain_generator": PretrainGeneratorConfig, "train_gan": TrainGanConfig}[stage]
+    params = repo_root / "params.yaml"
+    for bad in ([0.8, 0.5], [0.0, 1.0], [0.5, 1.5]):
+        with pytest.raises(ConfigError, match=r"zoom: \[.*\] must be \[lo, hi\]"):
+            load(cls, stage, params, {f"{stage}.zoom": bad})
+    with pytest.raises(ConfigError, match=r"zoom: \[0.5, 1.0\] needs data: fresh \(here fixed\)"):
+        load(cls, stage, params, {f"{stage}.zoom": [0.5, 1.0], f"{stage}.data": "fixed"})
+    assert load(cls, stage, params, {f"{stage}.zoom": [0.5, 1.0]}).zoom == (0.5, 1.0)

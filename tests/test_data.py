@@ -213,3 +213,44 @@ def test_focused_crops_carry_text_more_often(tmp_path):
     unfocused = with_text()
     assert unfocused > 0
     assert with_text(watermark_focus=1.0) > 1.5 * unfocused
+
+
+def test_zoom_cuts_crops_from_the_photo_shrunk(tmp_path):
+    # 1 px stripes: any 2x shrink averages each pair of stripes to one gray
+    stripes = np.zeros((200, 300, 3), np.uint8)
+    stripes[:, ::2] = 255
+    f = tmp_path / "hr" / "stripes.png"
+    write_image(f, stripes)
+    degrade = make_degrader(Degradation(watermark="none", jpeg_quality=(100, 100)))
+
+    def hr_crops(zoom):
+        ds = TrainPairs([f], 64, 4, seed=2, degrade=degrade, lighting=0.0, zoom=zoom)
+        return [to_image(ds[i][1]).astype(int) for i in range(6)]
+
+    assert all(np.ptp(hr) == 255 for hr in hr_crops((1.0, 1.0)))
+    assert all(np.abs(hr - 127.5).max() <= 1 for hr in hr_crops((0.5, 0.5)))
+    # a shrink below the crop's size is held at it: the 200 px photo's whole height
+    ds = TrainPairs([f], 64, 4, seed=2, degrade=degrade, lighting=0.0, zoom=(0.1, 0.1))
+    lr, hr = ds[0]
+    assert hr.shape == (3, 64, 64) and lr.shape == (3, 16, 16)
+    # seeded by the sample's index, as every other draw
+    again = TrainPairs([f], 64, 4, seed=2, degrade=degrade, zoom=(0.3, 1.0))
+    first = TrainPairs([f], 64, 4, seed=2, degrade=degrade, zoom=(0.3, 1.0))
+    assert all(torch.equal(first[i][1], again[i][1]) for i in range(4))
+
+
+def test_zoom_keeps_the_text_window_inside_the_shrunk_photo(tmp_path):
+    f = tmp_path / "hr" / "photo.png"
+    write_image(f, photo(333, 517, 4))
+    ds = TrainPairs(
+        [f],
+        32,
+        4,
+        seed=5,
+        degrade=make_degrader(Degradation()),
+        watermark_window=8,
+        zoom=(0.2, 1.0),
+    )
+    for i in range(300):  # any rounding of the shrunk place past the photo's edge would raise
+        lr, hr = ds[i]
+        assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32)
