@@ -49,13 +49,3 @@ def check_text_window(window: int, focus: float) -> None:
         raise ConfigError(
             f"watermark_focus: {focus} needs a text window (watermark_window is {window})"
         )
-
-
-def check_zoom(zoom: tuple[float, float], data_mode: str) -> None:
-    """``zoom`` shrinks each HR crop before it is degraded: [lo, hi] in (0, 1], and only for
-    fresh degradations (the crappify stage's LR files are of the photos' own size)."""
-    lo, hi = zoom
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"zoom: {list(zoom)!r} must be [lo, hi] with 0 < lo <= hi <= 1")
-    if (lo, hi) != (1.0, 1.0) and data_mode != "fresh":
-        raise ConfigError(f"zoom: {list(zoom)!r} needs data: fresh (here {data_mode})")

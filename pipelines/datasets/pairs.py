@@ -48,6 +48,16 @@ def check_kinds(key: str, kinds: Sequence[str]) -> None:
             raise ConfigError(f"{key}: {kind!r} is given twice; give each of {names} once at most")
 
 
+def check_zoom(zoom: Sequence[float], data_mode: str) -> None:
+    """``zoom`` shrinks each HR crop before it is degraded: [lo, hi] in (0, 1], and only for
+    fresh degradations (the crappify stage's LR files are of the photos' own size)."""
+    lo, hi = zoom
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"zoom: {list(zoom)!r} must be [lo, hi] with 0 < lo <= hi <= 1")
+    if (lo, hi) != (1.0, 1.0) and data_mode != "fresh":
+        raise ConfigError(f"zoom: {list(zoom)!r} needs data: fresh (here {data_mode})")
+
+
 # degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
 # the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame
 Degrader = Callable[[np.ndarray, np.random.Generator, tuple[int, int, int, int]], np.ndarray]
@@ -188,12 +198,8 @@ class TrainPairs(Dataset):
         self.watermark_window = watermark_window
         # share of windowed crops placed where their window's text is drawn
         self.watermark_focus = watermark_focus
-        lo, hi = zoom
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"zoom: {list(zoom)!r} must be [lo, hi] with 0 < lo <= hi <= 1")
-        if (lo, hi) != (1.0, 1.0) and degrade is None:
-            raise ValueError("zoom shrinks HR crops before their degradation: it needs degrade")
-        self.zoom = (lo, hi)
+        check_zoom(zoom, "fresh" if degrade is not None else "fixed")
+        self.zoom = (float(zoom[0]), float(zoom[1]))
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
