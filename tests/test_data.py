@@ -229,28 +229,21 @@ def test_zoom_cuts_crops_from_the_photo_shrunk(tmp_path):
 
     assert all(np.ptp(hr) == 255 for hr in hr_crops((1.0, 1.0)))
     assert all(np.abs(hr - 127.5).max() <= 1 for hr in hr_crops((0.5, 0.5)))
-    # a shrink below the crop's size is held at it: the 200 px photo's whole height
-    ds = TrainPairs([f], 64, 4, seed=2, degrade=degrade, lighting=0.0, zoom=(0.1, 0.1))
-    lr, hr = ds[0]
-    assert hr.shape == (3, 64, 64) and lr.shape == (3, 16, 16)
     # seeded by the sample's index, as every other draw
-    again = TrainPairs([f], 64, 4, seed=2, degrade=degrade, zoom=(0.3, 1.0))
     first = TrainPairs([f], 64, 4, seed=2, degrade=degrade, zoom=(0.3, 1.0))
+    again = TrainPairs([f], 64, 4, seed=2, degrade=degrade, zoom=(0.3, 1.0))
     assert all(torch.equal(first[i][1], again[i][1]) for i in range(4))
 
 
-def test_zoom_keeps_the_text_window_inside_the_shrunk_photo(tmp_path):
-    f = tmp_path / "hr" / "photo.png"
-    write_image(f, photo(333, 517, 4))
-    ds = TrainPairs(
-        [f],
-        32,
-        4,
-        seed=5,
-        degrade=make_degrader(Degradation()),
-        watermark_window=8,
-        zoom=(0.2, 1.0),
-    )
-    for i in range(300):  # any rounding of the shrunk place past the photo's edge would raise
-        lr, hr = ds[i]
-        assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32)
+def test_zoom_sizes_the_text_window_on_the_shrunk_photo(tmp_path):
+    # the 400 x 640 photo, LR 100 x 160, shrunk by half: its text is drawn on an LR 50 x 80
+    halved = window_frames(tmp_path, 20, zoom=(0.5, 0.5))
+    assert all((fw, fh) == (80, 50) for _, _, fw, fh in halved)
+    assert all(0 <= x <= 80 - 8 and 0 <= y <= 50 - 8 for x, y, _, _ in halved)
+    # a shrink below the crop's size is held at it: a square of the photo's whole height,
+    # 400 px, shrunk to the 32 px crop (LR 8 x 12)
+    held = window_frames(tmp_path, 20, zoom=(0.01, 0.01))
+    assert all((fw, fh) == (12, 8) and y == 0 for _, y, fw, fh in held)
+    # crops and windows inside shrunk photos of any size, whatever the rounding
+    spread = window_frames(tmp_path, 300, zoom=(0.1, 1.0), watermark_window=12)
+    assert all(0 <= x <= fw - 8 and 0 <= y <= fh - 8 for x, y, fw, fh in spread)

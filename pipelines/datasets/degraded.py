@@ -40,7 +40,9 @@ def train_dataset(
             zoom=zoom,
         )
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
-    return TrainPairs(hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting)
+    return TrainPairs(
+        hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting, zoom=zoom
+    )
 
 
 def check_text_window(window: int, focus: float) -> None:

@@ -293,24 +293,24 @@ class TrainPairs(Dataset):
         return hr_crop, lr_crop, (y, x), (h, w)
 
     def _zoomed_crop(self, hr: np.ndarray, rng: np.random.Generator):
-        """The photo as if shrunk by a factor log-uniform in ``zoom`` (at most to the crop's
-        size), cropped: a square of ``crop / factor`` px, area-shrunk to ``crop``.
+        """The photo as if shrunk by a factor log-uniform in ``zoom``, cropped: a square of
+        ``crop / factor`` px (at most the photo's shorter side), area-shrunk to ``crop``.
 
-        Photos larger than the benchmarks' (Sun80's are up to 1024 px, Set5's 256-512) carry
+        Photos larger than the benchmarks' (Sun80's are up to 1024 px, Set5's 228-512) carry
         less detail per pixel; shrunk, they teach the finer textures of smaller photos, and
         each photo gives crops at several scales (the multi-scale copies of Real-ESRGAN's
         training set, drawn per crop).
         """
         c, (h, w) = self.crop, hr.shape[:2]
         lo, hi = self.zoom
-        z = max(lo * (hi / lo) ** rng.random(), c / min(h, w))
-        side = min(h, w, round(c / z))
+        side = min(h, w, round(c / (lo * (hi / lo) ** rng.random())))
         y = int(rng.integers(0, h - side + 1))
         x = int(rng.integers(0, w - side + 1))
         region = hr[y : y + side, x : x + side]
         hr_crop = region if side == c else cv2.resize(region, (c, c), interpolation=cv2.INTER_AREA)
         f = c / side
-        zh, zw = max(c, round(h * f)), max(c, round(w * f))
+        zh, zw = round(h * f), round(w * f)
+        # rounding half to even could put the place one px past the shrunk photo's edge
         place = (min(round(y * f), zh - c), min(round(x * f), zw - c))
         return np.ascontiguousarray(hr_crop), None, place, (zh, zw)
 
