@@ -23,7 +23,7 @@ from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast, to_device
 from pipelines.core.tasks import FIDELITY, REFERENCE
 from pipelines.datasets.degraded import check_text_window, train_dataset
-from pipelines.datasets.pairs import CLEAN_RESAMPLE, EvalPairs, check_zoom, step_loader
+from pipelines.datasets.pairs import CLEAN_RESAMPLE, NO_ZOOM, EvalPairs, check_zoom, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
@@ -139,7 +139,7 @@ class PretrainGeneratorConfig:
     watermark_focus: float = bounded(0.0, lo=0, hi=1)
     # [lo, hi]: each fresh HR crop is cut from its photo shrunk by a factor log-uniform in
     # this range (TrainPairs._zoomed_crop); [1, 1] = the photo's own size
-    zoom: tuple[float, float] = (1.0, 1.0)
+    zoom: tuple[float, float] = NO_ZOOM
     # decay of the exponential moving average of the weights that is validated and saved;
     # 0 = none (the last weights)
     ema: float = bounded(0.0, lo=0, hi=0.99999)

@@ -38,7 +38,7 @@ from pipelines.core.results import write_results
 from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
 from pipelines.datasets.degraded import check_text_window, train_dataset
-from pipelines.datasets.pairs import EvalPairs, check_kinds, check_zoom, step_loader
+from pipelines.datasets.pairs import NO_ZOOM, EvalPairs, check_kinds, check_zoom, step_loader
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
@@ -87,7 +87,7 @@ class TrainGanConfig:
     clean_resample: tuple[str, ...] = ("area",)  # as pretrain_generator's
     watermark_window: int = bounded(0, lo=0)  # as pretrain_generator's
     watermark_focus: float = bounded(0.0, lo=0, hi=1)  # as pretrain_generator's
-    zoom: tuple[float, float] = (1.0, 1.0)  # as pretrain_generator's
+    zoom: tuple[float, float] = NO_ZOOM  # as pretrain_generator's
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 

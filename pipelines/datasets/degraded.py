@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.core.config import BaseConfig, ConfigError
-from pipelines.datasets.pairs import TrainPairs, lr_path_for, split_files
+from pipelines.datasets.pairs import NO_ZOOM, TrainPairs, lr_path_for, split_files
 from pipelines.imaging.degradations import CrappifyConfig, make_degrader
 
 
@@ -19,7 +19,7 @@ def train_dataset(
     clean_resample: tuple[str, ...] = ("area",),
     watermark_window: int = 0,
     watermark_focus: float = 0.0,
-    zoom: tuple[float, float] = (1.0, 1.0),
+    zoom: tuple[float, float] = NO_ZOOM,
 ) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
     degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files."""

@@ -48,13 +48,17 @@ def check_kinds(key: str, kinds: Sequence[str]) -> None:
             raise ConfigError(f"{key}: {kind!r} is given twice; give each of {names} once at most")
 
 
+# zoom [lo, hi] that keeps every photo at its own size, and draws nothing
+NO_ZOOM = (1.0, 1.0)
+
+
 def check_zoom(zoom: Sequence[float], data_mode: str) -> None:
     """``zoom`` shrinks each HR crop before it is degraded: [lo, hi] in (0, 1], and only for
     fresh degradations (the crappify stage's LR files are of the photos' own size)."""
     lo, hi = zoom
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"zoom: {list(zoom)!r} must be [lo, hi] with 0 < lo <= hi <= 1")
-    if (lo, hi) != (1.0, 1.0) and data_mode != "fresh":
+    if (lo, hi) != NO_ZOOM and data_mode != "fresh":
         raise ConfigError(f"zoom: {list(zoom)!r} needs data: fresh (here {data_mode})")
 
 
@@ -173,7 +177,7 @@ class TrainPairs(Dataset):
         clean_resample: Sequence[str] = ("area",),
         watermark_window: int = 0,
         watermark_focus: float = 0.0,
-        zoom: tuple[float, float] = (1.0, 1.0),
+        zoom: tuple[float, float] = NO_ZOOM,
     ):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
@@ -199,7 +203,7 @@ class TrainPairs(Dataset):
         # share of windowed crops placed where their window's text is drawn
         self.watermark_focus = watermark_focus
         check_zoom(zoom, "fresh" if degrade is not None else "fixed")
-        self.zoom = (float(zoom[0]), float(zoom[1]))
+        self.zoom = tuple(zoom)
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -282,7 +286,7 @@ class TrainPairs(Dataset):
         h, w = hr.shape[:2]
         if h < c or w < c:
             raise ValueError(f"image {h}x{w} is smaller than the crop {c}")
-        if self.zoom != (1.0, 1.0):
+        if self.zoom != NO_ZOOM:
             return self._zoomed_crop(hr, rng)
         y = int(rng.integers(0, (h - c) // s + 1)) * s
         x = int(rng.integers(0, (w - c) // s + 1)) * s
