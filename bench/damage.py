@@ -69,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="Q",
         help="damage: a JPEG quality of its own row (repeatable; default 10, 30, 50, 70)",
     )
+    g.add_argument(
+        "--self-ensemble",
+        dest="damage_self_ensemble",
+        action="store_true",
+        help="damage: also each model averaged over its input's 8 flips and turns, as <model>+",
+    )
 
 
 def variants(spec: Degradation, qualities: list[int]) -> dict[str, Degradation | None]:
@@ -117,6 +123,10 @@ def run(args: argparse.Namespace) -> Report:
         models[stem if stems.count(stem) == 1 else f"{Path(path).parent.parent.name}/{stem}"] = (
             model
         )
+    # column -> (model, self-ensembled)
+    methods = {name: (model, False) for name, model in models.items()}
+    if args.damage_self_ensemble:
+        methods.update({f"{name}+": (model, True) for name, model in models.items()})
     folders = [Path(d) for d in (args.hr_dirs or DEFAULT_HR_DIRS)]
     qualities = args.damage_qualities or list(DEFAULT_QUALITIES)
     report = Report(
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace) -> Report:
             "models": [str(p) for p in paths],
             "hr_dirs": [str(d) for d in folders],
             "qualities": qualities,
+            "self_ensemble": len(methods) > len(models),
         },
     )
     scale, seed = cfg.base.scale, cfg.base.seed
@@ -138,21 +149,21 @@ def run(args: argparse.Namespace) -> Report:
         photos = {f.relative_to(folder).as_posix(): read_rgb(f) for f in files}
         results: dict[str, dict[str, float]] = {}
         for row, spec in variants(cfg, qualities).items():
-            scores: dict[str, list[float]] = {"bicubic": [], **{m: [] for m in models}}
+            scores: dict[str, list[float]] = {"bicubic": [], **{m: [] for m in methods}}
             for key, photo in photos.items():
                 lr, hr = degraded(photo, spec, cfg, key, seed)
                 scores["bicubic"].append(psnr_y(upscale(lr, scale), hr, border=scale))
-                for name, model in models.items():
+                for name, (model, ensemble) in methods.items():
                     with torch.no_grad():
-                        sr = restore(model, lr)
+                        sr = restore(model, lr, self_ensemble=ensemble)
                     scores[name].append(psnr_y(sr, hr, border=scale))
             results[row] = {k: float(np.mean(v)) for k, v in scores.items()}
         report.data[folder.name] = results
         report.table(
             f"{folder.name} ({len(files)} photos): bicubic Y-PSNR and each model's gain over it",
-            ["degradation", "bicubic", *models],
+            ["degradation", "bicubic", *methods],
             [
-                [row, f"{r['bicubic']:.2f}", *(f"{r[m] - r['bicubic']:+.2f}" for m in models)]
+                [row, f"{r['bicubic']:.2f}", *(f"{r[m] - r['bicubic']:+.2f}" for m in methods)]
                 for row, r in results.items()
             ],
         )

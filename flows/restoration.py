@@ -34,6 +34,7 @@ def restoration(
     suffix: str = "_restored",
     task: str | None = None,
     render_size: int = 0,
+    self_ensemble: bool = False,
 ) -> dict:
     """Restore ``inputs`` (files, folders, glob patterns) into ``out``; returns the summary:
     ``restored`` inputs, ``failed`` {input: reason}, ``seconds`` and ``images_per_s``.
@@ -42,7 +43,8 @@ def restoration(
     model URI (``models:/decrappify-generator@champion``) or None for the repository's
     ``models/gan_generator.pt``; a colorizer's registered name is ``decrappify-colorizer``.
     ``task`` (restore | colorize), when given, refuses a model of the other task;
-    ``render_size`` is a colorizer's (see ``restore_paths``).
+    ``render_size`` is a colorizer's and ``self_ensemble`` averages over flips and turns (see
+    ``restore_paths``).
     """
     logger = get_run_logger()
     summary = restore_paths(
@@ -56,6 +58,7 @@ def restoration(
         suffix=suffix,
         task=task,
         render_size=render_size,
+        self_ensemble=self_ensemble,
         report=logger.warning,
         progress=logger.info,
         run_one=restore_image,

@@ -76,6 +76,7 @@ class EvaluateConfig:
     degradations: tuple[Kind, ...] = ("crappy", "clean")
     tile: int = bounded(256, lo=16)  # LR px per tile when restoring
     overlap: int = bounded(32, lo=0)  # LR px shared by neighbouring tiles
+    self_ensemble: bool = False  # each model's tiles averaged over their 8 flips and turns
     max_images: int = bounded(0, lo=0)  # per data set; 0 = all
     grid_images: int = bounded(3, lo=1)  # rows of the comparison grid (first data set)
     grid_crop: int = bounded(256, lo=0)  # centre crop of each grid cell, HR px; 0 = whole image
@@ -196,6 +197,16 @@ def image_row(
     }
 
 
+def restored(
+    cfg: EvaluateConfig, models: dict[str, nn.Module], lr: np.ndarray, device, dtype
+) -> dict[str, np.ndarray]:
+    """Each model's restoration of ``lr``, as ``cfg`` asks for it."""
+    return {
+        name: restore(model, lr, cfg.tile, cfg.overlap, device, dtype, cfg.self_ensemble)
+        for name, model in models.items()
+    }
+
+
 def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | None = None) -> dict:
     """Evaluate; ``builder`` rebuilds networks from model files (default: build_generator)."""
     base, task, reference, baselines = cfg.base, cfg.base.task, cfg.reference, cfg.methods_baselines
@@ -216,8 +227,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
         for image in pairs:
             lr, hr = image.lr, image.hr
             outputs = {b: upscale(lr, base.scale, b) for b in baselines}
-            for mname, model in models.items():
-                outputs[mname] = restore(model, lr, cfg.tile, cfg.overlap, device, dtype)
+            outputs.update(restored(cfg, models, lr, device, dtype))
             mine += [
                 image_row(dataset, image, method, sr, base.scale, task)
                 for method, sr in outputs.items()

@@ -16,6 +16,7 @@ from pipelines.core.config import ConfigError, load
 from pipelines.evaluate import EvaluateConfig
 from pipelines.imaging.images import read_rgb, write_image
 from pipelines.imaging.resize import benchmark_lr, upscale
+from pipelines.inference.restore import restore
 from pipelines.scoring.metrics import psnr_y
 from pipelines.training import checkpoint
 
@@ -107,6 +108,22 @@ def test_a_generator_that_is_bicubic_gains_exactly_nothing(workspace):
     picture = read_rgb(workspace / "plots/evaluate_grid.png")
     # columns: LR, bicubic, 2 models, HR, each 101*... wide at least; rows: 2 images of 83+ px
     assert picture.shape[1] > 5 * 88 and picture.shape[0] > 2 * 83
+
+
+def test_self_ensemble_restores_every_model_image_with_it(workspace, monkeypatch):
+    seen = []
+
+    def recording_restore(model, lr, *args):
+        seen.append(args[-1])
+        return restore(model, lr, *args)
+
+    monkeypatch.setattr(evaluate, "restore", recording_restore)
+    cfg = config(self_ensemble=True, degradations=["crappy"], baselines=["bicubic", "nearest"])
+    results = evaluate.run(cfg, builder=Resampler)
+    assert seen == [True] * 4  # 2 images x 2 models
+    # bicubic and nearest x4 commute with flips and turns: their mean over them is themselves
+    assert results["test"]["bicubic_net"] == results["test"]["bicubic"]
+    assert results["test"]["nearest_net"] == results["test"]["nearest"]
 
 
 def test_benchmark_folder_uses_bicubic_downscaled_lr(workspace):

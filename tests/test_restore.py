@@ -70,6 +70,47 @@ def test_an_image_within_one_tile_is_one_pass(model, lr):
     assert model.calls == 1 and out.dtype == np.uint8
 
 
+# the square's 8 symmetries as (quarter turns, mirrored first), written out independently of
+# the code under test
+SYMMETRIES = [(k, m) for m in (False, True) for k in range(4)]
+
+
+def symmetric(img: np.ndarray, turns: int, mirror: bool) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(np.fliplr(img) if mirror else img, turns))
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_turned_passes(model, lr):
+    passes = []
+    for turns, mirror in SYMMETRIES:
+        out = restore(model, symmetric(lr, turns, mirror), tile=64, overlap=0).astype(float)
+        back = np.rot90(out, -turns)
+        passes.append(np.fliplr(back) if mirror else back)
+    model.calls = 0
+    ensemble = restore(model, lr, tile=64, overlap=0, self_ensemble=True)
+    assert model.calls == 8 and ensemble.shape == (37 * 4, 53 * 4, 3)
+    # each pass here was rounded to uint8 before the mean, the ensemble's only after it
+    assert np.abs(ensemble - np.mean(passes, axis=0)).max() <= 1.0
+
+
+def test_self_ensemble_commutes_with_flips_and_turns_where_one_pass_does_not(model, lr):
+    one = restore(model, lr, tile=64, overlap=0).astype(int)
+    ens = restore(model, lr, tile=64, overlap=0, self_ensemble=True).astype(int)
+    for turns, mirror in SYMMETRIES[1:]:
+        turned_in = symmetric(lr, turns, mirror)
+        single = restore(model, turned_in, tile=64, overlap=0).astype(int)
+        assert np.abs(single - symmetric(one, turns, mirror)).max() > 10
+        ensembled = restore(model, turned_in, tile=64, overlap=0, self_ensemble=True)
+        assert np.abs(ensembled.astype(int) - symmetric(ens, turns, mirror)).max() <= 1
+
+
+def test_self_ensemble_tiles_a_large_image_as_one_pass(model, lr):
+    """Turned tiles of a non-square tiling are blended where the unturned ones were."""
+    whole = restore(model, lr, tile=64, overlap=0, self_ensemble=True).astype(int)
+    tiled = restore(model, lr, tile=20, overlap=8, self_ensemble=True)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).max() <= 1
+
+
 def test_tiles_cover_evenly_and_every_pixel_keeps_weight():
     for length in (17, 40, 97, 256):
         for tile in (16, 24, 64):

@@ -89,6 +89,24 @@ def test_one_file_is_restored_as_the_generator_restores_it(
     assert err == ""
 
 
+def test_self_ensemble_restores_as_the_generator_averaged_over_flips_and_turns(
+    tmp_path, capsys, generator_file, generator
+):
+    src = tmp_path / "in" / "a.png"
+    write_image(src, photo())
+    out = tmp_path / "out"
+    argv = [src, "--out", out, "--model", generator_file, "--tile", 16, "--overlap", 4]
+    code, _, err = run(capsys, *argv, "--self-ensemble", "--suffix", "_x8")
+    assert code == 0, err
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    ensembled = read_rgb(out / "a_x8.png")
+    np.testing.assert_array_equal(
+        ensembled, restore(generator, read_rgb(src), 16, 4, self_ensemble=True)
+    )
+    assert np.abs(ensembled.astype(int) - read_rgb(out / "a_restored.png")).max() > 0
+
+
 def test_folder_restores_the_good_images_and_names_each_bad_one(
     tmp_path, capsys, folder, generator_file
 ):

@@ -11,6 +11,12 @@ The network is either a PyTorch module or any callable on one numpy tile (RGB ui
 float32 RGB HR in [0, 1] out), such as an ONNX Runtime session: the tiling and blending are
 numpy, so an ONNX model runs without torch in the loop.
 
+With ``self_ensemble`` each tile goes through the network eight times, once per flip and
+quarter turn of the square's symmetry group, and the outputs, turned back, are averaged (the
+"+" results of EDSR and RCAN). A network is not exactly equivariant to those symmetries, so
+the average removes part of its error, at eight times the cost; the average itself is
+equivariant to them.
+
 The tiles are processed one row of tiles at a time into a float32 band as wide as the HR image
 and one tile high; rows no later tile reaches are normalised into the uint8 result at once. A
 window is the product of a row ramp and a column ramp, so the summed weights are the outer
@@ -143,6 +149,31 @@ def tile_runner(
     return model
 
 
+def _turned(img: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the square's 8 symmetries (k < 4: k quarter turns; k >= 4: those of the
+    mirror image) applied to an HxWxC image."""
+    return np.rot90(img[:, ::-1] if k >= 4 else img, k % 4)
+
+
+def _turned_back(img: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of ``_turned(., k)``."""
+    back = np.rot90(img, -(k % 4))
+    return back[:, ::-1] if k >= 4 else back
+
+
+def self_ensemble_runner(run: TileRunner) -> TileRunner:
+    """``run`` averaged over the 8 flips and quarter turns of its tile (module docstring)."""
+
+    def ensemble(lr_tile: np.ndarray) -> np.ndarray:
+        total = None
+        for k in range(8):
+            out = _turned_back(run(np.ascontiguousarray(_turned(lr_tile, k))), k)
+            total = out.astype(np.float32) if total is None else total + out
+        return total / 8.0
+
+    return ensemble
+
+
 def restore(
     model: Network,
     lr: np.ndarray,
@@ -150,15 +181,19 @@ def restore(
     overlap: int = 32,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    self_ensemble: bool = False,
 ) -> np.ndarray:
     """Restore the RGB uint8 image ``lr`` with ``model``; returns its RGB uint8 HR output.
 
     ``model``: a PyTorch module, or a ``TileRunner`` (``device`` and ``dtype`` then unused).
     ``tile`` and ``overlap`` are in LR px; an image within one tile is a single pass. The scale
     is read off the network's output. ``dtype`` is an autocast dtype (None = fp32).
+    ``self_ensemble``: every tile averaged over its 8 flips and turns (module docstring).
     """
     _check_restore_args(lr, tile, overlap)
     run = tile_runner(model, device, dtype)
+    if self_ensemble:
+        run = self_ensemble_runner(run)
     h, w = lr.shape[:2]
     if h <= tile and w <= tile:
         out = run(lr)
@@ -238,6 +273,7 @@ def colorize_at(
     overlap: int = 32,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    self_ensemble: bool = False,
 ) -> np.ndarray:
     """Colorize ``rgb`` with a scale-1 colorizer run at ``render_size`` px (longest side): the
     chroma computed there is enlarged and put on the full-resolution luminance (DeOldify's
@@ -245,11 +281,11 @@ def colorize_at(
     h, w = rgb.shape[:2]
     ratio = render_size / max(h, w)
     if ratio >= 1:
-        return restore(model, rgb, tile, overlap, device, dtype)
+        return restore(model, rgb, tile, overlap, device, dtype, self_ensemble)
     small = cv2.resize(
         rgb, (max(1, round(w * ratio)), max(1, round(h * ratio))), interpolation=cv2.INTER_AREA
     )
-    out = restore(model, small, tile, overlap, device, dtype)
+    out = restore(model, small, tile, overlap, device, dtype, self_ensemble)
     if out.shape != small.shape:
         raise ValueError(f"render_size needs a scale-1 colorizer; this one outputs {out.shape}")
     t_out = to_tensor(out)[None]

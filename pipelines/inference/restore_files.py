@@ -76,6 +76,7 @@ class Settings:
     dtype: torch.dtype | None = None
     task: str = "restore"  # the model's
     render_size: int = 0  # a colorizer's: longest side colour is computed at; 0 = full size
+    self_ensemble: bool = False  # every tile averaged over its 8 flips and turns
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def restore_paths(
     suffix: str = "_restored",
     task: str | None = None,
     render_size: int = 0,
+    self_ensemble: bool = False,
     report: Report = _stderr,
     progress: Report | None = None,
     run_one: Callable[[Job, Network, Settings], Outcome] | None = None,
@@ -137,7 +139,8 @@ def restore_paths(
     restores one job (default ``restore_file``; the flow passes a task). Model loading is not
     counted in the summary's seconds. ``task`` (restore | colorize), when given, must be the
     model's. A colorizer takes gray or colour photos (colour ones from their luminance, said
-    once) and with ``render_size`` computes colour at that longest side.
+    once) and with ``render_size`` computes colour at that longest side. ``self_ensemble``
+    averages every tile over its 8 flips and quarter turns, at 8 times the time.
     """
     _check_settings(tile, overlap, suffix)
     if render_size < 0:
@@ -154,7 +157,9 @@ def restore_paths(
             f"{model or DEFAULT_MODEL}: a {have} model, but the task asked is {task}"
         )
     out = prepare_output(Path(out))
-    settings = Settings(tile, overlap, str(dev), autocast_dtype(dev, "auto"), have, render_size)
+    settings = Settings(
+        tile, overlap, str(dev), autocast_dtype(dev, "auto"), have, render_size, self_ensemble
+    )
     jobs, failed = collect(inputs, out, suffix, compare)
     for source, reason in failed.items():
         report(f"{source}: {reason}")
@@ -353,10 +358,17 @@ def restore_file(job: Job, model: Network, settings: Settings) -> Outcome:
                 settings.overlap,
                 settings.device,
                 settings.dtype,
+                settings.self_ensemble,
             )
         else:
             hr = restore(
-                model, rgb, settings.tile, settings.overlap, settings.device, settings.dtype
+                model,
+                rgb,
+                settings.tile,
+                settings.overlap,
+                settings.device,
+                settings.dtype,
+                settings.self_ensemble,
             )
         write_image(job.output, hr)
         if job.comparison is not None:
