@@ -22,8 +22,15 @@ from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast, to_device
 from pipelines.core.tasks import FIDELITY, REFERENCE
-from pipelines.datasets.degraded import check_text_window, train_dataset
-from pipelines.datasets.pairs import CLEAN_RESAMPLE, NO_ZOOM, EvalPairs, check_zoom, step_loader
+from pipelines.datasets.degraded import train_dataset
+from pipelines.datasets.pairs import (
+    CLEAN_RESAMPLE,
+    NO_ZOOM,
+    EvalPairs,
+    check_text_window,
+    check_zoom,
+    step_loader,
+)
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger

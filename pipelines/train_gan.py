@@ -37,8 +37,15 @@ from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import to_device
 from pipelines.core.tasks import REGISTERED_MODEL, require_task
-from pipelines.datasets.degraded import check_text_window, train_dataset
-from pipelines.datasets.pairs import NO_ZOOM, EvalPairs, check_kinds, check_zoom, step_loader
+from pipelines.datasets.degraded import train_dataset
+from pipelines.datasets.pairs import (
+    NO_ZOOM,
+    EvalPairs,
+    check_kinds,
+    check_text_window,
+    check_zoom,
+    step_loader,
+)
 from pipelines.imaging.degradations import CrappifyConfig
 from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.core.config import BaseConfig, ConfigError
+from pipelines.core.config import BaseConfig
 from pipelines.datasets.pairs import NO_ZOOM, TrainPairs, lr_path_for, split_files
 from pipelines.imaging.degradations import CrappifyConfig, make_degrader
 
@@ -43,11 +43,3 @@ def train_dataset(
     return TrainPairs(
         hr_files, crop, base.scale, base.seed, lr_files=lr_files, lighting=lighting, zoom=zoom
     )
-
-
-def check_text_window(window: int, focus: float) -> None:
-    """``watermark_focus`` places crops in their text window: without a window it means nothing."""
-    if focus and not window:
-        raise ConfigError(
-            f"watermark_focus: {focus} needs a text window (watermark_window is {window})"
-        )

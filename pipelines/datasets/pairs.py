@@ -62,6 +62,14 @@ def check_zoom(zoom: Sequence[float], data_mode: str) -> None:
         raise ConfigError(f"zoom: {list(zoom)!r} needs data: fresh (here {data_mode})")
 
 
+def check_text_window(window: int, focus: float) -> None:
+    """``watermark_focus`` places crops in their text window: without a window it means nothing."""
+    if focus and not window:
+        raise ConfigError(
+            f"watermark_focus: {focus} needs a text window (watermark_window is {window})"
+        )
+
+
 # degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
 # the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame
 Degrader = Callable[[np.ndarray, np.random.Generator, tuple[int, int, int, int]], np.ndarray]
