@@ -1,6 +1,6 @@
 """Where a restorer's gain comes from: each part of the crappy degradation on its own.
 
-``python -m bench damage [--model PATH ...] [--params FILE] [--hr-dir DIR ...]``
+``python -m bench damage [--model PATH ...] [--params FILE] [--hr-dir DIR ...] [--self-ensemble]``
 
 A crappy input has lost detail to the downscale, had text drawn on it and been JPEG-compressed.
 The gain over bicubic on crappy photos mixes what a model does about each. Here every HR photo
@@ -19,7 +19,9 @@ Blur and noise, when the params switch them on, are in every row but the downsca
 
 The table gives bicubic's Y-PSNR and each model's gain over it (dB), ``base.scale`` border
 pixels cropped, as ``evaluate`` scores. A model that deblocks gains more on JPEG inputs than on
-downscaled ones, since bicubic keeps every JPEG error and the truth has none.
+downscaled ones, since bicubic keeps every JPEG error and the truth has none. With
+``--self-ensemble`` each model also has a ``<model>_ensemble`` column: its restorations averaged
+over the input's 8 flips and quarter turns (``restore``'s ``self_ensemble``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from bench.common import ROOT, Report
 from bench.quality import DEFAULT_HR_DIRS
 from pipelines.core.config import load
 from pipelines.datasets.pairs import aligned_lr
+from pipelines.evaluate import ENSEMBLE_SUFFIX
 from pipelines.imaging.degradations import CrappifyConfig, Degradation, crappify, downscale, rng_for
 from pipelines.imaging.images import list_images, read_rgb, to_grayscale
 from pipelines.imaging.resize import upscale
@@ -73,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--self-ensemble",
         dest="damage_self_ensemble",
         action="store_true",
-        help="damage: also each model averaged over its input's 8 flips and turns, as <model>+",
+        help="damage: also each model averaged over its input's 8 flips and turns, as "
+        "<model>_ensemble",
     )
 
 
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> Report:
     # column -> (model, self-ensembled)
     methods = {name: (model, False) for name, model in models.items()}
     if args.damage_self_ensemble:
-        methods.update({f"{name}+": (model, True) for name, model in models.items()})
+        methods.update({name + ENSEMBLE_SUFFIX: (model, True) for name, model in models.items()})
     folders = [Path(d) for d in (args.hr_dirs or DEFAULT_HR_DIRS)]
     qualities = args.damage_qualities or list(DEFAULT_QUALITIES)
     report = Report(
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> Report:
             "models": [str(p) for p in paths],
             "hr_dirs": [str(d) for d in folders],
             "qualities": qualities,
-            "self_ensemble": len(methods) > len(models),
+            "self_ensemble": bool(args.damage_self_ensemble),
         },
     )
     scale, seed = cfg.base.scale, cfg.base.seed

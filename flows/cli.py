@@ -265,8 +265,8 @@ def add_restore(sub) -> None:
     p.add_argument(
         "--self-ensemble",
         action="store_true",
-        help="average each tile over its 8 flips and quarter turns: higher scores "
-        "(README Results), 8 times the time",
+        help="average each tile over its 8 flips and quarter turns: 0.05-0.2 dB more on "
+        "clean photos, none on watermarks, slightly smoother (README Results); 8 times the time",
     )
     p.set_defaults(handler=_restore)
 

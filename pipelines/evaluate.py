@@ -76,7 +76,8 @@ class EvaluateConfig:
     degradations: tuple[Kind, ...] = ("crappy", "clean")
     tile: int = bounded(256, lo=16)  # LR px per tile when restoring
     overlap: int = bounded(32, lo=0)  # LR px shared by neighbouring tiles
-    self_ensemble: bool = False  # each model's tiles averaged over their 8 flips and turns
+    # each model's tiles averaged over their 8 flips and turns, reported as <model>_ensemble
+    self_ensemble: bool = False
     max_images: int = bounded(0, lo=0)  # per data set; 0 = all
     grid_images: int = bounded(3, lo=1)  # rows of the comparison grid (first data set)
     grid_crop: int = bounded(256, lo=0)  # centre crop of each grid cell, HR px; 0 = whole image
@@ -96,7 +97,9 @@ class EvaluateConfig:
     def check(self) -> None:
         if 2 * self.overlap > self.tile:
             raise ConfigError(f"overlap: {self.overlap} is more than half the tile ({self.tile})")
-        methods = list(self.methods_baselines) + [model_name(m) for m in self.models]
+        methods = list(self.methods_baselines) + [
+            model_name(m, self.self_ensemble) for m in self.models
+        ]
         clash = _first_duplicate(methods + [GAIN_KEY, MASK_GAIN_KEY, COUNT_KEY])
         if clash:
             raise ConfigError(f"models: {clash!r} names two methods (or a reserved key)")
@@ -117,8 +120,13 @@ def _first_duplicate(names: list[str]) -> str | None:
     return None
 
 
-def model_name(entry: str) -> str:
-    return Path(entry).stem
+# evaluate.self_ensemble scores the averaged restoration, not the model's own single pass: its
+# results carry their own name, which the registry and the model card do not take for the model
+ENSEMBLE_SUFFIX = "_ensemble"
+
+
+def model_name(entry: str, self_ensemble: bool = False) -> str:
+    return Path(entry).stem + (ENSEMBLE_SUFFIX if self_ensemble else "")
 
 
 def model_file(entry: str, base: BaseConfig) -> Path:
@@ -213,7 +221,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
     device = pick_device(base.device)
     dtype = autocast_dtype(device, base.precision)
     models = {
-        model_name(m): load_generator(model_file(m, base), device, builder, task)
+        model_name(m, cfg.self_ensemble): load_generator(model_file(m, base), device, builder, task)
         for m in cfg.models
     }
     datasets = data_sets(cfg)

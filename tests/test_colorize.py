@@ -107,6 +107,9 @@ def test_colorize_at_a_render_size_keeps_the_full_size_luminance():
     assert out.shape == photo.shape
     assert np.abs(rgb_to_y(out) - rgb_to_y(photo)).max() <= 1.0
     assert not is_gray(out)
+    averaged = colorize_at(net, photo, render_size=128, self_ensemble=True)
+    assert np.abs(rgb_to_y(averaged) - rgb_to_y(photo)).max() <= 1.0
+    assert np.abs(averaged.astype(int) - out).max() > 2  # the colour of 8 passes, not of one
 
 
 def test_colorize_colourfulness_is_zero_for_gray_and_grows_with_saturation():

@@ -103,12 +103,22 @@ def test_self_ensemble_commutes_with_flips_and_turns_where_one_pass_does_not(mod
         assert np.abs(ensembled.astype(int) - symmetric(ens, turns, mirror)).max() <= 1
 
 
-def test_self_ensemble_tiles_a_large_image_as_one_pass(model, lr):
-    """Turned tiles of a non-square tiling are blended where the unturned ones were."""
+@pytest.mark.parametrize("tile,overlap", [(20, 8), (40, 16)])
+def test_self_ensemble_tiles_a_large_image_as_one_pass(model, lr, tile, overlap):
+    """Square tiles (20 px) and tiles cut to 37 x 40 px by the image's height, each turned and
+    turned back, are blended where the unturned ones would be."""
     whole = restore(model, lr, tile=64, overlap=0, self_ensemble=True).astype(int)
-    tiled = restore(model, lr, tile=20, overlap=8, self_ensemble=True)
+    tiled = restore(model, lr, tile=tile, overlap=overlap, self_ensemble=True)
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() <= 1
+
+
+def test_self_ensemble_names_a_network_that_does_not_upscale_evenly(lr):
+    def stretched(tile: np.ndarray) -> np.ndarray:  # twice as wide as high: no integer scale
+        return np.zeros((tile.shape[0] * 2, tile.shape[1] * 4, 3), np.float32)
+
+    with pytest.raises(ValueError, match="not an integer upscaling"):
+        restore(stretched, lr, tile=64, overlap=0, self_ensemble=True)
 
 
 def test_tiles_cover_evenly_and_every_pixel_keeps_weight():

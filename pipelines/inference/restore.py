@@ -167,7 +167,10 @@ def self_ensemble_runner(run: TileRunner) -> TileRunner:
     def ensemble(lr_tile: np.ndarray) -> np.ndarray:
         total = None
         for k in range(8):
-            out = _turned_back(run(np.ascontiguousarray(_turned(lr_tile, k))), k)
+            turned = np.ascontiguousarray(_turned(lr_tile, k))
+            out = run(turned)
+            _scale_of(out.shape, turned.shape)  # a clear error before the shapes disagree
+            out = _turned_back(out, k)
             total = out.astype(np.float32) if total is None else total + out
         return total / 8.0
 
@@ -186,9 +189,10 @@ def restore(
     """Restore the RGB uint8 image ``lr`` with ``model``; returns its RGB uint8 HR output.
 
     ``model``: a PyTorch module, or a ``TileRunner`` (``device`` and ``dtype`` then unused).
-    ``tile`` and ``overlap`` are in LR px; an image within one tile is a single pass. The scale
+    ``tile`` and ``overlap`` are in LR px; an image within one tile is one tile. The scale
     is read off the network's output. ``dtype`` is an autocast dtype (None = fp32).
-    ``self_ensemble``: every tile averaged over its 8 flips and turns (module docstring).
+    ``self_ensemble``: every tile averaged over its 8 flips and turns, 8 passes per tile
+    (module docstring).
     """
     _check_restore_args(lr, tile, overlap)
     run = tile_runner(model, device, dtype)
@@ -277,7 +281,8 @@ def colorize_at(
 ) -> np.ndarray:
     """Colorize ``rgb`` with a scale-1 colorizer run at ``render_size`` px (longest side): the
     chroma computed there is enlarged and put on the full-resolution luminance (DeOldify's
-    ``render_factor``). Colour varies slowly, so a large photo costs a small one's time."""
+    ``render_factor``). Colour varies slowly, so a large photo costs a small one's time.
+    ``self_ensemble`` as ``restore``'s, at the render size."""
     h, w = rgb.shape[:2]
     ratio = render_size / max(h, w)
     if ratio >= 1:
