@@ -354,6 +354,12 @@ def _register(args: argparse.Namespace) -> int:
     name = REGISTERED_MODEL[base.task]  # a colorizer never becomes the restorers' champion
     if not registry.register_file(uri, base.experiment, generator, name):
         return 1
+    if cfg.self_ensemble:
+        print(
+            f"models:/{name}@{registry.CHAMPION}: not moved; evaluate.self_ensemble scored "
+            "the models averaged over flips and turns, not their own single pass"
+        )
+        return 0
     results = json.loads(summary_file.read_text())
     dataset = next(iter(results))
     files = {model_name(m): root / model_file(m, base) for m in cfg.models}

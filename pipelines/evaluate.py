@@ -281,8 +281,9 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
         tracker.log_artifact(metrics_dir / f"{STAGE}_images.csv")
         tracker.log_artifact(page)
         tracker.log_table(samples_table(samples, rows), f"{STAGE}_images.json")
-        if tracker.enabled and tracker.run_id:
-            # scores and the champion alias on the registered versions of the evaluated files
+        # scores and the champion alias on the registered versions of the evaluated files;
+        # self-ensemble scores are not the files' own single pass, so they are left out
+        if tracker.enabled and tracker.run_id and not cfg.self_ensemble:
             first = datasets[0][0]
             registry.record_evaluation(
                 tracker.uri,

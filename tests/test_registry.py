@@ -186,3 +186,17 @@ def test_an_unreachable_registry_warns_once_and_does_not_raise(tmp_path, caplog,
         )
     warnings = [r for r in caplog.records if "model registry unavailable" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_register_leaves_the_champion_to_single_pass_scores(tmp_path, capsys, monkeypatch):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text('{"test": {"gain_db": {}}}')
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/gan_generator.pt").write_bytes(b"weights")
+    (tmp_path / "params.yaml").write_text("crappify: {}\nevaluate:\n  self_ensemble: true\n")
+    registered, recorded = [], []
+    monkeypatch.setattr(registry, "register_file", lambda *a: registered.append(a) or True)
+    monkeypatch.setattr(registry, "record_evaluation", lambda *a, **k: recorded.append(a))
+    assert main(["register", "--root", str(tmp_path)]) == 0
+    assert len(registered) == 1 and recorded == []
+    assert "not moved; evaluate.self_ensemble" in capsys.readouterr().out
