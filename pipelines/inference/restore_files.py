@@ -348,28 +348,12 @@ def restore_file(job: Job, model: Network, settings: Settings) -> Outcome:
     if rgb is None:
         return Outcome(source, error=reason)
     colorizing = settings.task == "colorize"
+    how = (settings.tile, settings.overlap, settings.device, settings.dtype, settings.self_ensemble)
     try:
         if colorizing and settings.render_size:
-            hr = colorize_at(
-                model,
-                rgb,
-                settings.render_size,
-                settings.tile,
-                settings.overlap,
-                settings.device,
-                settings.dtype,
-                settings.self_ensemble,
-            )
+            hr = colorize_at(model, rgb, settings.render_size, *how)
         else:
-            hr = restore(
-                model,
-                rgb,
-                settings.tile,
-                settings.overlap,
-                settings.device,
-                settings.dtype,
-                settings.self_ensemble,
-            )
+            hr = restore(model, rgb, *how)
         write_image(job.output, hr)
         if job.comparison is not None:
             write_image(job.comparison, comparison(rgb, hr))
