@@ -62,6 +62,14 @@ def test_each_row_degrades_by_its_part_alone(folder):
     text_y = rgb_to_y(lr["text"]) - rgb_to_y(lr["downscale"])
     assert text_y.max() > 100 and np.median(np.abs(text_y)) <= 1
     assert (rgb_to_y(lr["JPEG 10"]) - rgb_to_y(lr["downscale"])).max() < 100
+    # the mask of the text-exact row covers every stroke (where the crappy LR is far above the
+    # same draw without text), over the HR region the LR covers
+    _, region, mask = damage.degraded(hr, rows["crappy"], cfg, "bird.png", cfg.base.seed)
+    assert mask.shape == region.shape[:2] and 0 < mask.mean() < 0.5
+    strokes = rgb_to_y(lr["crappy"]) - rgb_to_y(lr["JPEG"]) > 100
+    assert strokes.any() and mask[np.kron(strokes, np.ones((4, 4), bool))].all()
+    assert damage.degraded(hr, None, cfg, "bird.png", cfg.base.seed)[2] is None
+    assert damage.degraded(hr, rows["JPEG"], cfg, "bird.png", cfg.base.seed)[2] is None
 
 
 def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
@@ -85,7 +93,7 @@ def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
     )
     report = damage.run(args)
     results = report.data["Set5"]
-    assert list(results) == ["downscale", "text", "JPEG", "JPEG 30", "crappy"]
+    assert list(results) == ["downscale", "text", "JPEG", "JPEG 30", "crappy", damage.TEXT_EXACT]
     for row in results.values():
         assert row["generator"] == pytest.approx(row["bicubic"], abs=0.05)
         # bicubic commutes with flips and turns: averaged over them it is still bicubic
@@ -94,6 +102,10 @@ def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
     assert (
         results["crappy"]["bicubic"] < results["JPEG"]["bicubic"] < results["downscale"]["bicubic"]
     )
+    # exact text pixels take back most of what the text cost bicubic
+    assert results["crappy"]["bicubic"] + 0.3 < results[damage.TEXT_EXACT]["bicubic"]
+    assert results[damage.TEXT_EXACT]["bicubic"] < results["downscale"]["bicubic"]
+    assert "bicubic +" in report.tables[0]["note"]
 
 
 def test_a_colorizing_config_is_refused(tmp_path):
