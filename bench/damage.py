@@ -42,20 +42,14 @@ import pipelines  # noqa: F401  (its import settings come before any computation
 from bench.common import ROOT, Report
 from bench.quality import DEFAULT_HR_DIRS
 from pipelines.core.config import load
+from pipelines.datasets.evaluation import crappy_pair
 from pipelines.datasets.pairs import aligned_lr
 from pipelines.evaluate import ENSEMBLE_SUFFIX
-from pipelines.imaging.degradations import (
-    CrappifyConfig,
-    Degradation,
-    crappify_with_mask,
-    downscale,
-    rng_for,
-)
+from pipelines.imaging.degradations import CrappifyConfig, Degradation, downscale
 from pipelines.imaging.images import list_images, read_rgb, to_grayscale
 from pipelines.imaging.resize import upscale
 from pipelines.inference.restore import load_generator, network_task, restore
 from pipelines.scoring.metrics import psnr_y
-from pipelines.scoring.regions import watermark_mask_hr
 
 TEXT_EXACT = "crappy, text exact"
 NAME = "damage"
@@ -116,11 +110,7 @@ def degraded(hr: np.ndarray, spec: Degradation | None, base_spec: Degradation, k
             downscale(img, base_spec.scale, base_spec.resample), hr, base_spec.scale
         )
         return lr, region, None
-    lr, _, _, mask = crappify_with_mask(hr, spec, rng_for(seed, key))
-    lr, region = aligned_lr(lr, hr, base_spec.scale)
-    if mask is None or not mask.any():
-        return lr, region, None
-    return lr, region, watermark_mask_hr(mask, region.shape, base_spec.scale)
+    return crappy_pair(hr, spec, seed, key, base_spec.scale)[:3]
 
 
 def run(args: argparse.Namespace) -> Report:

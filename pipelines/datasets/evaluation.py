@@ -48,7 +48,7 @@ def dataset_name(source: str, kind: Kind, split: bool) -> str:
     return source if split and kind == "crappy" else f"{source}/{kind}"
 
 
-def _crappy(
+def crappy_pair(
     hr: np.ndarray, spec: Degradation, seed: int, key: str, scale: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bytes]:
     """(LR, HR region, watermark mask or None, JPEG bytes) of our degradation of ``hr``."""
@@ -86,7 +86,7 @@ def split_images(
                 yield EvalImage(name, lr, hr, None)
                 continue
             # the stage's draw for this file, for its watermark mask
-            _, _, mask, data = _crappy(
+            _, _, mask, data = crappy_pair(
                 hr, spec, base.seed, hr_file.relative_to(hr_root).as_posix(), base.scale
             )
             if sha256_bytes(data) != sha256_file(lr_file):
@@ -132,7 +132,7 @@ def folder_images(
             if kind == "clean":
                 yield EvalImage(name, *benchmark_lr(hr, base.scale), None)
             else:
-                lr, hr, mask, _ = _crappy(hr, spec, base.seed, name, base.scale)
+                lr, hr, mask, _ = crappy_pair(hr, spec, base.seed, name, base.scale)
                 yield EvalImage(name, lr, hr, mask)
 
     return images()
