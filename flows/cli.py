@@ -323,6 +323,12 @@ def add_register(sub) -> None:
     p.set_defaults(handler=_register)
 
 
+def _trade_text(trade) -> str:
+    if trade is None:
+        return "by gain"
+    return f"by gain, or within {trade.max_drop:g} dB of it and better by {trade.metric}"
+
+
 def _register(args: argparse.Namespace) -> int:
     import json
     import logging
@@ -363,13 +369,16 @@ def _register(args: argparse.Namespace) -> int:
     results = json.loads(summary_file.read_text())
     dataset = next(iter(results))
     files = {model_name(m): root / model_file(m, base) for m in cfg.models}
-    champion = registry.record_evaluation(uri, dataset, results[dataset], files, name=name)
+    trade = registry.trade_of(root / base.paths.metrics)
+    champion = registry.record_evaluation(
+        uri, dataset, results[dataset], files, name=name, trade=trade
+    )
     alias = f"models:/{name}@{registry.CHAMPION}"
     print(
         f"{alias} -> version {champion}"
         if champion
-        else f"{alias}: no version beats {cfg.reference} and the pretrained generator; "
-        "alias not set"
+        else f"{alias}: no version beats {cfg.reference} and the pretrained generator "
+        f"({_trade_text(trade)}); alias not set"
     )
 
 

@@ -292,6 +292,7 @@ def run(cfg: EvaluateConfig, tracker=None, builder: Callable[..., nn.Module] | N
                 {model_name(m): model_file(m, base) for m in cfg.models},
                 evaluation_run=tracker.run_id,
                 name=REGISTERED_MODEL[task],
+                trade=registry.trade_of(base.paths.metrics),
             )
     return results
 

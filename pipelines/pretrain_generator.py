@@ -27,6 +27,7 @@ from pipelines.datasets.pairs import (
     CLEAN_RESAMPLE,
     NO_ZOOM,
     EvalPairs,
+    check_text_weight,
     check_text_window,
     check_zoom,
     step_loader,
@@ -147,6 +148,9 @@ class PretrainGeneratorConfig:
     # [lo, hi]: each fresh HR crop is cut from its photo shrunk by a factor log-uniform in
     # this range (TrainPairs._zoomed_crop); [1, 1] = the photo's own size
     zoom: tuple[float, float] = NO_ZOOM
+    # the pixel loss's weight inside a crappy crop's watermark is 1 + this (its strokes, grown
+    # by one LR px, as evaluate's mask_psnr_y); 0 = every pixel alike
+    text_weight: float = bounded(0.0, lo=0)
     # decay of the exponential moving average of the weights that is validated and saved;
     # 0 = none (the last weights)
     ema: float = bounded(0.0, lo=0, hi=0.99999)
@@ -160,6 +164,7 @@ class PretrainGeneratorConfig:
     def check(self) -> None:
         check_text_window(self.watermark_window, self.watermark_focus)
         check_zoom(self.zoom, self.data)
+        check_text_weight(self.text_weight, self.loss, self.data)
         if not self.phases:
             raise ConfigError("phases: at least one phase is needed")
         weights = stlpips.weights_file(self.perceptual_net)
@@ -240,6 +245,7 @@ def phase_batches(
         cfg.watermark_window,
         cfg.watermark_focus,
         cfg.zoom,
+        cfg.text_weight,
     )
     return step_loader(
         dataset,
@@ -306,7 +312,7 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
             trained = distributed.wrap(model, ranks, device, base.sync_batchnorm)
             loader = phase_batches(cfg, phase, step - phase_start, samples_before, ranks)
             speed.resume()
-            for lr_img, hr_img in loader:
+            for lr_img, hr_img, *pixel_weights in loader:
                 local = step - phase_start
                 peak = one_cycle(local, phase.steps, phase.lr, cfg.pct_start)
                 set_lr(
@@ -315,8 +321,9 @@ def run(cfg: PretrainGeneratorConfig, tracker=None) -> dict:
                     one_cycle_beta1(local, phase.steps, cfg.pct_start),
                 )
                 lr_img, hr_img = to_device(lr_img, device), to_device(hr_img, device)
+                weights = to_device(pixel_weights[0], device) if pixel_weights else None
                 with autocast(device, dtype):
-                    loss = loss_fn(trained(lr_img).float(), hr_img)
+                    loss = loss_fn(trained(lr_img).float(), hr_img, weights)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -42,6 +42,7 @@ from pipelines.datasets.pairs import (
     NO_ZOOM,
     EvalPairs,
     check_kinds,
+    check_text_weight,
     check_text_window,
     check_zoom,
     step_loader,
@@ -95,6 +96,7 @@ class TrainGanConfig:
     watermark_window: int = bounded(0, lo=0)  # as pretrain_generator's
     watermark_focus: float = bounded(0.0, lo=0, hi=1)  # as pretrain_generator's
     zoom: tuple[float, float] = NO_ZOOM  # as pretrain_generator's
+    text_weight: float = bounded(0.0, lo=0)  # as pretrain_generator's, on the content loss
     workers: int = bounded(0, lo=0)
     log_every: int = bounded(10, lo=1)
 
@@ -105,6 +107,7 @@ class TrainGanConfig:
     def check(self) -> None:
         check_text_window(self.watermark_window, self.watermark_focus)
         check_zoom(self.zoom, self.data)
+        check_text_weight(self.text_weight, self.content, self.data)
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
         check_kinds("valid_degradations", self.valid_degradations)
@@ -179,6 +182,7 @@ def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
         cfg.watermark_window,
         cfg.watermark_focus,
         cfg.zoom,
+        cfg.text_weight,
     )
     return step_loader(
         dataset,
@@ -243,7 +247,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
     speed = Throughput()
     gan.gen.train()
     gan.critic.train()
-    for lr_img, hr_img in loader:
+    for lr_img, hr_img, *pixel_weights in loader:
         if loop.generator_steps >= cfg.steps:
             break
         loop.batches += 1
@@ -256,7 +260,12 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
             steps_log.emas_only({"critic_loss": loss_mean})
             loop.after_critic(loss_mean, cfg.threshold, cfg.max_critic_steps)
             continue
-        losses = gan.generator_step(lr_img, hr_img, cfg.lr_at(loop.generator_steps))
+        losses = gan.generator_step(
+            lr_img,
+            hr_img,
+            cfg.lr_at(loop.generator_steps),
+            to_device(pixel_weights[0], device) if pixel_weights else None,
+        )
         loop.after_generator()
         step = loop.generator_steps
         check_finite({"generator": losses["gen_loss"]}, step, ckpt)
@@ -314,7 +323,9 @@ def finish(
         "batches": loop.batches,
         "train_images_per_s": round(speed.rate, 2),
         "chosen_step": best["step"],
+        # with max_psnr_drop, the trade the registry qualifies this generator by
         "select_metric": cfg.select_metric,
+        "max_psnr_drop": cfg.max_psnr_drop,
         "chosen": {k: round(v, 5) for k, v in best.items() if k != "step"},
         "start": {k: round(v, 5) for k, v in history[0].items() if k != "step"},
     }

@@ -190,6 +190,22 @@ def test_sun80_params_file_is_the_defaults_on_a_folder(repo_root):
 
 
 @pytest.mark.parametrize("stage", ["pretrain_generator", "train_gan"])
+def test_text_weight_needs_fresh_crops_and_a_pixel_loss(stage, repo_root):
+    from pipelines.pretrain_generator import PretrainGeneratorConfig
+    from pipelines.train_gan import TrainGanConfig
+
+    cls = {"pretrain_generator": PretrainGeneratorConfig, "train_gan": TrainGanConfig}[stage]
+    loss = {"pretrain_generator": "loss", "train_gan": "content"}[stage]
+    params = repo_root / "params.yaml"
+    weighted = {f"{stage}.text_weight": 4}
+    with pytest.raises(ConfigError, match=r"text_weight: 4.0 needs data: fresh"):
+        load(cls, stage, params, {**weighted, f"{stage}.data": "fixed", f"{stage}.zoom": [1, 1]})
+    with pytest.raises(ConfigError, match=r"text_weight: 4.0 weighs a pixel loss .* not 'feature'"):
+        load(cls, stage, params, {**weighted, f"{stage}.{loss}": "feature"})
+    assert load(cls, stage, params, weighted).text_weight == 4
+
+
+@pytest.mark.parametrize("stage", ["pretrain_generator", "train_gan"])
 def test_watermark_focus_needs_a_text_window(stage, repo_root):
     from pipelines.pretrain_generator import PretrainGeneratorConfig
     from pipelines.train_gan import TrainGanConfig

@@ -215,6 +215,27 @@ def test_focused_crops_carry_text_more_often(tmp_path):
     assert with_text(watermark_focus=1.0) > 1.5 * unfocused
 
 
+def test_text_weights_cover_the_watermark_and_change_no_sample(tmp_path):
+    f = tmp_path / "hr" / "flat.png"
+    write_image(f, np.full((512, 768, 3), 80, np.uint8))  # only white text can be bright
+    kw = dict(watermark_window=64, watermark_focus=1.0, lighting=0.0, clean_prob=0.25)
+    plain = TrainPairs([f], 128, 4, seed=1, degrade=make_degrader(Degradation()), **kw)
+    weighted = TrainPairs(
+        [f], 128, 4, 1, degrade=make_degrader(Degradation(), with_mask=True), text_weight=3, **kw
+    )
+    marked = 0
+    for i in range(30):
+        (lr, hr), (lr_w, hr_w, weights) = plain[i], weighted[i]
+        assert torch.equal(lr, lr_w) and torch.equal(hr, hr_w)
+        assert weights.shape == (1, 128, 128) and set(weights.unique().tolist()) <= {1.0, 4.0}
+        text = torch.nn.functional.interpolate(lr[None], scale_factor=4)[0].amax(0) > 0.6
+        assert (weights[0][text] == 4.0).all(), i
+        marked += bool(text.any())
+        # the mask is the strokes grown by one LR px, not the crop
+        assert (weights == 4.0).float().mean() < 0.5
+    assert marked >= 5
+
+
 def test_zoom_cuts_crops_from_the_photo_shrunk(tmp_path):
     # 1 px stripes: any 2x shrink averages each pair of stripes to one gray
     stripes = np.zeros((200, 300, 3), np.uint8)

@@ -35,6 +35,29 @@ def test_pixel_losses_by_hand():
         build_content_loss("huber")
 
 
+def test_pixel_weights_scale_each_pixels_term():
+    x = torch.tensor([0.0, 0.5, 1.0, 0.25]).view(1, 1, 2, 2)
+    y = torch.zeros(1, 1, 2, 2)
+    w = torch.tensor([1.0, 1.0, 4.0, 1.0]).view(1, 1, 2, 2)
+    assert PixelLoss("l1")(x, y, w).item() == pytest.approx((0.5 + 4.0 + 0.25) / 4)
+    assert PixelLoss("mse")(x, y, w).item() == pytest.approx((0.25 + 4.0 + 0.0625) / 4)
+    charbonnier = PixelLoss("charbonnier")
+    assert charbonnier(x, y, w).item() == pytest.approx((0.5 + 4.0 + 0.25) / 4, abs=1e-3)
+    # ones weigh nothing: the unweighted loss
+    for kind in ("l1", "mse", "charbonnier"):
+        loss = PixelLoss(kind)
+        assert loss(x, y, torch.ones_like(w)).item() == pytest.approx(loss(x, y).item())
+    # through the luminance and the perceptual term, the weights reach the pixel loss
+    rgb, target = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    weights = torch.ones(2, 1, 8, 8)
+    weights[:, :, :4] = 3.0
+    on_luma = build_content_loss("l1", luminance=True)
+    assert on_luma(rgb, target, weights).item() == pytest.approx(
+        PixelLoss("l1")(luma(rgb), luma(target), weights).item(), rel=1e-5
+    )
+    assert on_luma(rgb, target, weights).item() > on_luma(rgb, target).item()
+
+
 def test_gram_matrix_by_hand():
     f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)  # c=2, h=1, w=2
     expected = torch.tensor([[5.0, 11.0], [11.0, 25.0]]) / 4
@@ -136,6 +159,12 @@ def test_feature_loss_matches_the_formula(random_vgg_loss):
     assert loss(y, y).item() == 0.0
     value.backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_feature_loss_refuses_pixel_weights(random_vgg_loss):
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="pixel weights only weigh a pixel loss"):
+        random_vgg_loss(x, x, torch.ones(1, 1, 32, 32))
 
 
 def test_feature_loss_without_gram_and_with_a_weight(random_vgg_loss):

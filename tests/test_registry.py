@@ -122,6 +122,38 @@ def test_the_champion_is_the_best_version_that_beats_the_baselines(store, tmp_pa
     assert np.abs(restored - restore(load_generator(first), read_rgb(src))).max() > 10
 
 
+def test_a_gan_generator_qualifies_by_the_trade_its_phase_chose_it_by(tmp_path):
+    def summary(gan_gain, gan_stlpips, pretrained_gain=1.0, pretrained_stlpips=0.40):
+        return {
+            "generator": {"stlpips": pretrained_stlpips, "haarpsi": 0.6},
+            "gan_generator": {"stlpips": gan_stlpips, "haarpsi": 0.6},
+            "gain_db": {"generator": pretrained_gain, "gan_generator": gan_gain},
+        }
+
+    trade = registry.Trade("stlpips", 0.5)
+    assert not registry.qualifies("gan_generator", summary(0.9, 0.35))  # strict: gain only
+    assert registry.qualifies("gan_generator", summary(0.9, 0.35), trade)
+    assert registry.qualifies("gan_generator", summary(0.5, 0.35), trade)  # the bound counts
+    assert not registry.qualifies("gan_generator", summary(0.49, 0.35), trade)  # too far below
+    assert not registry.qualifies("gan_generator", summary(0.9, 0.40), trade)  # no better
+    assert not registry.qualifies(  # never below the reference
+        "gan_generator", summary(-0.1, 0.35, pretrained_gain=0.2), trade
+    )
+    assert registry.qualifies("gan_generator", summary(1.1, 0.45), trade)  # a larger gain
+    # higher is better for HaarPSI: equal scores are no trade
+    assert not registry.qualifies("gan_generator", summary(0.9, 0.35), registry.Trade("haarpsi", 1))
+    # a metric evaluate did not report cannot be traded for
+    assert not registry.qualifies("gan_generator", summary(0.9, 0.35), registry.Trade("gmsd", 1))
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    assert registry.trade_of(metrics) is None
+    (metrics / "train_gan.json").write_text('{"chosen_step": 80, "select_metric": "haarpsi"}')
+    assert registry.trade_of(metrics) is None  # from before the drop was recorded: strict
+    (metrics / "train_gan.json").write_text('{"select_metric": "stlpips", "max_psnr_drop": 0.5}')
+    assert registry.trade_of(metrics) == trade
+
+
 def test_an_unknown_alias_is_one_clear_error(store, tmp_path, capsys):
     src = tmp_path / "a.png"
     write_image(src, np.zeros((20, 20, 3), np.uint8))
@@ -164,7 +196,9 @@ def test_evaluate_tags_the_version_of_the_file_it_scored(store, tmp_path, monkey
     tags = MlflowClient(tracking_uri=store).get_model_version(REGISTERED_MODEL, version).tags
     gains = results["test"]["gain_db"]
     assert float(tags[GAIN_TAG]) == gains["gan_generator"]
-    assert tags[QUALIFIED_TAG] == str(registry.qualifies("gan_generator", gains)).lower()
+    # no train_gan results here: the strict rule
+    assert registry.trade_of(tmp_path / "metrics") is None
+    assert tags[QUALIFIED_TAG] == str(registry.qualifies("gan_generator", results["test"])).lower()
     assert float(tags["decrappify.eval.psnr_y"]) == results["test"]["gan_generator"]["psnr_y"]
     assert tags["decrappify.eval.run_id"] == tracker.run_id
 

@@ -182,9 +182,11 @@ def test_register_makes_the_registry_follow_a_checkout_dvc_skipped(workspace, tm
     versions = registry.registered_versions(uri, workspace / "models/gan_generator.pt")
     assert versions == ["1"]
     tags = client.get_model_version(registry.REGISTERED_MODEL, "1").tags
-    gains = json.loads((workspace / "metrics/evaluate.json").read_text())["test"]["gain_db"]
-    assert float(tags[registry.GAIN_TAG]) == gains["gan_generator"]
-    qualified = registry.qualifies("gan_generator", gains)
+    summary = json.loads((workspace / "metrics/evaluate.json").read_text())["test"]
+    assert float(tags[registry.GAIN_TAG]) == summary["gain_db"]["gan_generator"]
+    trade = registry.trade_of(workspace / "metrics")
+    assert trade == registry.Trade("stlpips", 0.5)  # the GAN phase's, from params.yaml
+    qualified = registry.qualifies("gan_generator", summary, trade)
     assert tags[registry.QUALIFIED_TAG] == str(qualified).lower()
     aliases = client.get_registered_model(registry.REGISTERED_MODEL).aliases
     champion = aliases.get(registry.CHAMPION)  # MLflow gives the version as an int or a str

@@ -216,6 +216,38 @@ def test_checkpoint_of_other_params_is_discarded(pipeline_dir, tmp_path, monkeyp
     assert metrics["steps"] == 2
 
 
+def test_text_weight_weighs_the_watermark_in_both_training_stages(
+    pipeline_dir, tmp_path, monkeypatch
+):
+    from pipelines.datasets.degraded import train_dataset
+    from pipelines.pretrain_generator import PretrainGeneratorConfig
+
+    folder, _ = pipeline_dir
+    copy_inputs(folder, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["pretrain_generator"]["phases"] = [{"steps": 3, "batch_size": 4, "lr": 0.001}]
+    params["train_gan"]["steps"] = 2
+    for stage in ("pretrain_generator", "train_gan"):  # text on most crappy crops
+        params[stage].update(watermark_window=16, watermark_focus=1.0)
+    plain = stage_run("pretrain_generator", params)
+    plain_model = checkpoint.load("models/generator.pt", kind="generator")["model"]
+
+    for stage in ("pretrain_generator", "train_gan"):
+        params[stage]["text_weight"] = 4.0
+    cfg = load(PretrainGeneratorConfig, "pretrain_generator", params)
+    data = train_dataset(
+        cfg.base, "fresh", cfg.crappify, 32, cfg.lighting, cfg.clean_prob, cfg.clean_resample,
+        cfg.watermark_window, cfg.watermark_focus, cfg.zoom, cfg.text_weight,
+    )  # fmt: skip
+    assert any(data[i][2].max() == 5.0 for i in range(12)), "no text in the 12 crops"
+    weighted = stage_run("pretrain_generator", params)
+    weighted_model = checkpoint.load("models/generator.pt", kind="generator")["model"]
+    assert weighted["train_loss"] > plain["train_loss"]  # text pixels count five times
+    assert any(not torch.equal(plain_model[k], weighted_model[k]) for k in plain_model)
+    assert stage_run("train_gan", params)["generator_steps"] == 2
+
+
 def test_nan_loss_stops_with_a_clear_message_and_no_model(pipeline_dir, tmp_path, monkeypatch):
     folder, _ = pipeline_dir
     copy_inputs(folder, tmp_path)

@@ -17,6 +17,10 @@ from pipelines.core.config import BaseConfig
 from pipelines.core.files import write_json
 
 
+def results_file(metrics_dir: Path | str, stage: str) -> Path:
+    return Path(metrics_dir) / f"{stage}.json"
+
+
 def write_results(
     base: BaseConfig, stage: str, metrics: Mapping[str, Any], run_keys: Iterable[str]
 ) -> None:
@@ -27,7 +31,7 @@ def write_results(
     if unknown:
         raise KeyError(f"{stage}: run keys {sorted(unknown)} are not among its metrics")
     write_json(
-        Path(base.paths.metrics) / f"{stage}.json",
+        results_file(base.paths.metrics, stage),
         {k: v for k, v in metrics.items() if k not in run_keys},
     )
     write_json(

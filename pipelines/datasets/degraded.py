@@ -20,9 +20,11 @@ def train_dataset(
     watermark_window: int = 0,
     watermark_focus: float = 0.0,
     zoom: tuple[float, float] = NO_ZOOM,
+    text_weight: float = 0.0,
 ) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
-    degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files."""
+    degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files.
+    ``text_weight`` > 0 (fresh only): each sample carries the loss's pixel weights too."""
     hr_root = Path(base.paths.hr)
     hr_files = split_files(hr_root, "train")
     if data_mode == "fresh":
@@ -31,13 +33,14 @@ def train_dataset(
             crop,
             base.scale,
             base.seed,
-            degrade=make_degrader(crappify),
+            degrade=make_degrader(crappify, with_mask=text_weight > 0),
             lighting=lighting,
             clean_prob=clean_prob,
             clean_resample=clean_resample,
             watermark_window=watermark_window,
             watermark_focus=watermark_focus,
             zoom=zoom,
+            text_weight=text_weight,
         )
     lr_files = [lr_path_for(f, hr_root, Path(base.paths.lr)) for f in hr_files]
     return TrainPairs(

@@ -27,6 +27,7 @@ from pipelines.core.runtime import hash_seed
 from pipelines.imaging.images import list_images, read_rgb
 from pipelines.imaging.resize import RESAMPLERS, benchmark_lr, imresize_matlab
 from pipelines.imaging.tensors import centre_box, centre_crop, to_tensor
+from pipelines.scoring.regions import watermark_mask_hr
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,20 @@ def check_text_window(window: int, focus: float) -> None:
         )
 
 
+def check_text_weight(weight: float, loss: str, data: str) -> None:
+    """Text weights come from the watermark's mask, which only a fresh degradation knows, and
+    weigh a pixel loss's terms."""
+    if weight and data != "fresh":
+        raise ConfigError(f"text_weight: {weight} needs data: fresh (the mask of each crop)")
+    if weight and loss not in ("l1", "charbonnier", "mse"):
+        raise ConfigError(
+            f"text_weight: {weight} weighs a pixel loss (l1, charbonnier, mse), not {loss!r}"
+        )
+
+
 # degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
-# the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame
+# the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame; with
+# TrainPairs.text_weight, (lr, the watermark's LR mask)
 Degrader = Callable[[np.ndarray, np.random.Generator, tuple[int, int, int, int]], np.ndarray]
 
 
@@ -186,6 +199,7 @@ class TrainPairs(Dataset):
         watermark_window: int = 0,
         watermark_focus: float = 0.0,
         zoom: tuple[float, float] = NO_ZOOM,
+        text_weight: float = 0.0,
     ):
         if degrade is None and lr_files is None:
             raise ValueError("TrainPairs needs either degrade or lr_files")
@@ -212,6 +226,9 @@ class TrainPairs(Dataset):
         self.watermark_focus = watermark_focus
         check_zoom(zoom, "fresh" if degrade is not None else "fixed")
         self.zoom = tuple(zoom)
+        # > 0: samples carry a third tensor, the loss's pixel weights: 1, plus this inside the
+        # watermark's mask (``degrade`` then returns the LR image and the mask)
+        self.text_weight = text_weight
         self.aug = augmentation(lighting) if augment else None
         self.cache = _ImageCache()
 
@@ -225,7 +242,7 @@ class TrainPairs(Dataset):
         perm = np.random.default_rng(hash_seed(self.seed, "perm", epoch)).permutation(n)
         return int(perm[pos])
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng(hash_seed(self.seed, "sample", index))
         k = self.image_index(index)
         hr = self.cache.read(self.hr_files[k])
@@ -238,6 +255,7 @@ class TrainPairs(Dataset):
             out = self.aug(image=hr_crop, lr=lr_crop if lr_crop is not None else hr_crop[:1, :1])
             hr_crop = out["image"]
             lr_crop = out["lr"] if lr_crop is not None else None
+        mask = None
         if lr_crop is None:
             if rng.random() < self.clean_prob:
                 # one kernel draws nothing, so the default stream is the same as before kernels
@@ -251,7 +269,14 @@ class TrainPairs(Dataset):
                 # the frame of the crop before its flip or turn: the chance and size of the
                 # watermark it sees are those of its place in that frame
                 lr_crop = self.degrade(hr_crop, rng, self._text_frame(x, y, shape, rng))
-        return to_tensor(lr_crop), to_tensor(hr_crop)
+                if self.text_weight:
+                    lr_crop, mask = lr_crop
+        if not self.text_weight:
+            return to_tensor(lr_crop), to_tensor(hr_crop)
+        weights = np.ones(hr_crop.shape[:2], np.float32)
+        if mask is not None and mask.any():
+            weights[watermark_mask_hr(mask, hr_crop.shape, self.scale)] += self.text_weight
+        return to_tensor(lr_crop), to_tensor(hr_crop), torch.from_numpy(weights)[None]
 
     def _text_frame(
         self, x: int, y: int, shape: tuple[int, ...], rng: np.random.Generator

@@ -356,15 +356,23 @@ def crappify_with_mask(
     return lr, data, record, mask
 
 
-def make_degrader(spec: Degradation) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
-    """``crappify`` bound to ``spec``, returning the LR image only: a data loader's degrade(hr, rng).
+def make_degrader(spec: Degradation, with_mask: bool = False) -> Callable:
+    """``crappify`` bound to ``spec``: a data loader's degrade(hr, rng, frame), returning the LR
+    image, or with ``with_mask`` (LR image, the watermark's LR mask).
 
     A ``functools.partial`` of a module function, so it pickles into DataLoader workers.
     """
-    return functools.partial(_lr_only, spec)
+    return functools.partial(_lr_and_mask if with_mask else _lr_only, spec)
 
 
 def _lr_only(
     spec: Degradation, hr: np.ndarray, rng: np.random.Generator, frame: Frame | None = None
 ) -> np.ndarray:
     return crappify(hr, spec, rng, frame)[0]
+
+
+def _lr_and_mask(
+    spec: Degradation, hr: np.ndarray, rng: np.random.Generator, frame: Frame | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    lr, _, _, mask = crappify_with_mask(hr, spec, rng, frame)
+    return lr, mask

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from pipelines.core.files import write_text
+from pipelines.core.results import results_file
 from pipelines.core.tasks import REFERENCE
 from pipelines.imaging.images import encode_png
 from pipelines.reporting import charts, provenance
@@ -37,7 +38,7 @@ CROP = 512  # HR px of each image region shown at full resolution
 IMAGES_PER_DATASET = 3  # the page stays a few MB: every cell is a lossless PNG
 INPUT_LABEL, TRUTH_LABEL = "input", "truth"
 # The CSV whose curve gets the GAN's chosen step marked, and where that step is written.
-GAN_SCORES, GAN_METRICS = "gan_scores", "train_gan.json"
+GAN_SCORES = "gan_scores"
 
 
 @dataclass
@@ -117,7 +118,7 @@ def write_report(
     """Gather curves and provenance from the workspace ``root`` and write the page atomically."""
     root = Path(root)
     plots_dir, metrics_dir = root / plots_dir, root / metrics_dir
-    gan = metrics_dir / GAN_METRICS
+    gan = results_file(metrics_dir, "train_gan")
     chosen = json.loads(gan.read_text()).get("chosen_step") if gan.exists() else None
     params = root / params_path
     info = {

@@ -7,12 +7,15 @@ content, not recency, so it holds when DVC restored train_gan from its run-cache
 experiment trained another generator in between, or when stages ran without a flow.
 
 Each matched version gets the scores of the first evaluated data set as tags
-(``decrappify.eval.*``) and ``decrappify.eval.qualified`` = true when its Y-PSNR gain over
-bicubic is positive and larger than every other generator's evaluated with it (the pretrained
-one). The ``champion`` alias then goes to the qualified version with the highest gain (the
-newest on ties), taking each version's latest evaluation; it is removed when no version
-qualifies. Gains are over bicubic on the images each version was evaluated on, so versions
-evaluated on different test splits compare only roughly: re-run evaluate after changing data.
+(``decrappify.eval.*``) and ``decrappify.eval.qualified`` = true when its gain over the
+task's reference (bicubic; gray for a colorizer) is positive and, against every other
+generator evaluated with it (the pretrained one), either larger or the trade the GAN phase
+chose it by (``Trade``: train_gan's ``max_psnr_drop`` and ``select_metric``, read from its
+metrics file): at most that many dB smaller and better by that metric. The ``champion``
+alias then goes to the qualified version with the highest gain (the newest on ties), taking
+each version's latest evaluation; it is removed when no version qualifies. Gains are over the
+reference on the images each version was evaluated on, so versions evaluated on different
+test splits compare only roughly: re-run evaluate after changing data.
 
 A registry that cannot be reached costs one warning; it never fails the stage.
 
@@ -25,14 +28,18 @@ digest exists, and ``record_evaluation`` applies metrics/evaluate.json.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.core.files import sha256_file
+from pipelines.core.results import results_file
 from pipelines.core.tasks import REGISTERED_MODEL as REGISTERED_MODELS
 from pipelines.running.tracking import fail_fast
+from pipelines.scoring.metrics import HIGHER_IS_BETTER
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +60,14 @@ def record_evaluation(
     model_files: Mapping[str, Path | str],
     evaluation_run: str | None = None,
     name: str = REGISTERED_MODEL,
+    trade: Trade | None = None,
 ) -> str | None:
     """Tag the registered versions of the evaluated model files, then move the champion alias.
 
     ``summary`` is evaluate's result for ``dataset`` (means per method and ``gain_db`` per
-    model); ``model_files`` maps each evaluated model's name to its file. Returns the champion
-    version, or None (no champion, or the registry was unavailable).
+    model); ``model_files`` maps each evaluated model's name to its file; ``trade`` is the
+    GAN phase's (``trade_of``). Returns the champion version, or None (no champion, or the
+    registry was unavailable).
     """
     fail_fast()
     try:
@@ -71,6 +80,7 @@ def record_evaluation(
             model_files,
             evaluation_run,
             name,
+            trade,
         )
     except Exception as exc:  # the registry is a convenience: evaluation results are on disk
         text = str(exc).splitlines()[0] if str(exc) else ""
@@ -85,9 +95,47 @@ def record_evaluation(
         return None
 
 
-def qualifies(model: str, gains: Mapping[str, float]) -> bool:
-    """Beats bicubic (a positive gain) and every other generator evaluated alongside."""
-    return gains[model] > 0 and all(gains[model] > g for m, g in gains.items() if m != model)
+@dataclass(frozen=True)
+class Trade:
+    """What the GAN phase may give up for perceptual quality: ``max_drop`` dB of PSNR for a
+    better ``metric`` (train_gan's ``max_psnr_drop`` and ``select_metric``)."""
+
+    metric: str
+    max_drop: float
+
+
+def trade_of(metrics_dir: Path | str) -> Trade | None:
+    """The trade recorded in train_gan's results in ``metrics_dir``; None when the file or its
+    keys are missing (a run from before it was recorded is held to the strict rule)."""
+    try:
+        data = json.loads(results_file(metrics_dir, "train_gan").read_text())
+        return Trade(str(data["select_metric"]), float(data["max_psnr_drop"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def qualifies(model: str, summary: Mapping[str, Any], trade: Trade | None = None) -> bool:
+    """Beats the reference (a positive gain) and every other generator evaluated alongside:
+    by gain, or within ``trade.max_drop`` dB of its gain and better by ``trade.metric``."""
+    gains = summary["gain_db"]
+    if gains[model] <= 0:
+        return False
+    return all(
+        gains[model] > gain or _traded(model, other, gain, summary, trade)
+        for other, gain in gains.items()
+        if other != model
+    )
+
+
+def _traded(
+    model: str, other: str, gain: float, summary: Mapping[str, Any], trade: Trade | None
+) -> bool:
+    if trade is None or summary["gain_db"][model] < gain - trade.max_drop:
+        return False
+    mine, theirs = (summary.get(m, {}).get(trade.metric) for m in (model, other))
+    if mine is None or theirs is None:
+        return False
+    return mine > theirs if HIGHER_IS_BETTER[trade.metric] else mine < theirs
 
 
 def _record(
@@ -97,6 +145,7 @@ def _record(
     model_files: Mapping[str, Path | str],
     evaluation_run: str | None,
     name: str,
+    trade: Trade | None,
 ) -> str | None:
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
@@ -115,7 +164,7 @@ def _record(
             EVAL_PREFIX + "dataset": dataset,
             EVAL_PREFIX + "images": summary.get("images"),
             GAIN_TAG: gains[model],
-            QUALIFIED_TAG: str(qualifies(model, gains)).lower(),
+            QUALIFIED_TAG: str(qualifies(model, summary, trade)).lower(),
             **{EVAL_PREFIX + k: v for k, v in summary.get(model, {}).items()},
         }
         if evaluation_run:

@@ -36,7 +36,8 @@ GP_WEIGHT = 10.0
 
 class PixelLoss(nn.Module):
     """``weight`` * mean MSE, L1 or Charbonnier (sqrt(d^2 + eps^2), a differentiable L1)
-    between the images."""
+    between the images; with ``pixel_weights`` (N, 1, H, W), the mean of each pixel's term
+    times its weight (``TrainPairs.text_weight``)."""
 
     def __init__(self, kind: Literal["mse", "l1", "charbonnier"] = "l1", weight: float = 1.0):
         super().__init__()
@@ -44,12 +45,20 @@ class PixelLoss(nn.Module):
             raise ValueError(f"pixel loss: {kind!r} is not 'mse', 'l1' or 'charbonnier'")
         self.kind, self.weight = kind, weight
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, output: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         output, target = output.float(), target.float()
         if self.kind == "charbonnier":
-            return self.weight * torch.sqrt((output - target) ** 2 + CHARBONNIER_EPS**2).mean()
-        fn = F.mse_loss if self.kind == "mse" else F.l1_loss
-        return self.weight * fn(output, target)
+            per_pixel = torch.sqrt((output - target) ** 2 + CHARBONNIER_EPS**2)
+        else:
+            fn = F.mse_loss if self.kind == "mse" else F.l1_loss
+            if pixel_weights is None:
+                return self.weight * fn(output, target)
+            per_pixel = fn(output, target, reduction="none")
+        if pixel_weights is not None:
+            per_pixel = per_pixel * pixel_weights.float()
+        return self.weight * per_pixel.mean()
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -106,7 +115,11 @@ class FeatureLoss(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, output: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if pixel_weights is not None:
+            raise ValueError("feature loss: pixel weights only weigh a pixel loss")
         x = (output.float() - self.mean) / self.std
         y = (target.float() - self.mean) / self.std
         loss = F.l1_loss(x, y)
@@ -135,8 +148,11 @@ class WithPerceptual(nn.Module):
         self.distance.eval()  # a fixed metric, never in training mode
         return self
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.content(output, target) + self.weight * self.distance(output, target).mean()
+    def forward(
+        self, output: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        content = self.content(output, target, pixel_weights)
+        return content + self.weight * self.distance(output, target).mean()
 
 
 class OnLuminance(nn.Module):
@@ -151,8 +167,10 @@ class OnLuminance(nn.Module):
         super().__init__()
         self.content = content
 
-    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.content(gray(output), gray(target))
+    def forward(
+        self, output: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.content(gray(output), gray(target), pixel_weights)
 
 
 def build_content_loss(

@@ -90,9 +90,14 @@ class Gan:
         return loss
 
     def generator_step(
-        self, lr_img: torch.Tensor, real: torch.Tensor, lr: float | None = None
+        self,
+        lr_img: torch.Tensor,
+        real: torch.Tensor,
+        lr: float | None = None,
+        pixel_weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One generator step, at the learning rate ``lr`` if given."""
+        """One generator step, at the learning rate ``lr`` if given; ``pixel_weights`` weigh
+        the content loss's pixels (``TrainPairs.text_weight``)."""
         if lr is not None:
             set_lr(self.opt_g, [lr] * len(self.opt_g.param_groups))
         requires_grad(self.critic, False)
@@ -101,7 +106,7 @@ class Gan:
         with autocast(self.device, self.dtype):
             fake = (self.gen_t or self.gen)(lr_img).float()
             adv = generator_adv_loss(self.adversarial, self.critic(fake))
-            content = self.content(fake, real)
+            content = self.content(fake, real, pixel_weights)
             loss = self.adv_weight * adv + self.content_weight * content
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
