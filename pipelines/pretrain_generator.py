@@ -27,7 +27,6 @@ from pipelines.datasets.pairs import (
     CLEAN_RESAMPLE,
     NO_ZOOM,
     EvalPairs,
-    check_text_weight,
     check_text_window,
     check_zoom,
     step_loader,
@@ -37,7 +36,7 @@ from pipelines.networks import build_generator, freeze_encoder, param_groups
 from pipelines.running.progress import StepLogger
 from pipelines.running.stage import stage_main
 from pipelines.scoring import stlpips
-from pipelines.scoring.losses import Content, build_content_loss
+from pipelines.scoring.losses import Content, build_content_loss, check_text_weight
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.ema import ModelEMA
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite, set_lr

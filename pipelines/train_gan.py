@@ -42,7 +42,6 @@ from pipelines.datasets.pairs import (
     NO_ZOOM,
     EvalPairs,
     check_kinds,
-    check_text_weight,
     check_text_window,
     check_zoom,
     step_loader,
@@ -52,7 +51,7 @@ from pipelines.networks import build_critic, build_generator
 from pipelines.running.progress import StepLogger
 from pipelines.running.registry import DIGEST_TAG
 from pipelines.running.stage import stage_main
-from pipelines.scoring.losses import Adversarial, Content, build_content_loss
+from pipelines.scoring.losses import Adversarial, Content, build_content_loss, check_text_weight
 from pipelines.scoring.metrics import COLOUR_METRICS, SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.ema import ModelEMA

@@ -71,17 +71,6 @@ def check_text_window(window: int, focus: float) -> None:
         )
 
 
-def check_text_weight(weight: float, loss: str, data: str) -> None:
-    """Text weights come from the watermark's mask, which only a fresh degradation knows, and
-    weigh a pixel loss's terms."""
-    if weight and data != "fresh":
-        raise ConfigError(f"text_weight: {weight} needs data: fresh (the mask of each crop)")
-    if weight and loss not in ("l1", "charbonnier", "mse"):
-        raise ConfigError(
-            f"text_weight: {weight} weighs a pixel loss (l1, charbonnier, mse), not {loss!r}"
-        )
-
-
 # degrade(hr_crop, rng, frame) -> lr: the LR image the generator learns to restore; frame is
 # the LR crop's place in the whole LR image, (x, y, width, height): degradations.Frame; with
 # TrainPairs.text_weight, (lr, the watermark's LR mask)

@@ -39,7 +39,7 @@ from pipelines.core.files import sha256_file
 from pipelines.core.results import results_file
 from pipelines.core.tasks import REGISTERED_MODEL as REGISTERED_MODELS
 from pipelines.running.tracking import fail_fast
-from pipelines.scoring.metrics import HIGHER_IS_BETTER
+from pipelines.scoring.metrics import beats
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _traded(
     mine, theirs = (summary.get(m, {}).get(trade.metric) for m in (model, other))
     if mine is None or theirs is None:
         return False
-    return mine > theirs if HIGHER_IS_BETTER[trade.metric] else mine < theirs
+    return beats(trade.metric, mine, theirs)
 
 
 def _record(

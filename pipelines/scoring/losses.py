@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg
 
+from pipelines.core.config import ConfigError
 from pipelines.networks.colour import gray
 from pipelines.networks.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 from pipelines.scoring import stlpips
@@ -23,6 +24,7 @@ from pipelines.scoring import stlpips
 log = logging.getLogger(__name__)
 
 Content = Literal["mse", "l1", "charbonnier", "feature"]
+PIXEL_LOSSES = ("mse", "l1", "charbonnier")
 # Charbonnier's epsilon, in [0, 1] image units (LapSRN, EDVR, BasicSR: 1e-3)
 CHARBONNIER_EPS = 1e-3
 Adversarial = Literal["bce", "wgan-gp"]
@@ -41,7 +43,7 @@ class PixelLoss(nn.Module):
 
     def __init__(self, kind: Literal["mse", "l1", "charbonnier"] = "l1", weight: float = 1.0):
         super().__init__()
-        if kind not in ("mse", "l1", "charbonnier"):
+        if kind not in PIXEL_LOSSES:
             raise ValueError(f"pixel loss: {kind!r} is not 'mse', 'l1' or 'charbonnier'")
         self.kind, self.weight = kind, weight
 
@@ -199,11 +201,22 @@ def build_content_loss(
             perceptual,
             perceptual_net,
         )
-    if name in ("mse", "l1", "charbonnier"):
+    if name in PIXEL_LOSSES:
         return PixelLoss(name, weight)
     if name == "feature":
         return FeatureLoss(layer_weights, gram, weight, pretrained)
     raise ValueError(f"content loss: {name!r} is not one of 'mse', 'l1', 'charbonnier', 'feature'")
+
+
+def check_text_weight(weight: float, loss: str, data: str) -> None:
+    """Text weights come from the watermark's mask, which only a fresh degradation knows, and
+    weigh a pixel loss's terms (``TrainPairs.text_weight``)."""
+    if weight and data != "fresh":
+        raise ConfigError(f"text_weight: {weight} needs data: fresh (the mask of each crop)")
+    if weight and loss not in PIXEL_LOSSES:
+        raise ConfigError(
+            f"text_weight: {weight} weighs a pixel loss ({', '.join(PIXEL_LOSSES)}), not {loss!r}"
+        )
 
 
 def critic_logit_loss(

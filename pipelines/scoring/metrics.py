@@ -59,6 +59,13 @@ HIGHER_IS_BETTER = {
     "mask_psnr_y": True,
     "edge_chroma_rmse": False,
 }
+
+
+def beats(metric: str, score: float, other: float) -> bool:
+    """Whether ``score`` is better than ``other`` by ``metric``: strictly, in its direction."""
+    return score > other if HIGHER_IS_BETTER[metric] else score < other
+
+
 # The metrics only a colorizer's scores have (score(task="colorize")).
 COLOUR_METRICS = ("psnr", "ssim", "colorfulness_error")
 # The metrics the GAN phase may pick its checkpoint by (train_gan.select_metric).

@@ -17,7 +17,7 @@ from torch import nn
 from pipelines.core.runtime import autocast
 from pipelines.core.tasks import FIDELITY
 from pipelines.scoring.losses import Adversarial, critic_loss, generator_adv_loss
-from pipelines.scoring.metrics import HIGHER_IS_BETTER
+from pipelines.scoring.metrics import beats
 from pipelines.training.ema import ModelEMA
 from pipelines.training.loop import set_lr
 
@@ -177,4 +177,4 @@ def better(
     """Whether ``candidate`` beats ``best`` by ``metric`` averaged over the sets ``kinds``."""
     keys = [score_key(kind, metric) for kind in kinds]
     cand, held = (sum(scores[k] for k in keys) / len(keys) for scores in (candidate, best))
-    return cand > held if HIGHER_IS_BETTER[metric] else cand < held
+    return beats(metric, cand, held)
