@@ -18,7 +18,14 @@ from pipelines.core.files import atomic_dir, write_csv
 from pipelines.core.fingerprint import fingerprint
 from pipelines.core.results import write_results
 from pipelines.core.runtime import autocast, to_device
-from pipelines.datasets.pairs import CriticPairs, aligned_lr, lr_path_for, split_files, step_loader
+from pipelines.datasets.pairs import (
+    CriticPairs,
+    aligned_lr,
+    lr_path_for,
+    real_examples,
+    split_files,
+    step_loader,
+)
 from pipelines.imaging.images import read_rgb, write_image
 from pipelines.imaging.tensors import centre_crop, to_tensor
 from pipelines.inference.restore import load_generator, restore
@@ -89,7 +96,7 @@ def generate(
 
 def pairs(base: BaseConfig, split: str) -> tuple[list[Path], list[Path]]:
     hr_root, gen_root = Path(base.paths.hr), Path(base.paths.generated)
-    real = split_files(hr_root, split)
+    real = real_examples(split_files(hr_root, split), base.task)
     return real, [(gen_root / f.relative_to(hr_root)).with_suffix(".png") for f in real]
 
 

@@ -182,6 +182,7 @@ def batches(cfg: TrainGanConfig, start: int, session: prelude.Session):
         cfg.watermark_focus,
         cfg.zoom,
         cfg.text_weight,
+        adversarial=True,
     )
     return step_loader(
         dataset,

@@ -17,13 +17,18 @@ import yaml
 from test_stages import copy_inputs, kill_after_checkpoint, run_module, write_params
 
 from pipelines.core.config import ConfigError, load
+from pipelines.core.errors import StageError
 from pipelines.core.tasks import TaskMismatch
+from pipelines.datasets.degraded import train_dataset
+from pipelines.datasets.pairs import real_examples, split_files
 from pipelines.datasets.photos import sample_folder
 from pipelines.imaging.images import is_gray, read_rgb, to_grayscale
 from pipelines.inference.restore import colorize_at, load_generator, restore
 from pipelines.inference.restore_files import RestoreError, restore_paths
 from pipelines.networks import build_generator, colour
+from pipelines.pretrain_critic import pairs as critic_pairs
 from pipelines.scoring.metrics import colorfulness, rgb_to_y, score
+from pipelines.train_gan import TrainGanConfig
 from pipelines.training import checkpoint
 
 from pipeline_repo import ORCHESTRATION, dvc_cli, make_pipeline_repo, tiny_params
@@ -215,6 +220,38 @@ def test_colorize_a_colour_photo_is_colorized_from_its_luminance_said_once(tmp_p
         out = read_rgb(tmp_path / "out" / f"{name}_restored.png")
         source = read_rgb(inputs / f"{name}.png")
         assert np.abs(rgb_to_y(out) - rgb_to_y(source)).max() <= 1.0
+
+
+def test_colorize_critic_and_gan_phase_take_only_colour_photos_as_real(tmp_path):
+    train = tmp_path / "hr" / "train"
+    train.mkdir(parents=True)
+    cv2.imwrite(str(train / "camera.png"), cv2.imread(str(sample_folder() / "camera.png"), 0))
+    for name in ("coffee.png", "chelsea.png"):
+        cv2.imwrite(str(train / name), cv2.imread(str(sample_folder() / name))[:96, :96])
+    files = split_files(tmp_path / "hr", "train")
+    assert [f.name for f in real_examples(files, "colorize")] == ["chelsea.png", "coffee.png"]
+    assert real_examples(files, "restore") == files
+    with pytest.raises(StageError, match=str(train)):
+        real_examples([train / "camera.png"], "colorize")
+
+    params = TINY_COLORIZE | {
+        "base": TINY_COLORIZE["base"] | {"paths": {"hr": str(tmp_path / "hr")}}
+    }
+    cfg = load(TrainGanConfig, "train_gan", params)
+
+    def photos(adversarial: bool) -> list[str]:
+        data = train_dataset(cfg.base, "fresh", cfg.crappify, 32, 0.0, 0.0, adversarial=adversarial)
+        return sorted(f.name for f in data.hr_files)
+
+    # pretraining learns from the gray photo that gray things stay gray; the GAN phase's
+    # crops are the critic's real examples
+    assert photos(adversarial=False) == ["camera.png", "chelsea.png", "coffee.png"]
+    assert photos(adversarial=True) == ["chelsea.png", "coffee.png"]
+    reals, fakes = critic_pairs(cfg.base, "train")
+    assert [(r.name, f.name) for r, f in zip(reals, fakes)] == [
+        ("chelsea.png", "chelsea.png"),
+        ("coffee.png", "coffee.png"),
+    ]
 
 
 # -- the whole pipeline, through DVC -----------------------------------------------------------

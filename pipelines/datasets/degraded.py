@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.core.config import BaseConfig
-from pipelines.datasets.pairs import NO_ZOOM, TrainPairs, lr_path_for, split_files
+from pipelines.datasets.pairs import NO_ZOOM, TrainPairs, lr_path_for, real_examples, split_files
 from pipelines.imaging.degradations import CrappifyConfig, make_degrader
 
 
@@ -21,12 +21,16 @@ def train_dataset(
     watermark_focus: float = 0.0,
     zoom: tuple[float, float] = NO_ZOOM,
     text_weight: float = 0.0,
+    adversarial: bool = False,
 ) -> TrainPairs:
     """The (LR, HR) training crops of generator pretraining and the GAN phase: a fresh
     degradation per crop, or (``fixed``, the recipe) crops of the crappify stage's files.
-    ``text_weight`` > 0 (fresh only): each sample carries the loss's pixel weights too."""
+    ``text_weight`` > 0 (fresh only): each sample carries the loss's pixel weights too.
+    ``adversarial`` (the GAN phase): the HR crops are the critic's real examples too."""
     hr_root = Path(base.paths.hr)
     hr_files = split_files(hr_root, "train")
+    if adversarial:
+        hr_files = real_examples(hr_files, base.task)
     if data_mode == "fresh":
         return TrainPairs(
             hr_files,

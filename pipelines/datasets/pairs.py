@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipelines.core.config import ConfigError
 from pipelines.core.errors import StageError
 from pipelines.core.runtime import hash_seed
-from pipelines.imaging.images import list_images, read_rgb
+from pipelines.imaging.images import is_gray, list_images, read_rgb
 from pipelines.imaging.resize import RESAMPLERS, benchmark_lr, imresize_matlab
 from pipelines.imaging.tensors import centre_box, centre_crop, to_tensor
 from pipelines.scoring.regions import watermark_mask_hr
@@ -87,6 +87,20 @@ def split_files(root: Path | str, split: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{Path(root) / split}: no images (run the earlier stages first)")
     return files
+
+
+def real_examples(files: Sequence[Path], task: str) -> list[Path]:
+    """The photos a critic may take as real ones. A colorizer's gray training photos teach
+    its pretraining that gray things stay gray; shown to a critic as real, they would teach
+    it that gray output is real, and the GAN phase would wash the colour out."""
+    if task != "colorize":
+        return list(files)
+    colour = [f for f in files if not is_gray(read_rgb(f))]
+    if not colour:
+        raise StageError(f"{Path(files[0]).parent}: no colour photo, and a critic needs real ones")
+    if len(colour) < len(files):
+        log.info("%d gray photos are not shown to the critic as real", len(files) - len(colour))
+    return colour
 
 
 def aligned_lr(lr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
