@@ -21,7 +21,10 @@ candidate is eligible when its validation Y-PSNR is at most ``max_psnr_drop`` dB
 candidate 0's on every one of them; among the eligible ones the stage keeps the best by
 ``select_metric`` (a perceptual score; HaarPSI by default) averaged over them, the earliest on
 ties. So the GAN phase can trade a bounded amount of fidelity for perceptual quality, and
-never returns a generator that collapsed.
+never returns a generator that collapsed. With ``blends``, a candidate that beats the best but
+costs more than ``max_psnr_drop`` is mixed with the pretrained weights at those shares of its
+own (network interpolation), and the blend of the largest share within the limit competes in
+its place.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from pipelines.scoring.losses import Adversarial, Content, build_content_loss, c
 from pipelines.scoring.metrics import COLOUR_METRICS, SELECTABLE, stlpips_available
 from pipelines.training import checkpoint, distributed, prelude
 from pipelines.training.ema import ModelEMA
-from pipelines.training.gan import Counters, Gan, better, eligible, score_key
+from pipelines.training.gan import Counters, Gan, Selection, choose, score_key
 from pipelines.training.loop import RollingCheckpoint, Throughput, adamw, check_finite
 from pipelines.training.schedule import warm_up
 from pipelines.training.validation import sample_grid, validate
@@ -87,6 +90,7 @@ class TrainGanConfig:
     checkpoint_every: int = bounded(20, lo=1)
     max_psnr_drop: float = bounded(0.5, lo=0)
     select_metric: SELECTABLE = "haarpsi"
+    blends: tuple[float, ...] = ()  # a too costly candidate's shares to blend with the start
     valid_crop: int = bounded(256, lo=0)
     valid_degradations: tuple[str, ...] = ("crappy",)  # evaluate's kinds: crappy | clean
     lighting: float = bounded(0.1, lo=0, hi=1)
@@ -103,6 +107,15 @@ class TrainGanConfig:
         """The generator's lr at generator step ``step`` (0 is the first): the warm-up's."""
         return warm_up(step, self.warmup, self.lr)
 
+    def selection(self) -> Selection:
+        return Selection(
+            self.select_metric,
+            self.max_psnr_drop,
+            self.base.task,
+            self.valid_degradations,
+            self.blends,
+        )
+
     def check(self) -> None:
         check_text_window(self.watermark_window, self.watermark_focus)
         check_zoom(self.zoom, self.data)
@@ -110,6 +123,9 @@ class TrainGanConfig:
         for key in ("crop", "valid_crop"):
             self.base.check_crop(key, getattr(self, key))
         check_kinds("valid_degradations", self.valid_degradations)
+        for alpha in self.blends:
+            if not 0 < alpha < 1:
+                raise ConfigError(f"blends: {alpha} is not a share between 0 and 1 (exclusive)")
         if self.select_metric == "stlpips" and not stlpips_available():
             raise ConfigError("select_metric: 'stlpips' needs the stlpips-pytorch weights")
         if self.select_metric in COLOUR_METRICS and self.base.task != "colorize":
@@ -217,17 +233,18 @@ def scorer(cfg: TrainGanConfig, session: prelude.Session):
 
 
 def run(cfg: TrainGanConfig, tracker=None) -> dict:
-    base, session = cfg.base, prelude.start(cfg.base)
+    session = prelude.start(cfg.base)
     device, ranks = session.device, session.ranks
     gan, g_saved = build(cfg, session)
     score, valid = scorer(cfg, session)
-    ckpt, task, kinds = rolling_checkpoint(cfg, ranks.main), base.task, cfg.valid_degradations
+    ckpt = rolling_checkpoint(cfg, ranks.main)
     best_file = ckpt.folder / "best.pt"
+    rule = cfg.selection()
 
-    def keep_best() -> None:
+    def keep_best(model) -> None:
         if ranks.main:
             checkpoint.save(
-                best_file, checkpoint.model_payload("generator", g_saved["arch"], gan.kept)
+                best_file, checkpoint.model_payload("generator", g_saved["arch"], model)
             )
 
     state = ckpt.restore()
@@ -242,7 +259,7 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         loop = Counters()
         history = [score(gan.kept, 0)]
         best = dict(history[0])
-        keep_best()
+        keep_best(gan.kept)
     loader = batches(cfg, loop.batches, session)
     speed = Throughput()
     gan.gen.train()
@@ -275,11 +292,10 @@ def run(cfg: TrainGanConfig, tracker=None) -> dict:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             cand = score(gan.kept, step)
             history.append(cand)
-            if eligible(cand, history[0], cfg.max_psnr_drop, task, kinds) and better(
-                cand, best, cfg.select_metric, kinds
-            ):
-                best = dict(cand)
-                keep_best()
+            kept = choose(cand, gan.kept, history[0], best, rule, g_saved["model"], score)
+            if kept is not None:
+                best = kept[0]
+                keep_best(kept[1])
             steps_log.metrics(step, {f"valid_{k}": v for k, v in cand.items() if k != "step"})
             ckpt.save(
                 step,
@@ -323,10 +339,11 @@ def finish(
         "batches": loop.batches,
         "train_images_per_s": round(speed.rate, 2),
         "chosen_step": best["step"],
+        "chosen_blend": best.get("blend", 1.0),  # its share in the kept weights (README GAN)
         # with max_psnr_drop, the trade the registry qualifies this generator by
         "select_metric": cfg.select_metric,
         "max_psnr_drop": cfg.max_psnr_drop,
-        "chosen": {k: round(v, 5) for k, v in best.items() if k != "step"},
+        "chosen": {k: round(v, 5) for k, v in best.items() if k not in ("step", "blend")},
         "start": {k: round(v, 5) for k, v in history[0].items() if k != "step"},
     }
     write_results(base, STAGE, metrics, ["train_images_per_s"])

@@ -7,7 +7,9 @@ the benchmark run the same code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ from pipelines.scoring.losses import Adversarial, critic_loss, generator_adv_los
 from pipelines.scoring.metrics import beats
 from pipelines.training.ema import ModelEMA
 from pipelines.training.loop import set_lr
+
+log = logging.getLogger(__name__)
 
 
 def requires_grad(model: nn.Module, flag: bool) -> None:
@@ -178,3 +182,65 @@ def better(
     keys = [score_key(kind, metric) for kind in kinds]
     cand, held = (sum(scores[k] for k in keys) / len(keys) for scores in (candidate, best))
     return beats(metric, cand, held)
+
+
+def blended(model: nn.Module, start: Mapping[str, torch.Tensor], alpha: float) -> nn.Module:
+    """A copy of ``model`` whose floating-point weights are ``alpha`` of its own and the rest
+    ``start``'s (network interpolation, as ESRGAN trades its GAN generator's texture against
+    its PSNR generator's fidelity); integer buffers stay the model's."""
+    mixed = copy.deepcopy(model)
+    own = mixed.state_dict()
+    mixed.load_state_dict(
+        {
+            k: torch.lerp(start[k].to(v.device, v.dtype), v, alpha) if v.is_floating_point() else v
+            for k, v in own.items()
+        }
+    )
+    return mixed
+
+
+def choose(
+    candidate: Mapping[str, float],
+    model: nn.Module,
+    start: Mapping[str, float],
+    best: Mapping[str, float],
+    rule: Selection,
+    start_weights: Mapping[str, torch.Tensor],
+    score: Callable[[nn.Module, int], dict],
+) -> tuple[dict, nn.Module] | None:
+    """What a new candidate makes the best: the candidate itself when it beats ``best`` and is
+    eligible; when it beats ``best`` but costs more than the rule allows, its eligible blend
+    with the start of the largest share (``rule.blends``, the candidate's share), if that one
+    beats ``best`` too; else None. Shares are tried from the smallest up, and the first one
+    over the limit ends the search (a blend's cost grows with its share), so a candidate whose
+    smallest blend costs too much is scored once more, and one that beats nothing not at all."""
+    if not better(candidate, best, rule.metric, rule.kinds):
+        return None
+    if eligible(candidate, start, rule.max_drop, rule.task, rule.kinds):
+        return dict(candidate), model
+    shown = [score_key(k, m) for m in (FIDELITY[rule.task], rule.metric) for k in rule.kinds]
+    kept = None
+    for alpha in sorted(rule.blends):
+        mixed = blended(model, start_weights, alpha)
+        scores = {**score(mixed, int(candidate["step"])), "blend": alpha}
+        log.info(
+            "step %d blended %.2f with the start: %s",
+            candidate["step"],
+            alpha,
+            ", ".join(f"{k} {scores[k]:.4g}" for k in shown),
+        )
+        if not eligible(scores, start, rule.max_drop, rule.task, rule.kinds):
+            break
+        kept = scores, mixed
+    return kept if kept is not None and better(kept[0], best, rule.metric, rule.kinds) else None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The checkpoint selection rule of a GAN phase (see pipelines/train_gan.py)."""
+
+    metric: str
+    max_drop: float
+    task: str = "restore"
+    kinds: Sequence[str] = ("crappy",)
+    blends: Sequence[float] = ()
