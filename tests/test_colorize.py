@@ -47,7 +47,7 @@ TINY_COLORIZE = tiny_params(
             ],
             "perceptual": 0.1,
         },
-        "train_gan": {"select_metric": "colorfulness_error"},
+        "train_gan": {"select_metric": "colorfulness_error", "blends": [0.25, 0.5]},
         "evaluate": {"baselines": ["gray"]},
     }
 )
