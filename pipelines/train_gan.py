@@ -339,7 +339,7 @@ def finish(
         "batches": loop.batches,
         "train_images_per_s": round(speed.rate, 2),
         "chosen_step": best["step"],
-        "chosen_blend": best.get("blend", 1.0),  # its share in the kept weights (README GAN)
+        "chosen_blend": best.get("blend", 1.0),  # its share in the kept weights; 1 = unblended
         # with max_psnr_drop, the trade the registry qualifies this generator by
         "select_metric": cfg.select_metric,
         "max_psnr_drop": cfg.max_psnr_drop,
