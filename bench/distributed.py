@@ -154,8 +154,7 @@ def run(args: argparse.Namespace) -> Report:
     ]
     report.table(
         f"{steps} steps, global batch {batch} x {crop} px HR, x4, params.yaml's generator "
-        f"from scratch, "
-        f"{cores} cores; median [min-max] of {n_rounds} rounds",
+        f"from scratch, {cores} cores; median [min-max] of {n_rounds} rounds",
         ["variant", "train img/s", "ms per step", "stage wall s"],
         rows,
         note=f"{many} / 1 process: {fmt(speedup, 2)}x training images/s",
