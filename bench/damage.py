@@ -5,8 +5,9 @@
 A crappy input has lost detail to the downscale, had text drawn on it and been JPEG-compressed.
 The gain over bicubic on crappy photos mixes what a model does about each. Here every HR photo
 of the folders (default Set5) is degraded by one part at a time, with the params' crappify
-section and the same seeded draws as ``evaluate``'s ``<folder>/crappy`` (so the "crappy" row is
-that data set's LR, bit for bit):
+section and the same seeded draws as ``evaluate``'s ``<folder>/crappy``, ``evaluate.folder_draws``
+of them per photo unless ``--draws`` says otherwise (so the "crappy" row is that data set's LR,
+bit for bit):
 
 - downscale: the crappify resample alone;
 - text: downscale and the watermark, JPEG quality 100 (no JPEG at all is not a crappify option;
@@ -42,9 +43,9 @@ import pipelines  # noqa: F401  (its import settings come before any computation
 from bench.common import ROOT, Report
 from bench.quality import DEFAULT_HR_DIRS
 from pipelines.core.config import load
-from pipelines.datasets.evaluation import crappy_pair
+from pipelines.datasets.evaluation import crappy_pair, draw_key
 from pipelines.datasets.pairs import aligned_lr
-from pipelines.evaluate import ENSEMBLE_SUFFIX
+from pipelines.evaluate import ENSEMBLE_SUFFIX, EvaluateConfig
 from pipelines.imaging.degradations import CrappifyConfig, Degradation, downscale
 from pipelines.imaging.images import list_images, read_rgb, to_grayscale
 from pipelines.imaging.resize import upscale
@@ -86,6 +87,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="damage: also each model averaged over its input's 8 flips and turns, as "
         "<model>_ensemble",
     )
+    g.add_argument(
+        "--draws",
+        dest="damage_draws",
+        type=int,
+        default=None,
+        metavar="N",
+        help="damage: degradations of each photo per row (default the params' "
+        "evaluate.folder_draws)",
+    )
 
 
 def variants(spec: Degradation, qualities: list[int]) -> dict[str, Degradation | None]:
@@ -99,6 +109,14 @@ def variants(spec: Degradation, qualities: list[int]) -> dict[str, Degradation |
         rows[f"JPEG {q}"] = dataclasses.replace(spec, watermark="none", jpeg_quality=(q, q))
     rows["crappy"] = spec
     return rows
+
+
+def draws_anything(spec: Degradation | None) -> bool:
+    """Whether a row's degradation draws anything: quality, text, blur or noise."""
+    if spec is None:
+        return False
+    lo, hi = spec.jpeg_quality
+    return lo != hi or spec.watermark != "none" or spec.blur_prob > 0 or spec.noise_prob > 0
 
 
 def degraded(hr: np.ndarray, spec: Degradation | None, base_spec: Degradation, key: str, seed: int):
@@ -118,6 +136,9 @@ def run(args: argparse.Namespace) -> Report:
     cfg = load(CrappifyConfig, "crappify", params)
     if cfg.base.task != "restore":
         raise SystemExit(f"damage: {params} is a {cfg.base.task} config; this measures restorers")
+    draws = args.damage_draws or load(EvaluateConfig, "evaluate", params).folder_draws
+    if draws < 1:
+        raise SystemExit(f"damage: --draws {draws} is below 1")
     paths = args.damage_models or [ROOT / m for m in DEFAULT_MODELS if (ROOT / m).is_file()]
     if not paths:
         raise SystemExit("damage: no model files (train first, or give --model PATH)")
@@ -151,6 +172,7 @@ def run(args: argparse.Namespace) -> Report:
             "hr_dirs": [str(d) for d in folders],
             "qualities": qualities,
             "self_ensemble": bool(args.damage_self_ensemble),
+            "draws": draws,
         },
     )
     scale, seed = cfg.base.scale, cfg.base.seed
@@ -165,8 +187,10 @@ def run(args: argparse.Namespace) -> Report:
             columns = ["bicubic", *methods]
             scores: dict[str, list[float]] = {c: [] for c in columns}
             exact: dict[str, list[float]] = {c: [] for c in columns}
-            for key, photo in photos.items():
-                lr, hr, mask = degraded(photo, spec, cfg, key, seed)
+            # a row that draws nothing has one image per photo
+            n = draws if draws_anything(spec) else 1
+            for key, photo, draw in ((k, p, d) for k, p in photos.items() for d in range(n)):
+                lr, hr, mask = degraded(photo, spec, cfg, draw_key(key, draw), seed)
                 outputs = {"bicubic": upscale(lr, scale)}
                 for name, (model, ensemble) in methods.items():
                     with torch.no_grad():
@@ -182,7 +206,8 @@ def run(args: argparse.Namespace) -> Report:
         report.data[folder.name] = results
         crappy_bicubic = results["crappy"]["bicubic"]
         report.table(
-            f"{folder.name} ({len(files)} photos): bicubic Y-PSNR and each model's gain over it",
+            f"{folder.name} ({len(files)} photos, {draws} draws of each degradation): bicubic "
+            "Y-PSNR and each model's gain over it",
             ["degradation", "bicubic", *methods],
             [
                 [row, f"{r['bicubic']:.2f}", *(f"{r[m] - r['bicubic']:+.2f}" for m in methods)]

@@ -5,10 +5,10 @@ Two kinds of data sets, each under the ``degradations`` asked for (pipelines/dat
   file (reported under the split's name, ``test``), ``clean`` the HR bicubic-downscaled
   (``test/clean``);
 - folders of HR images only (``hr_dirs``, e.g. Set5): ``crappy`` LR made here by the crappify
-  section's seeded degradation (``Set5/crappy``), ``clean`` by the SR benchmark protocol,
-  MATLAB-style bicubic downscaling (``Set5/clean``). Clean inputs are unlike the crappified ones
-  the generators learn from, so they show whether a generator damages a photo that was only
-  downscaled.
+  section's seeded degradation, ``folder_draws`` of them per photo (``Set5/crappy``), ``clean``
+  by the SR benchmark protocol, MATLAB-style bicubic downscaling (``Set5/clean``). Clean inputs
+  are unlike the crappified ones the generators learn from, so they show whether a generator
+  damages a photo that was only downscaled.
 
 Every method (baselines, then models) restores the same LR image and is scored with
 ``metrics.score`` against the HR, ``base.scale`` border pixels cropped, and with the regional
@@ -74,6 +74,8 @@ class EvaluateConfig:
     hr_dirs: tuple[str, ...] = ()
     # crappy: the crappify section's degradation (a split's own LR files); clean: bicubic x1/scale
     degradations: tuple[Kind, ...] = ("crappy", "clean")
+    # crappy LR images of each photo of an hr_dirs folder, each its own seeded draw
+    folder_draws: int = bounded(8, lo=1)
     tile: int = bounded(256, lo=16)  # LR px per tile when restoring
     overlap: int = bounded(32, lo=0)  # LR px shared by neighbouring tiles
     # each model's tiles averaged over their 8 flips and turns, reported as <model>_ensemble
@@ -185,7 +187,7 @@ def data_sets(cfg: EvaluateConfig) -> list[tuple[str, Iterator]]:
     return sets + [
         (
             dataset_name(Path(d).name, kind, split=False),
-            folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images),
+            folder_images(Path(d), base, cfg.crappify, kind, cfg.max_images, cfg.folder_draws),
         )
         for d in cfg.hr_dirs
         for kind in cfg.degradations

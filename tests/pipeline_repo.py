@@ -60,7 +60,7 @@ TINY = {
         "max_critic_steps": 2,
         "log_every": 1,
     },
-    "evaluate": {"max_images": 2, "grid_images": 2, "grid_crop": 64},
+    "evaluate": {"max_images": 2, "folder_draws": 2, "grid_images": 2, "grid_crop": 64},
     "export": {"check_sizes": [[21, 27]]},
 }
 

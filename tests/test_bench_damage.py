@@ -14,8 +14,9 @@ from pipelines.core.config import load
 from pipelines.datasets.evaluation import folder_images
 from pipelines.imaging.degradations import CrappifyConfig, downscale
 from pipelines.imaging.images import read_rgb
+from pipelines.imaging.resize import upscale
 from pipelines.networks.srresnet import build_srresnet
-from pipelines.scoring.metrics import rgb_to_y
+from pipelines.scoring.metrics import psnr_y, rgb_to_y
 from pipelines.training import checkpoint
 
 SET5 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
@@ -90,9 +91,18 @@ def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
         damage_models=[path, noisy],
         damage_qualities=[30],
         damage_self_ensemble=True,
+        damage_draws=2,
     )
     report = damage.run(args)
     results = report.data["Set5"]
+    # every row that draws its damage scores each photo under 2 draws, evaluate's own images
+    cfg = crappify_config()
+    images = list(folder_images(folder, cfg.base, cfg, "crappy", 0, draws=2))
+    assert [i.name for i in images] == ["bird.png", "woman.png", "bird.png#1", "woman.png#1"]
+    expected = np.mean([psnr_y(upscale(i.lr, 4), i.hr, border=4) for i in images])
+    assert results["crappy"]["bicubic"] == pytest.approx(expected, abs=1e-9)
+    assert not damage.draws_anything(None) and damage.draws_anything(cfg)
+    assert not damage.draws_anything(damage.variants(cfg, [30])["JPEG 30"])
     assert list(results) == ["downscale", "text", "JPEG", "JPEG 30", "crappy", damage.TEXT_EXACT]
     for row in results.values():
         assert row["generator"] == pytest.approx(row["bicubic"], abs=0.05)
@@ -117,6 +127,7 @@ def test_a_colorizing_config_is_refused(tmp_path):
         damage_models=None,
         damage_qualities=None,
         damage_self_ensemble=False,
+        damage_draws=None,
     )
     with pytest.raises(SystemExit, match="colorize"):
         damage.run(args)
@@ -127,13 +138,14 @@ def test_a_model_of_another_scale_is_refused(tmp_path):
     path = tmp_path / "x2.pt"
     checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"base": {"scale": 4}, "crappify": {}}))
+    params.write_text(yaml.safe_dump({"base": {"scale": 4}, "crappify": {}, "evaluate": {}}))
     args = argparse.Namespace(
         params=params,
         hr_dirs=None,
         damage_models=[path],
         damage_qualities=None,
         damage_self_ensemble=False,
+        damage_draws=None,
     )
     with pytest.raises(SystemExit, match=r"x2\.pt upscales x2; base\.scale .* is 4"):
         damage.run(args)

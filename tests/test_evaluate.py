@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -69,6 +70,15 @@ def workspace(tmp_path, monkeypatch):
     return tmp_path
 
 
+def set5(workspace: Path, *names: str) -> Path:
+    """A folder of these Set5 photos in the workspace."""
+    folder = workspace / "Set5"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(SET5 / name, folder / name)
+    return folder
+
+
 def config(**section):
     section.setdefault("models", ["models/bicubic_net.pt", "models/nearest_net.pt"])
     return load(
@@ -132,10 +142,7 @@ def test_self_ensemble_restores_every_model_image_with_it(workspace, monkeypatch
 
 
 def test_benchmark_folder_uses_bicubic_downscaled_lr(workspace):
-    folder = workspace / "Set5"
-    folder.mkdir()
-    for name in ("bird.png", "head.png"):
-        shutil.copy(f"{SET5}/{name}", folder / name)
+    folder = set5(workspace, "bird.png", "head.png")
     cfg = config(
         splits=[],
         hr_dirs=[str(folder)],
@@ -155,11 +162,14 @@ def test_benchmark_folder_uses_bicubic_downscaled_lr(workspace):
 
 def test_benchmark_folder_crappy_and_clean(workspace):
     """Set5 photos under our own seeded crappify and under bicubic downscaling, side by side."""
-    folder = workspace / "Set5"
-    folder.mkdir()
-    for name in ("bird.png", "woman.png"):  # 288x288 and 228x344: crops to 4 px multiples
-        shutil.copy(f"{SET5}/{name}", folder / name)
-    cfg = config(splits=[], hr_dirs=[str(folder)], models=["models/bicubic_net.pt"], grid_images=1)
+    folder = set5(workspace, "bird.png", "woman.png")  # 228x344 crops to 4 px multiples
+    cfg = config(
+        splits=[],
+        hr_dirs=[str(folder)],
+        models=["models/bicubic_net.pt"],
+        grid_images=1,
+        folder_draws=1,
+    )
     results = evaluate.run(cfg, builder=Resampler)
     assert list(results) == ["Set5/crappy", "Set5/clean"]
     crappy, clean = results["Set5/crappy"], results["Set5/clean"]
@@ -196,6 +206,33 @@ def test_benchmark_folder_crappy_and_clean(workspace):
         psnr_y(upscale(lr, 4, "bicubic"), hr, 4), abs=1e-5
     )
     assert evaluate.run(cfg, builder=Resampler) == results
+
+
+def test_folder_photos_are_crappified_by_several_draws(workspace):
+    """Each Set5 photo under folder_draws seeded degradations, each scored as an image."""
+    folder = set5(workspace, "bird.png")
+    cfg = config(
+        splits=[],
+        hr_dirs=[str(folder)],
+        models=["models/bicubic_net.pt"],
+        grid_images=1,
+        folder_draws=3,
+    )
+    results = evaluate.run(cfg, builder=Resampler)
+    assert results["Set5/crappy"]["images"] == 3 and results["Set5/clean"]["images"] == 1
+    with open(workspace / "metrics/evaluate_images.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "bicubic"]
+    crappy = {r["image"]: float(r["psnr_y"]) for r in rows if r["dataset"] == "Set5/crappy"}
+    # the first draw is the photo's one-draw LR; the others are drawn apart from it
+    assert list(crappy) == ["bird.png", "bird.png#1", "bird.png#2"]
+    assert len(set(crappy.values())) == 3
+    one = evaluate.run(replace(cfg, folder_draws=1), builder=Resampler)["Set5/crappy"]
+    assert one["bicubic"]["psnr_y"] == pytest.approx(crappy["bird.png"], abs=1e-4)
+    assert results["Set5/crappy"]["bicubic"]["psnr_y"] == pytest.approx(
+        np.mean(list(crappy.values())), abs=1e-4
+    )
+    with pytest.raises(ConfigError, match="folder_draws"):
+        config(folder_draws=0)
 
 
 def test_split_masks_come_from_the_crappify_stage_draw(workspace, caplog):

@@ -4,7 +4,10 @@ degradations.
 - ``crappy``: our own seeded degradation, ``crappify`` with the crappify section's params. For a
   crappify split these are the stage's own LR files; for a folder of HR images (e.g. Set5) the
   same function draws from ``rng_for(base.seed, <file path in the folder>)``, so a folder's
-  crappy LR is the same in every run and on every machine. The watermark's mask comes from the
+  crappy LR is the same in every run and on every machine. A folder has no LR of its own, and
+  one draw of JPEG quality and watermark per photo makes a mean over 5 photos (Set5) swing by
+  about 0.4 dB with the seed: ``draws`` degradations of each photo are scored, the k-th keyed
+  ``<file path>#k``. The watermark's mask comes from the
   same draw: for a split it is recomputed and used only if the recomputed JPEG is byte for byte
   the stage's file (else the files were made with other params, and no mask is claimed).
 - ``clean``: the SR benchmark protocol, MATLAB-style bicubic downscaling of the HR cropped to a
@@ -117,22 +120,33 @@ def split_images(
     return images()
 
 
+def draw_key(name: str, draw: int) -> str:
+    """The name, and seed key, of a folder photo's ``draw``-th crappy LR (counted from 0): the
+    first is the photo's own name, so one draw per photo is what it always was."""
+    return name if draw == 0 else f"{name}#{draw}"
+
+
 def folder_images(
-    folder: Path, base: BaseConfig, spec: Degradation, kind: Kind, limit: int
+    folder: Path, base: BaseConfig, spec: Degradation, kind: Kind, limit: int, draws: int = 1
 ) -> Iterator[EvalImage]:
-    """The images of a folder of HR images, with LR made here by ``kind``."""
+    """The images of a folder of HR images, with LR made here by ``kind``; crappy: ``draws``
+    seeded degradations of each photo, each an image of its own (``draw_key``)."""
     files = list_images(folder)[: limit or None]
     if not files:
         raise FileNotFoundError(f"{folder}: no images")
 
     def images() -> Iterator[EvalImage]:
-        for f in files:
-            name = f.relative_to(folder).as_posix()
-            hr = read_rgb(f)
-            if kind == "clean":
-                yield EvalImage(name, *benchmark_lr(hr, base.scale), None)
-            else:
-                lr, hr, mask, _ = crappy_pair(hr, spec, base.seed, name, base.scale)
-                yield EvalImage(name, lr, hr, mask)
+        # every photo's first draw, then every photo's second...: the first images are the
+        # one-draw set, and the report's first few samples are different photos
+        for draw in range(1 if kind == "clean" else draws):
+            for f in files:
+                name = f.relative_to(folder).as_posix()
+                hr = read_rgb(f)
+                if kind == "clean":
+                    yield EvalImage(name, *benchmark_lr(hr, base.scale), None)
+                    continue
+                key = draw_key(name, draw)
+                lr, region, mask, _ = crappy_pair(hr, spec, base.seed, key, base.scale)
+                yield EvalImage(key, lr, region, mask)
 
     return images()
