@@ -203,8 +203,9 @@ class BaseConfig:
     task: Literal["restore", "colorize"] = "restore"
     scale: int = bounded(4, lo=1, hi=8)
     crop: int = bounded(128, lo=8)
-    # training stages: single = one process; torchrun = data-parallel over nproc processes
-    launcher: Literal["single", "torchrun"] = "single"
+    # training stages: single = one process; torchrun = data-parallel over nproc processes;
+    # auto = over the GPUs when there are several, over 2 processes on a CPU of 2+ cores
+    launcher: Literal["single", "torchrun", "auto"] = "single"
     nproc: int = bounded(1, lo=1)
     sync_batchnorm: bool = False
     # "" = sqlite database at the repository root

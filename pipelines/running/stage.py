@@ -14,7 +14,13 @@ import yaml
 from pipelines.core.config import DEFAULT_PARAMS, ConfigError, ParamsLoader, as_dict, load
 from pipelines.core.errors import StageError
 from pipelines.running.tracking import Tracker
-from pipelines.training.distributed import current, relaunch, shutdown, under_torchrun
+from pipelines.training.distributed import (
+    current,
+    launch,
+    relaunch,
+    shutdown,
+    under_torchrun,
+)
 
 log = logging.getLogger("decrappify")
 
@@ -70,8 +76,9 @@ def stage_main(
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2
-    if distributed and cfg.base.launcher == "torchrun" and not under_torchrun():
-        return relaunch(name, cfg.base.nproc, sys.argv[1:] if argv is None else argv)
+    plan = launch(cfg.base.launcher, cfg.base.nproc, cfg.base.device) if distributed else None
+    if plan is not None and not under_torchrun():
+        return relaunch(name, plan, sys.argv[1:] if argv is None else argv)
     try:
         with Tracker(
             name,
