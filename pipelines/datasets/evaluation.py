@@ -5,11 +5,11 @@ degradations.
   crappify split these are the stage's own LR files; for a folder of HR images (e.g. Set5) the
   same function draws from ``rng_for(base.seed, <file path in the folder>)``, so a folder's
   crappy LR is the same in every run and on every machine. A folder has no LR of its own, and
-  one draw of JPEG quality and watermark per photo makes a mean over 5 photos (Set5) swing by
-  about 0.4 dB with the seed: ``draws`` degradations of each photo are scored, the k-th keyed
-  ``<file path>#k``. The watermark's mask comes from the
-  same draw: for a split it is recomputed and used only if the recomputed JPEG is byte for byte
-  the stage's file (else the files were made with other params, and no mask is claimed).
+  one draw of JPEG quality and watermark per photo makes a mean over 5 photos (Set5) swing with
+  the seed (a standard deviation of about 0.4 dB): ``draws`` degradations of each photo are
+  scored, the k-th keyed ``<file path>#k``. The watermark's mask comes from the same draw: for
+  a split it is recomputed and used only if the recomputed JPEG is byte for byte the stage's
+  file (else the files were made with other params, and no mask is claimed).
 - ``clean``: the SR benchmark protocol, MATLAB-style bicubic downscaling of the HR cropped to a
   multiple of the scale; inputs unlike the ones the generators learn from, so they show whether
   a restorer damages a photo that was only downscaled.

@@ -76,9 +76,10 @@ def stage_main(
     except ConfigError as exc:
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2
-    plan = launch(cfg.base.launcher, cfg.base.nproc, cfg.base.device) if distributed else None
-    if plan is not None and not under_torchrun():
-        return relaunch(name, plan, sys.argv[1:] if argv is None else argv)
+    if distributed and not under_torchrun():
+        plan = launch(cfg.base.launcher, cfg.base.nproc, cfg.base.device)
+        if plan is not None:
+            return relaunch(name, plan, sys.argv[1:] if argv is None else argv)
     try:
         with Tracker(
             name,

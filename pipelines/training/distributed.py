@@ -113,8 +113,8 @@ def launch(launcher: str, nproc: int, device: str) -> Launch | None:
 
     auto: one process per GPU when the stage runs on CUDA (a single GPU: this process); on a
     CPU of 2 or more cores, 2 processes, which pretrain the default generator 1.3x faster on 2
-    cores than one process of two threads (README "Several processes"): its small
-    convolutions keep one thread busier than two. On a CPU the processes share its cores.
+    cores than one process of two threads (README "Several processes"). On a CPU the processes
+    share its cores as threads.
     """
     if launcher == "single":
         return None
