@@ -1,6 +1,7 @@
 """Where a restorer's gain comes from: each part of the crappy degradation on its own.
 
-``python -m bench damage [--model PATH ...] [--params FILE] [--hr-dir DIR ...] [--self-ensemble]``
+``python -m bench damage [--model PATH ...] [--params FILE] [--hr-dir DIR ...] [--self-ensemble]
+[--draws N]``
 
 A crappy input has lost detail to the downscale, had text drawn on it and been JPEG-compressed.
 The gain over bicubic on crappy photos mixes what a model does about each. Here every HR photo
@@ -42,7 +43,7 @@ import torch
 import pipelines  # noqa: F401  (its import settings come before any computation)
 from bench.common import ROOT, Report
 from bench.quality import DEFAULT_HR_DIRS
-from pipelines.core.config import load
+from pipelines.core.config import ConfigError, load
 from pipelines.datasets.evaluation import crappy_pair, draw_key
 from pipelines.datasets.pairs import aligned_lr
 from pipelines.evaluate import ENSEMBLE_SUFFIX, EvaluateConfig
@@ -136,9 +137,15 @@ def run(args: argparse.Namespace) -> Report:
     cfg = load(CrappifyConfig, "crappify", params)
     if cfg.base.task != "restore":
         raise SystemExit(f"damage: {params} is a {cfg.base.task} config; this measures restorers")
-    draws = args.damage_draws or load(EvaluateConfig, "evaluate", params).folder_draws
-    if draws < 1:
-        raise SystemExit(f"damage: --draws {draws} is below 1")
+    if args.damage_draws is None:
+        try:
+            draws = load(EvaluateConfig, "evaluate", params).folder_draws
+        except ConfigError as exc:
+            raise SystemExit(f"damage: {params}: {exc} (or give --draws N)") from exc
+    elif args.damage_draws < 1:
+        raise SystemExit(f"damage: --draws {args.damage_draws} is below 1")
+    else:
+        draws = args.damage_draws
     paths = args.damage_models or [ROOT / m for m in DEFAULT_MODELS if (ROOT / m).is_file()]
     if not paths:
         raise SystemExit("damage: no model files (train first, or give --model PATH)")
@@ -206,8 +213,8 @@ def run(args: argparse.Namespace) -> Report:
         report.data[folder.name] = results
         crappy_bicubic = results["crappy"]["bicubic"]
         report.table(
-            f"{folder.name} ({len(files)} photos, {draws} draws of each degradation): bicubic "
-            "Y-PSNR and each model's gain over it",
+            f"{folder.name} ({len(files)} photos, {draws} draws of each degradation that draws "
+            "anything): bicubic Y-PSNR and each model's gain over it",
             ["degradation", "bicubic", *methods],
             [
                 [row, f"{r['bicubic']:.2f}", *(f"{r[m] - r['bicubic']:+.2f}" for m in methods)]

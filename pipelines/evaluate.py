@@ -80,7 +80,7 @@ class EvaluateConfig:
     overlap: int = bounded(32, lo=0)  # LR px shared by neighbouring tiles
     # each model's tiles averaged over their 8 flips and turns, reported as <model>_ensemble
     self_ensemble: bool = False
-    max_images: int = bounded(0, lo=0)  # per data set; 0 = all
+    max_images: int = bounded(0, lo=0)  # per split or folder (photos, not draws); 0 = all
     grid_images: int = bounded(3, lo=1)  # rows of the comparison grid (first data set)
     grid_crop: int = bounded(256, lo=0)  # centre crop of each grid cell, HR px; 0 = whole image
 

@@ -84,16 +84,20 @@ def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
     noisy = tmp_path / "models/noisy.pt"
     checkpoint.save(noisy, checkpoint.model_payload("generator", model.arch, model))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"base": {"device": "cpu"}, "crappify": {}}))
+    # the draws of the params' evaluate section, as evaluate scores the folder
+    params.write_text(
+        yaml.safe_dump({"base": {"device": "cpu"}, "crappify": {}, "evaluate": {"folder_draws": 2}})
+    )
     args = argparse.Namespace(
         params=params,
         hr_dirs=[str(folder)],
         damage_models=[path, noisy],
         damage_qualities=[30],
         damage_self_ensemble=True,
-        damage_draws=2,
+        damage_draws=None,
     )
     report = damage.run(args)
+    assert report.params["draws"] == 2
     results = report.data["Set5"]
     # every row that draws its damage scores each photo under 2 draws, evaluate's own images
     cfg = crappify_config()
@@ -148,4 +152,23 @@ def test_a_model_of_another_scale_is_refused(tmp_path):
         damage_draws=None,
     )
     with pytest.raises(SystemExit, match=r"x2\.pt upscales x2; base\.scale .* is 4"):
+        damage.run(args)
+
+
+def test_draws_below_one_are_refused(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"base": {}, "crappify": {}, "evaluate": {}}))
+    args = argparse.Namespace(
+        params=params,
+        hr_dirs=None,
+        damage_models=None,
+        damage_qualities=None,
+        damage_self_ensemble=False,
+        damage_draws=0,
+    )
+    with pytest.raises(SystemExit, match="--draws 0 is below 1"):
+        damage.run(args)
+    args.damage_draws = None
+    params.write_text(yaml.safe_dump({"base": {}, "crappify": {}, "evaluate": {"folder_draws": 0}}))
+    with pytest.raises(SystemExit, match="folder_draws.*or give --draws"):
         damage.run(args)

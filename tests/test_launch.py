@@ -34,6 +34,8 @@ def test_torchrun_shares_a_cpu_between_its_processes(machine):
     # one per GPU: threads stay torchrun's choice
     machine(cores=8, gpus=2)
     assert launch("torchrun", 2, "auto") == Launch(2, None)
+    # one process is this one: under torchrun it would see no distributed run and relaunch
+    assert launch("torchrun", 1, "auto") is None
 
 
 def test_auto_takes_every_gpu_or_two_cpu_processes(machine):
@@ -48,6 +50,15 @@ def test_auto_takes_every_gpu_or_two_cpu_processes(machine):
     assert launch("auto", 1, "cpu") == Launch(2, 4)  # the GPUs are not the stage's device
     machine(cores=8, gpus=1)
     assert launch("auto", 1, "auto") is None  # one GPU: no second process to give it
+
+
+def test_auto_takes_only_as_many_processes_as_divide_every_batch(machine):
+    machine(cores=2)
+    assert launch("auto", 1, "auto", [16, 8]) == Launch(2, 1)
+    assert launch("auto", 1, "auto", [16, 5]) is None  # an odd batch runs in one process
+    machine(cores=8, gpus=4)
+    assert launch("auto", 1, "auto", [6, 12]) == Launch(3, None)
+    assert launch("auto", 1, "auto", [7]) is None
 
 
 def test_relaunch_gives_each_cpu_process_its_threads(monkeypatch):
@@ -81,6 +92,7 @@ def test_a_training_stage_under_auto_relaunches_itself(machine, monkeypatch, tmp
     from pipelines.running import stage
 
     machine(cores=2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     launched = []
     monkeypatch.setattr(stage, "relaunch", lambda *args: launched.append(args) or 0)
     params = tmp_path / "params.yaml"
@@ -88,3 +100,13 @@ def test_a_training_stage_under_auto_relaunches_itself(machine, monkeypatch, tmp
     argv = ["--params", str(params)]
     assert pretrain_generator.main(argv) == 0
     assert launched == [("pretrain_generator", Launch(2, 1), argv)]
+
+
+def test_a_cuda_stage_without_a_gpu_fails_naming_the_device(machine, tmp_path, capsys):
+    from pipelines import train_gan
+
+    machine(cores=2)
+    params = tmp_path / "params.yaml"
+    params.write_text("base: {launcher: auto, device: cuda}\ncrappify: {}\ntrain_gan: {}\n")
+    assert train_gan.main(["--params", str(params)]) == 2
+    assert "base.device: 'cuda'" in capsys.readouterr().err

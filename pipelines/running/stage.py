@@ -47,6 +47,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return {key: yaml.load(value, Loader=ParamsLoader) for key, value in map(split_override, items)}
 
 
+def batch_sizes(cfg: Any) -> list[int]:
+    """A training stage's global batch sizes, its own and its phases': processes share them."""
+    own = getattr(cfg, "batch_size", None)
+    return ([own] if own else []) + [p.batch_size for p in getattr(cfg, "phases", ())]
+
+
 def stage_main(
     name: str,
     config_cls: type,
@@ -77,7 +83,11 @@ def stage_main(
         print(f"error: {args.params}: {exc}", file=sys.stderr)
         return 2
     if distributed and not under_torchrun():
-        plan = launch(cfg.base.launcher, cfg.base.nproc, cfg.base.device)
+        try:
+            plan = launch(cfg.base.launcher, cfg.base.nproc, cfg.base.device, batch_sizes(cfg))
+        except RuntimeError as exc:  # base.device cuda without a GPU
+            print(f"error: {args.params}: {exc}", file=sys.stderr)
+            return 2
         if plan is not None:
             return relaunch(name, plan, sys.argv[1:] if argv is None else argv)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +95,8 @@ def barrier(ranks: Ranks) -> None:
 
 
 def cpu_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    """The cores this process may run on: its cpuset or taskset share (not a CPU quota such as
+    docker's --cpus), counting each hardware thread."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -107,22 +109,26 @@ class Launch:
     threads: int | None  # intra-op threads per process on a CPU; None: torchrun's choice
 
 
-def launch(launcher: str, nproc: int, device: str) -> Launch | None:
+def launch(launcher: str, nproc: int, device: str, batches: Sequence[int] = ()) -> Launch | None:
     """How a training stage runs under ``base.launcher``: None in this process, else under
     torchrun with ``nproc`` processes.
 
-    auto: one process per GPU when the stage runs on CUDA (a single GPU: this process); on a
-    CPU of 2 or more cores, 2 processes, which pretrain the default generator 1.3x faster on 2
-    cores than one process of two threads (README "Several processes"). On a CPU the processes
-    share its cores as threads.
+    auto: one process per GPU when the stage runs on CUDA, or 2 on a CPU of 2 or more cores,
+    which pretrain the default generator 1.3x faster on 2 cores than one process of two threads
+    (README "Several processes"); at most as many as divide every global batch in ``batches``
+    (each process takes an equal share), so no machine fails a config that runs in one
+    process. On a CPU the processes share its cores as threads. Fewer than 2 processes, from
+    auto or torchrun's nproc, run here: torchrun's single worker would see no distributed run
+    and start torchrun again.
     """
     if launcher == "single":
         return None
     cuda = pick_device(device).type == "cuda"
     if launcher == "auto":
-        nproc = torch.cuda.device_count() if cuda else min(2, cpu_cores())
-        if nproc < 2:
-            return None
+        most = torch.cuda.device_count() if cuda else min(2, cpu_cores())
+        nproc = max(n for n in range(1, max(most, 1) + 1) if all(b % n == 0 for b in batches))
+    if nproc < 2:
+        return None
     return Launch(nproc, None if cuda else max(1, cpu_cores() // nproc))
 
 
