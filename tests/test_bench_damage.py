@@ -31,6 +31,18 @@ def folder(tmp_path):
     return out
 
 
+def damage_args(params: Path, **given) -> argparse.Namespace:
+    """``bench damage``'s arguments: none given but the params file, unless ``given``."""
+    args = {
+        "hr_dirs": None,
+        "damage_models": None,
+        "damage_qualities": None,
+        "damage_self_ensemble": False,
+        "damage_draws": None,
+    }
+    return argparse.Namespace(params=params, **{**args, **given})
+
+
 def crappify_config() -> CrappifyConfig:
     return load(CrappifyConfig, "crappify", {"base": {}, "crappify": {}})
 
@@ -88,13 +100,12 @@ def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
     params.write_text(
         yaml.safe_dump({"base": {"device": "cpu"}, "crappify": {}, "evaluate": {"folder_draws": 2}})
     )
-    args = argparse.Namespace(
-        params=params,
+    args = damage_args(
+        params,
         hr_dirs=[str(folder)],
         damage_models=[path, noisy],
         damage_qualities=[30],
         damage_self_ensemble=True,
-        damage_draws=None,
     )
     report = damage.run(args)
     assert report.params["draws"] == 2
@@ -125,14 +136,7 @@ def test_a_restorer_that_is_bicubic_gains_nothing_in_any_row(folder, tmp_path):
 def test_a_colorizing_config_is_refused(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"base": {"task": "colorize", "scale": 1}, "crappify": {}}))
-    args = argparse.Namespace(
-        params=params,
-        hr_dirs=None,
-        damage_models=None,
-        damage_qualities=None,
-        damage_self_ensemble=False,
-        damage_draws=None,
-    )
+    args = damage_args(params)
     with pytest.raises(SystemExit, match="colorize"):
         damage.run(args)
 
@@ -143,14 +147,7 @@ def test_a_model_of_another_scale_is_refused(tmp_path):
     checkpoint.save(path, checkpoint.model_payload("generator", model.arch, model))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"base": {"scale": 4}, "crappify": {}, "evaluate": {}}))
-    args = argparse.Namespace(
-        params=params,
-        hr_dirs=None,
-        damage_models=[path],
-        damage_qualities=None,
-        damage_self_ensemble=False,
-        damage_draws=None,
-    )
+    args = damage_args(params, damage_models=[path])
     with pytest.raises(SystemExit, match=r"x2\.pt upscales x2; base\.scale .* is 4"):
         damage.run(args)
 
@@ -158,14 +155,7 @@ def test_a_model_of_another_scale_is_refused(tmp_path):
 def test_draws_below_one_are_refused(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"base": {}, "crappify": {}, "evaluate": {}}))
-    args = argparse.Namespace(
-        params=params,
-        hr_dirs=None,
-        damage_models=None,
-        damage_qualities=None,
-        damage_self_ensemble=False,
-        damage_draws=0,
-    )
+    args = damage_args(params, damage_draws=0)
     with pytest.raises(SystemExit, match="--draws 0 is below 1"):
         damage.run(args)
     args.damage_draws = None
