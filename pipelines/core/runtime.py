@@ -15,6 +15,15 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on: its cpuset or taskset share (not a CPU quota such as
+    docker's --cpus), counting each hardware thread."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def pick_device(preference: str = "auto") -> torch.device:
     """``auto`` takes CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
     if preference == "cpu":

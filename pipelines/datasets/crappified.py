@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from pipelines.core.files import (
     write_json,
 )
 from pipelines.core.fingerprint import fingerprint as shared_fingerprint
+from pipelines.core.runtime import cpu_cores
 from pipelines.imaging.degradations import CrappifyConfig, Degradation, crappify, rng_for
 from pipelines.imaging.images import contact_sheet, list_images, read_rgb
 
@@ -160,7 +160,7 @@ def _results(
     thread pool has run inherits that pool's locks in whatever state they were, and hangs in its
     first ``cv2.setNumThreads``. A fresh interpreter per worker costs about a second.
     """
-    workers = cfg.workers or len(os.sched_getaffinity(0))
+    workers = cfg.workers or cpu_cores()
     workers = max(1, min(workers, len(sources)))
     initargs = (Degradation(**spec_of(cfg)), cfg.base.seed, str(hr_root), str(lr_root))
     if workers == 1:

@@ -7,9 +7,10 @@ degradations.
   crappy LR is the same in every run and on every machine. A folder has no LR of its own, and
   one draw of JPEG quality and watermark per photo makes a mean over 5 photos (Set5) swing with
   the seed (a standard deviation of about 0.4 dB): ``draws`` degradations of each photo are
-  scored, the first keyed by the file path and the k-th after it ``<file path>#k``. The watermark's mask comes from the same draw: for
-  a split it is recomputed and used only if the recomputed JPEG is byte for byte the stage's
-  file (else the files were made with other params, and no mask is claimed).
+  scored, the first keyed by the file path and the k-th after it ``<file path>#k``. The
+  watermark's mask comes from the same draw: for a split it is recomputed and used only if the
+  recomputed JPEG is byte for byte the stage's file (else the files were made with other
+  params, and no mask is claimed).
 - ``clean``: the SR benchmark protocol, MATLAB-style bicubic downscaling of the HR cropped to a
   multiple of the scale; inputs unlike the ones the generators learn from, so they show whether
   a restorer damages a photo that was only downscaled.

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipelines.core.errors import StageError
-from pipelines.core.runtime import pick_device
+from pipelines.core.runtime import cpu_cores, pick_device
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,6 @@ def mean(value: float, ranks: Ranks) -> float:
 def barrier(ranks: Ranks) -> None:
     if ranks.world > 1:
         dist.barrier()
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on: its cpuset or taskset share (not a CPU quota such as
-    docker's --cpus), counting each hardware thread."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
