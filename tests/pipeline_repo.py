@@ -27,9 +27,11 @@ GITIGNORE = """\
 """
 
 # The pipeline on a few of the sample photos, with settings that make every stage take
-# seconds: scale 2, 32 px crops, resnet18 with 8 HR channels, a few steps.
+# seconds: scale 2, 32 px crops, resnet18 with 8 HR channels, a few steps, one process
+# (params.yaml's launcher auto would start two, each stage then spent starting them;
+# test_launch covers it).
 TINY = {
-    "base": {"seed": 7, "device": "cpu", "scale": 2, "crop": 32},
+    "base": {"seed": 7, "device": "cpu", "scale": 2, "crop": 32, "launcher": "single"},
     "download": {"source": "sample", "max_images": 7, "valid_fraction": 0.2, "test_fraction": 0.2},
     "crappify": {"workers": 1, "examples": 2},
     "pretrain_generator": {
