@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import ROOT, Report, fmt, ratios, repeats, summary
+from pipelines.core.runtime import cpu_cores
 
 NAME = "distributed"
 TITLE = "Data-parallel training (pretrain_generator, 1 process vs torchrun)"
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> Report:
     nproc = max(2, args.nproc)
     # the default training shape: params.yaml's generator, 16 crops of 128 px
     steps, batch, crop = (10, 8, 64) if args.quick else (100, 16, 128)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_cores()
     report = Report(
         NAME,
         TITLE,
